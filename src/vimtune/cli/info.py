@@ -1,0 +1,24 @@
+"""``vimtune info``: the model zoo and the selective-scan backends of this machine."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from vimtune.ops import available_backends, resolve_backend
+
+
+def run(args: argparse.Namespace) -> int:
+    from vimtune.models.zoo_table import zoo_markdown
+
+    print(zoo_markdown())
+    print()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"selective-scan backends on cpu: {available_backends('cpu')} (default: {resolve_backend('cpu')})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("info", help="print the model zoo table and the scan backends")
+    parser.set_defaults(func=run)

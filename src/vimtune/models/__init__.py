@@ -1,0 +1,21 @@
+"""Vision Mamba models; importing this registers the named configs with timm."""
+
+from vimtune.models.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_state_dict
+from vimtune.models.mamba import BiMambaMixer, Block, RMSNorm
+from vimtune.models.pos_embed import resize_pos_embed
+from vimtune.models.vim import VisionMamba
+from vimtune.models.zoo import MODEL_CONFIGS, create_vim
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "BiMambaMixer",
+    "Block",
+    "CheckpointError",
+    "LoadReport",
+    "RMSNorm",
+    "VisionMamba",
+    "create_vim",
+    "load_checkpoint",
+    "read_state_dict",
+    "resize_pos_embed",
+]

@@ -1,0 +1,152 @@
+"""Reading and loading checkpoints: the authors' release ``.pth``, plain state dicts, safetensors.
+
+Loading is safe by default: ``torch.load(weights_only=True)`` with an allow-list holding only
+what the release pickles besides tensors (an ``argparse.Namespace`` of training arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from vimtune.models.pos_embed import resize_pos_embed, square_grid
+
+RELEASE_SAFE_GLOBALS: list[type] = [argparse.Namespace]
+HEAD_KEYS = ("head.weight", "head.bias")
+StateDict = dict[str, Tensor]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read, or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What ``load_checkpoint`` did: keys left at their fresh values and adaptations made."""
+
+    reset_keys: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _unwrap(checkpoint: object, use_ema: bool, source: str) -> StateDict:
+    """Pick the weights out of a training checkpoint dict (``model`` / ``state_dict`` / ``model_ema``)."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors or a training checkpoint, got {type(checkpoint)}")
+    keys = ("model_ema", "model", "state_dict") if use_ema else ("model", "state_dict")
+    for key in keys:
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    state = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    not_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            f"{source}: entries that are not tensors: {not_tensors[:5]}; expected a state dict, or a "
+            "training checkpoint with its weights under 'model' or 'state_dict'"
+        )
+    return state
+
+
+def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict:
+    """Read the model weights stored at ``path``.
+
+    Accepts a ``.safetensors`` file, a plain ``torch.save``-d state dict, or a training
+    checkpoint such as the release's (``{'model', 'optimizer', 'args', ...}``). ``use_ema``
+    prefers the ``model_ema`` weights when the file has them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: '{path}'")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        with torch.serialization.safe_globals(RELEASE_SAFE_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name and a hint
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}' safely (weights_only=True, allowed extra types: "
+            f"{[t.__qualname__ for t in RELEASE_SAFE_GLOBALS]}): {err}"
+        ) from err
+    return _unwrap(checkpoint, use_ema, str(path))
+
+
+def adapt_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> tuple[StateDict, LoadReport]:
+    """Make a Vim state dict fit ``model``: resize ``pos_embed``, drop a head of another shape.
+
+    Args:
+        state_dict: weights with the release's names.
+        model: a :class:`~vimtune.models.vim.VisionMamba` (uses ``grid_size`` and ``head``).
+
+    Returns:
+        The adapted state dict and a report of what was changed.
+    """
+    state = dict(state_dict)
+    report = LoadReport()
+    target = model.state_dict()
+    pos = state.get("pos_embed")
+    if pos is not None and pos.shape != target["pos_embed"].shape:
+        old_grid = square_grid(pos.shape[1] - 1)
+        state["pos_embed"] = resize_pos_embed(pos, model.grid_size, old_grid=old_grid)
+        report.notes.append(f"pos_embed resized from grid {old_grid} to {tuple(model.grid_size)}")
+    for key in HEAD_KEYS:
+        if key not in state:
+            continue
+        if key not in target:
+            del state[key]
+            report.notes.append(f"dropped {key}: the model has no head")
+        elif state[key].shape != target[key].shape:
+            report.notes.append(
+                f"{key} of shape {tuple(state[key].shape)} left out for the model's {tuple(target[key].shape)}"
+            )
+            del state[key]
+            report.reset_keys.append(key)
+    return state, report
+
+
+def check_keys(state_dict: Mapping[str, Tensor], model: nn.Module, allowed_missing: tuple[str, ...] = ()) -> None:
+    """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys, if any."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in state_dict and k not in allowed_missing]
+    unexpected = [k for k in state_dict if k not in target]
+    mis_shaped = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in state_dict.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    if missing or unexpected or mis_shaped:
+        parts = []
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+                parts.append(f"{len(keys)} {title} keys: {shown}")
+        raise CheckpointError("checkpoint does not fit the model: " + "; ".join(parts))
+
+
+def load_checkpoint(
+    model: nn.Module,
+    source: str | os.PathLike | Mapping[str, Tensor],
+    strict: bool = True,
+    use_ema: bool = False,
+) -> LoadReport:
+    """Load weights into a VisionMamba, adapting ``pos_embed`` and the head as needed.
+
+    Args:
+        model: the model to fill in place.
+        source: a path (see :func:`read_state_dict`) or a state dict.
+        strict: raise on missing/unexpected/mis-shaped keys (a dropped head is allowed).
+        use_ema: prefer the file's EMA weights.
+    """
+    state = read_state_dict(source, use_ema) if isinstance(source, (str, os.PathLike)) else dict(source)
+    state, report = adapt_state_dict(state, model)
+    if strict:
+        check_keys(state, model, allowed_missing=tuple(report.reset_keys))
+    result = model.load_state_dict(state, strict=False)
+    report.reset_keys = sorted(set(report.reset_keys) | set(result.missing_keys))
+    return report
