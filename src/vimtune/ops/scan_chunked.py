@@ -1,18 +1,17 @@
 """Pure-PyTorch chunked selective scan: vectorised inside a chunk, sequential across chunks.
 
-Inside a chunk of K steps the state is written in closed form,
-
-    h_t = exp(S_t - S_{s-1}) h_{s-1} + sum_{s<=j<=t} exp(S_t - S_j) x_j,   S_t = sum_{i<=t} delta_i A,
-
-with ``x_j = delta_j B_j u_j``. Only differences ``S_t - S_j`` with ``j <= t`` are exponentiated
-(the others are masked to ``-inf`` first), and since ``delta >= 0`` and ``A < 0`` for Mamba
-those exponents are never positive: no overflow for any delta or sequence length.
+The recurrence ``h_t = a_t h_{t-1} + b_t`` with ``a_t = exp(delta_t A)`` and
+``b_t = delta_t B_t u_t`` is solved inside each chunk of K steps by a log-depth (Hillis-Steele)
+scan: ceil(log2 K) rounds of ``b_t += a_t b_{t-s}``, ``a_t *= a_{t-s}`` over the whole chunk at
+once. Only products of decays are formed (never a division or ``exp`` of a positive number), so it
+is stable for any delta and any length; the state carried between chunks enters the first step.
 Autograd gives the backward pass.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vimtune.ops.scan_reference import gate_output, prepare_delta
@@ -31,16 +30,17 @@ def _scan_chunk(
     Returns:
         y (B, E, K) without skip/gate, and the state after the chunk (B, E, N).
     """
-    dA = delta[..., None] * A[None, :, None, :]  # (B, E, K, N)
-    S = torch.cumsum(dA, dim=2)  # (B, E, K, N)
-    k = delta.shape[-1]
-    causal = torch.ones(k, k, dtype=torch.bool, device=u.device).tril()  # [t, j]: j <= t
-    diff = S[:, :, :, None, :] - S[:, :, None, :, :]  # (B, E, K_t, K_j, N)
-    diff = diff.masked_fill(~causal[None, None, :, :, None], float("-inf"))
-    x = (delta * u)[..., None] * Bm.transpose(1, 2)[:, None]  # (B, E, K, N)
-    states = torch.einsum("betjn,bejn->betn", diff.exp(), x) + S.exp() * h[:, :, None, :]
-    y = torch.einsum("betn,bnt->bet", states, Cm)
-    return y, states[:, :, -1]
+    a = torch.exp(delta[..., None] * A[None, :, None, :])  # (B, E, K, N)
+    b = (delta * u)[..., None] * Bm.transpose(1, 2)[:, None]  # (B, E, K, N)
+    b = torch.cat([b[:, :, :1] + a[:, :, :1] * h[:, :, None], b[:, :, 1:]], dim=2)
+    length, shift = a.shape[2], 1
+    while shift < length:
+        b = b + a * F.pad(b[:, :, :-shift], (0, 0, shift, 0))
+        if 2 * shift < length:
+            a = a * F.pad(a[:, :, :-shift], (0, 0, shift, 0), value=1.0)
+        shift *= 2
+    y = torch.einsum("bekn,bnk->bek", b, Cm)
+    return y, b[:, :, -1]
 
 
 def selective_scan_chunked(
@@ -60,7 +60,8 @@ def selective_scan_chunked(
 
     Args:
         u: (B, E, L). delta: (B, E, L). A: (E, N). B, C: (B, N, L). D: (E,). z: (B, E, L).
-        delta_bias: (E,). chunk_size: steps per vectorised chunk (memory ~ B*E*K*K*N).
+        delta_bias: (E,). chunk_size: steps per vectorised chunk (autograd keeps ~log2(K) tensors
+            of B*E*K*N per chunk).
 
     Returns:
         out (B, E, L) in the dtype of ``u``; with ``return_last_state`` also (B, E, N).
