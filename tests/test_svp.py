@@ -1,0 +1,269 @@
+"""Selective Visual Prompting: exact form, variants, counts, extras, and the release import."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import vimtune.models  # noqa: F401 - registers the model names with timm
+from vimtune.cli import main
+from vimtune.methods import SelectivePrompts, build, from_svp_release, load_adapter, simam
+from vimtune.models import CheckpointError
+
+TINY = dict(depth=4, embed_dim=32, img_size=32, patch_size=8)
+
+
+def tiny(num_classes: int = 10, **kwargs) -> torch.nn.Module:
+    return timm.create_model("vim_small_patch16_224", num_classes=num_classes, **{**TINY, **kwargs})
+
+
+def images(size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def perturb(params, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.add_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+# ---------------------------------------------------------------- oracle of SPEC-SVP section 2
+def inner_ref(bank: SelectivePrompts, layer: int, t: torch.Tensor) -> torch.Tensor:
+    down, up = bank.inner[layer].down, bank.inner[layer].up
+    return F.silu((t @ down.weight.T + down.bias) @ up.weight.T + up.bias)
+
+
+def cross_ref(bank: SelectivePrompts, layer: int, t: torch.Tensor) -> torch.Tensor:
+    cross = bank.cross[layer // bank.group_size]
+    return F.silu(t @ cross.weight.T + cross.bias)
+
+
+def prompt_ref(bank: SelectivePrompts, layer: int, own: torch.Tensor, cross_input: torch.Tensor) -> torch.Tensor:
+    inner = bank.beta[layer] * inner_ref(bank, layer, own)
+    return own + inner + bank.alpha[layer // bank.group_size] * cross_ref(bank, layer, cross_input)
+
+
+def release_ref(bank: SelectivePrompts, layer: int, hidden: torch.Tensor, cls: int) -> torch.Tensor:
+    """The release's in-place order, token by token: tokens before the cls token are prompted
+    first; the j-th token after it then feeds the (already prompted) j-th token to the cross path."""
+    out = hidden.clone()
+    for j in range(cls):
+        out[:, j] = prompt_ref(bank, layer, hidden[:, j], hidden[:, j])
+    for k in range(cls + 1, hidden.shape[1]):
+        j = k - cls - 1
+        source = out[:, j] if j < cls else hidden[:, k]
+        out[:, k] = prompt_ref(bank, layer, hidden[:, k], source)
+    return out
+
+
+def random_bank(variant: str) -> SelectivePrompts:
+    torch.manual_seed(0)
+    bank = SelectivePrompts(dim=8, depth=3, rank=4, group_size=2, variant=variant)
+    perturb(bank.parameters())
+    return bank
+
+
+@pytest.mark.parametrize("length, cls", [(9, 4), (10, 4), (8, 4), (5, 0)])
+@pytest.mark.parametrize("layer", [0, 2])
+def test_paper_variant_is_the_spec_formula(length: int, cls: int, layer: int) -> None:
+    bank = random_bank("paper")
+    hidden = torch.randn(2, length, 8)
+    with torch.no_grad():
+        got = bank(hidden, cls, layer)
+        expected = prompt_ref(bank, layer, hidden, hidden)
+    assert torch.equal(got[:, cls], hidden[:, cls])  # the cls token is never prompted
+    keep = [i for i in range(length) if i != cls]
+    torch.testing.assert_close(got[:, keep], expected[:, keep])
+
+
+@pytest.mark.parametrize("length, cls", [(9, 4), (10, 4), (8, 4)])
+@pytest.mark.parametrize("layer", [0, 2])
+def test_release_variant_feeds_prompted_pre_cls_tokens_to_the_cross_path(length: int, cls: int, layer: int) -> None:
+    paper, release = random_bank("paper"), random_bank("release")
+    hidden = torch.randn(2, length, 8)
+    with torch.no_grad():
+        got = release(hidden, cls, layer)
+        paper_out = paper(hidden, cls, layer)
+        raw_pre = prompt_ref(release, layer, hidden[:, cls + 1:cls + 1 + cls], hidden[:, :cls][:, :length - cls - 1])
+    torch.testing.assert_close(got, release_ref(release, layer, hidden, cls))
+    assert torch.equal(got[:, :cls + 1], paper_out[:, :cls + 1])  # up to the cls token: as in the paper
+    assert not torch.allclose(got[:, cls + 1:], paper_out[:, cls + 1:])
+    # the cross input is the prompted pre-cls token, not its raw value
+    paired = min(cls, length - cls - 1)
+    assert not torch.allclose(got[:, cls + 1:cls + 1 + paired], raw_pre[:, :paired])
+    if length - cls - 1 > cls:  # a token without counterpart uses its own value, as in the paper
+        torch.testing.assert_close(got[:, -1], paper_out[:, -1])
+
+
+def test_variants_agree_without_the_cross_path() -> None:
+    torch.manual_seed(0)
+    paper, release = build("svp", rank=4, group_size=2, cross=False), build(
+        "svp", rank=4, group_size=2, cross=False, variant="release")
+    a, b = paper.attach(tiny()).eval(), release.attach(tiny()).eval()
+    b.load_state_dict(a.state_dict())
+    perturb([p for _, p in paper.trainable_parameters(a)])
+    release.load_trainable_state(b, paper.trainable_state(a))
+    with torch.no_grad():
+        assert torch.equal(a(images()), b(images()))
+    cross_paper, cross_release = build("svp", rank=4, group_size=2), build("svp", rank=4, group_size=2,
+                                                                             variant="release")
+    a, b = cross_paper.attach(tiny()).eval(), cross_release.attach(tiny()).eval()
+    b.load_state_dict(a.state_dict())
+    perturb([p for _, p in cross_paper.trainable_parameters(a)])
+    cross_release.load_trainable_state(b, cross_paper.trainable_state(a))
+    with torch.no_grad():
+        assert not torch.allclose(a(images()), b(images()))
+
+
+def test_zero_scales_give_the_backbone_and_nonzero_scales_change_it() -> None:
+    model = tiny().eval()
+    with torch.no_grad():
+        backbone = model(images())
+    build("svp", rank=4, group_size=2, variant="release").attach(model)
+    perturb([p for n, p in model.named_parameters() if n.startswith("svp.") and n not in ("svp.beta", "svp.alpha")])
+    with torch.no_grad():
+        assert torch.equal(model(images()), backbone)
+        model.svp.beta[1].fill_(0.5)
+        assert not torch.allclose(model(images()), backbone)
+
+
+def test_prompts_are_inserted_before_every_block() -> None:
+    method = build("svp", rank=4, group_size=3)
+    model = method.attach(tiny())
+    assert [layer.prompter.layer for layer in model.layers] == [0, 1, 2, 3]
+    assert all(layer.prompter.prompts is model.svp for layer in model.layers)
+    assert model.svp.alpha.shape == (2, 32) and len(model.svp.cross) == 2  # ceil(4 / 3) groups
+    assert model.svp.beta.shape == (4, 32)
+    assert not any(".prompter." in key for key in model.state_dict())  # stored once, under svp.
+
+
+def test_odd_patch_counts_work_in_both_variants() -> None:
+    x = images(size=36)  # 9 x 9 = 81 patches with 4-pixel patches: one more token after the cls
+    outputs = []
+    for variant in ("paper", "release"):
+        torch.manual_seed(0)
+        method = build("svp", rank=4, group_size=2, variant=variant)
+        model = method.attach(timm.create_model("vim_nano_patch4_32", num_classes=3)).eval()
+        perturb([p for _, p in method.trainable_parameters(model)])
+        with torch.no_grad():
+            outputs.append(model(x))
+    assert outputs[0].shape == (2, 3) and torch.isfinite(outputs[1]).all()
+    assert not torch.allclose(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("group_size, expected", [(8, 1_644_288), (12, 1_496_064), (6, 1_792_512),
+                                                  (4, 2_088_960), (24, 1_347_840)])
+def test_vim_small_prompt_counts_match_the_spec(group_size: int, expected: int) -> None:
+    method = build("svp", rank=64, group_size=group_size)
+    with torch.device("meta"):
+        model = method.attach(timm.create_model("vim_small_patch16_224", num_classes=10))
+    counts = method.describe(model)
+    assert counts["trainable"] - (384 * 10 + 10) == expected
+    assert sum(p.numel() for n, p in model.named_parameters() if n.startswith("svp.")) == expected
+
+
+def test_ablations_drop_their_parameters() -> None:
+    inner_only = build("svp", rank=4, group_size=2, cross=False).attach(tiny())
+    cross_only = build("svp", rank=4, group_size=2, inner=False).attach(tiny())
+    assert inner_only.svp.cross is None and inner_only.svp.alpha is None
+    assert cross_only.svp.inner is None and cross_only.svp.beta is None
+    assert {n for n, _ in cross_only.svp.named_parameters()} == {
+        "alpha", "cross.0.weight", "cross.0.bias", "cross.1.weight", "cross.1.bias"}
+
+
+def test_two_layer_head() -> None:
+    method = build("svp", rank=4, group_size=2, head="two-layer")
+    model = method.attach(tiny(num_classes=10))
+    assert model.head[0].weight.shape == (16, 32) and model.head[1].weight.shape == (10, 16)
+    names = {n for n, _ in method.trainable_parameters(model)}
+    assert {"head.0.weight", "head.0.bias", "head.1.weight", "head.1.bias"} <= names
+    assert model(images()).shape == (2, 10)
+    with pytest.raises(ValueError, match="num_classes > 0"):
+        build("svp", head="two-layer").attach(tiny(num_classes=0))
+
+
+def test_simam_formula_and_hook() -> None:
+    x = images()
+    flat = x.flatten(2)
+    mu, var = flat.mean(-1, keepdim=True), flat.var(-1, keepdim=True, unbiased=True)
+    expected = flat * torch.sigmoid((flat - mu) ** 2 / (4 * (var + 1e-3)) + 0.5)
+    torch.testing.assert_close(simam(x), expected.view_as(x))
+
+    plain = build("svp", rank=4, group_size=2).attach(tiny()).eval()
+    with_simam = build("svp", rank=4, group_size=2, simam=True).attach(tiny()).eval()
+    with_simam.load_state_dict(plain.state_dict())  # same names: SimAM has no parameters
+    with torch.no_grad():
+        expected = plain.forward_head(plain.forward_blocks(*plain.embed(simam(x))))
+        torch.testing.assert_close(with_simam(x), expected)
+        assert not torch.allclose(with_simam(x), plain(x))
+        torch.testing.assert_close(copy.deepcopy(with_simam)(x), expected)
+
+
+# ---------------------------------------------------------------- the release's checkpoints
+def release_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights under the release's names (SPEC-SVP section 6), written out by hand."""
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("svp.")}
+    state["prompt_scale"] = model.svp.beta.detach().clone()
+    state["prompt_shared_scale"] = model.svp.alpha.detach().clone()
+    for layer, gen in enumerate(model.svp.inner):
+        for index, linear in enumerate((gen.down, gen.up)):
+            state[f"prompt_generator.{layer}.{index}.weight"] = linear.weight.detach().clone()
+            state[f"prompt_generator.{layer}.{index}.bias"] = linear.bias.detach().clone()
+    for group, linear in enumerate(model.svp.cross):
+        state[f"prompt_generator_shared.{group}.0.weight"] = linear.weight.detach().clone()
+        state[f"prompt_generator_shared.{group}.0.bias"] = linear.bias.detach().clone()
+    return state
+
+
+@pytest.fixture(params=["linear", "two-layer"])
+def release_run(request, tmp_path):
+    """An SVP model (release variant) with random weights and its checkpoint in the release layout."""
+    torch.manual_seed(0)
+    method = build("svp", rank=8, group_size=2, variant="release", head=request.param)
+    model = method.attach(timm.create_model("vim_nano_patch4_32", num_classes=7)).eval()
+    perturb([p for _, p in method.trainable_parameters(model)])
+    path = tmp_path / "svp_release.pth"
+    torch.save({"model": release_state(model), "epoch": 99, "args": argparse.Namespace(lr=1e-3)}, path)
+    return model, path
+
+
+def test_release_checkpoint_imports_to_the_same_model(release_run) -> None:
+    model, path = release_run
+    imported = from_svp_release(path, backbone="vim_nano_patch4_32", group_size=2, rank=8).eval()
+    assert imported.num_classes == 7 and type(imported.head) is type(model.head)
+    with torch.no_grad():
+        assert torch.equal(imported(images()), model(images()))
+
+
+def test_release_import_with_another_class_count(release_run) -> None:
+    model, path = release_run
+    imported = from_svp_release(path, backbone="vim_nano_patch4_32", group_size=2, rank=8, num_classes=3)
+    assert imported(images()).shape == (2, 3)
+    assert torch.equal(imported.svp.beta, model.svp.beta)
+
+
+def test_release_import_errors(release_run) -> None:
+    model, path = release_run
+    with pytest.raises(CheckpointError, match=r"2 cross-prompter groups.*group_size=1"):
+        from_svp_release(path, backbone="vim_nano_patch4_32", group_size=1, rank=8)
+    with pytest.raises(CheckpointError, match="rank 8, not rank=64"):
+        from_svp_release(path, backbone="vim_nano_patch4_32", group_size=2)
+    with pytest.raises(CheckpointError, match="not an SVP release checkpoint"):
+        from_svp_release(timm.create_model("vim_nano_patch4_32").state_dict(), backbone="vim_nano_patch4_32")
+
+
+def test_convert_cli_writes_a_loadable_adapter(release_run, tmp_path) -> None:
+    model, path = release_run
+    out, weights = tmp_path / "adapter", tmp_path / "backbone.safetensors"
+    assert main(["convert", "--from", "svp-release", str(path), str(out), "--backbone", "vim_nano_patch4_32",
+                 "--group-size", "2", "--rank", "8", "--backbone-weights-out", str(weights)]) == 0
+    loaded, method = load_adapter(out, backbone_weights=weights)
+    assert method.options.variant == "release"
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(images()), model(images()))
