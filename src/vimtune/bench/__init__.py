@@ -1,0 +1,1 @@
+"""Benchmarks behind ``vimtune bench NAME`` (each module: ``main(argv) -> int``)."""

@@ -1,0 +1,117 @@
+"""One measurement in a fresh process: build a model, time inference or a training step, report peak RSS.
+
+Run as ``python -m vimtune.bench.measure '<json spec>'``; prints one JSON line. A fresh process per
+measurement makes the peak resident-set size (``ru_maxrss``) belong to that measurement alone.
+
+Spec keys: ``model`` (timm name), ``model_kwargs`` (dict), ``method`` (name or null) and
+``method_options``, ``mode`` (``infer`` | ``train``), ``batch``, ``img_size``, ``dtype``
+(``float32`` | ``bfloat16``), ``repeats``, ``warmup``, ``threads``.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def current_rss_bytes() -> int:
+    """Resident-set size of this process now (Linux ``/proc/self/status``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmRSS not found in /proc/self/status")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident-set size of this process so far (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build(spec: dict[str, Any]) -> torch.nn.Module:
+    """The model named in ``spec``, with the method attached when one is named."""
+    import timm
+
+    import vimtune.models  # noqa: F401  (registers vim_* with timm)
+
+    model = timm.create_model(spec["model"], **spec.get("model_kwargs", {}))
+    if spec.get("method"):
+        from vimtune.methods import build as build_method
+
+        method = build_method(spec["method"], **spec.get("method_options", {}))
+        model = method.attach(model, num_classes=spec.get("model_kwargs", {}).get("num_classes"))
+    return model
+
+
+def _step_fn(model: torch.nn.Module, spec: dict[str, Any], images: torch.Tensor):
+    """A zero-argument callable running one inference pass or one training step."""
+    dtype = DTYPES[spec.get("dtype", "float32")]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    if spec.get("mode", "infer") == "infer":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode(), autocast:
+                model(images)
+
+        return infer
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    labels = torch.zeros(images.shape[0], dtype=torch.long)
+
+    def train_step() -> None:
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the measurement described by ``spec`` in this process; returns times and memory."""
+    torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
+    torch.manual_seed(0)
+    baseline = current_rss_bytes()
+    model = build(spec)
+    size = int(spec["img_size"])
+    images = torch.randn(int(spec["batch"]), 3, size, size)
+    step = _step_fn(model, spec, images)
+    for _ in range(int(spec.get("warmup", 1))):
+        step()
+    times = []
+    for _ in range(int(spec.get("repeats", 3))):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    best = min(times)
+    return {
+        "seconds": best,
+        "seconds_all": times,
+        "images_per_s": int(spec["batch"]) / best,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_extra_bytes": peak_rss_bytes() - baseline,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    try:
+        result = measure(spec)
+    except (RuntimeError, MemoryError) as err:  # e.g. out of memory: reported, not fatal to the suite
+        result = {"error": f"{type(err).__name__}: {err}"[:500]}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Run :mod:`vimtune.bench.measure` in fresh subprocesses and describe the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from typing import Any
+
+import torch
+
+
+def run_measurement(spec: dict[str, Any], timeout_s: float = 1800) -> dict[str, Any]:
+    """One measurement in a fresh Python process (so its peak RSS is its own)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "vimtune.bench.measure", json.dumps(spec)],
+        capture_output=True, text=True, timeout=timeout_s, check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode}: {' | '.join(tail)}"[:500]}
+    return json.loads(lines[-1])
+
+
+def machine_description() -> dict[str, Any]:
+    """CPU model, core count, memory, torch version and thread count of this machine."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_gib, 1),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "bf16_matmul_isa": _cpu_flags() & {"avx512_bf16", "amx_bf16"},
+    }
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return set()
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """One-line description for tables."""
+    isa = ", ".join(sorted(machine["bf16_matmul_isa"])) or "no bf16 matmul instructions"
+    return (f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, torch {machine['torch']}, "
+            f"{machine['threads']} threads ({isa})")

@@ -1,0 +1,35 @@
+"""``vimtune bench NAME [options]``: runs the benchmark module ``vimtune.bench.NAME``.
+
+Each benchmark module defines ``main(argv: list[str] | None) -> int`` with its own options
+(``vimtune bench NAME --help`` lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+
+
+def _benchmark_names() -> list[str]:
+    import vimtune.bench
+
+    return sorted(m.name for m in pkgutil.iter_modules(vimtune.bench.__path__) if not m.name.startswith("_"))
+
+
+def run(args: argparse.Namespace) -> int:
+    names = _benchmark_names()
+    if args.name not in names:
+        raise ValueError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
+    module = importlib.import_module(f"vimtune.bench.{args.name}")
+    return int(module.main(args.options) or 0)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="run a benchmark (scan, resolution, methods, transfer, ...)",
+        description="Run a benchmark; options after NAME go to the benchmark itself (NAME --help).",
+    )
+    parser.add_argument("name", help="benchmark name, e.g. scan")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="options of that benchmark")
+    parser.set_defaults(func=run)

@@ -1,0 +1,98 @@
+"""``vimtune eval``: test a run's selected weights (or a checkpoint file): top-1/top-5, per-class
+accuracy and a confusion-matrix PNG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vimtune.cli._run_options import add_config_options, overrides_from_args
+from vimtune.data import DATASET_KINDS
+from vimtune.engine import PROTOCOLS, build_config, init_distributed, load_recipe
+from vimtune.engine.builder import build_eval_loaders
+from vimtune.engine.evaluate import evaluate
+from vimtune.engine.inference import LoadedModel, load_run, load_weights_file
+from vimtune.engine.metrics import ClassificationMeter
+from vimtune.engine.report import format_per_class, write_evaluation
+from vimtune.engine.run_dir import RunFiles
+
+EPILOG = """protocols:
+  val        the epoch with the best validation top-1, tested once (needs a val split during training)
+  last       the weights after the last epoch
+  best-test  the epoch with the best TEST top-1 (the SVP release's practice; optimistic, prints a WARNING)
+
+examples:
+  vimtune eval runs/svp-cifar                       # protocol val when available, else last
+  vimtune eval runs/svp-cifar --protocol best-test
+  vimtune eval --checkpoint runs/pretrain/weights/last.safetensors --model vim_micro_patch4_32 \\
+      --data-kind imagefolder --data /data/cifar10 --split test --img-size 32
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = overrides_from_args(args)
+    loaded: LoadedModel | None = None
+    if args.run_dir:
+        loaded = load_run(args.run_dir, args.protocol, overrides)
+        cfg, out_dir, stem = loaded.cfg, RunFiles(Path(args.run_dir)).eval_dir, loaded.selection.protocol
+        if loaded.selection.warning:
+            print(loaded.selection.warning, file=sys.stderr)
+    elif args.checkpoint:
+        cfg = build_config(load_recipe(args.config) if args.config else {}, overrides)
+        stem = Path(args.checkpoint).stem
+        out_dir = Path(args.output_dir or Path("runs") / f"eval-{stem}")
+    else:
+        raise ValueError("give a run folder, or --checkpoint PATH with --model and --data")
+    ctx = init_distributed(cfg.train.device)
+    loaders, datasets = build_eval_loaders(cfg.data, ["test"], ctx)
+    classes = list(datasets["test"].classes)
+    if loaded is None:
+        loaded = load_weights_file(args.checkpoint, cfg, classes)
+    elif classes != loaded.classes:
+        raise ValueError(f"the evaluated split's classes {classes[:10]} differ from the model's {loaded.classes[:10]}")
+    meter = evaluate(loaded.model.to(ctx.device), loaders["test"], len(classes), ctx, cfg.train.bf16)
+    if ctx.is_main:
+        _report(meter, loaded, out_dir, stem)
+    return 0
+
+
+def _report(meter: ClassificationMeter, loaded: LoadedModel, out_dir: Path, stem: str) -> None:
+    """Print the results and write the JSON and the confusion-matrix PNG."""
+    split = loaded.cfg.data.test_split
+    meta = {"split": split, "data": loaded.cfg.data.root}
+    if loaded.selection is not None:
+        meta |= {"protocol": loaded.selection.protocol, "epoch": loaded.selection.epoch,
+                 "weights": str(loaded.selection.weights)}
+    json_path, png_path = write_evaluation(meter, loaded.classes, out_dir, f"{stem}_{split}", meta)
+    summary = meter.summary()
+    which = f"protocol {meta['protocol']} (epoch {meta['epoch']})" if "protocol" in meta else stem
+    print(f"{which} on split '{split}' ({summary['count']} images): top-1 {summary['top1']:.2f}%  "
+          f"top-{meter.topk} {summary['top5']:.2f}%  loss {summary['loss']:.4f}")
+    print(format_per_class(meter, loaded.classes))
+    print(f"wrote {json_path} and {png_path}")
+    if loaded.selection is not None and loaded.selection.warning:
+        print(loaded.selection.warning, file=sys.stderr)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="test a run or a checkpoint: top-1/top-5, per-class accuracy, confusion matrix",
+        description=__doc__.split(": ", 1)[1], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder written by train/finetune")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="which epoch's weights (default: val, else last)")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="instead of a run: full-model weights (.safetensors/.pth) or an adapter folder")
+    parser.add_argument("--output-dir", help="where --checkpoint results go (default runs/eval-<name>)")
+    add_config_options(parser)
+    parser.add_argument("--model", help="model name (with --checkpoint)")
+    parser.add_argument("--backbone-weights", metavar="PATH", help="backbone of an adapter folder")
+    parser.add_argument("--data", metavar="ROOT", help="dataset folder (default: the run's)")
+    parser.add_argument("--data-kind", choices=DATASET_KINDS)
+    parser.add_argument("--split", help="split to evaluate (default: the run's test split)")
+    parser.add_argument("--img-size", type=int, help="input side in pixels")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--num-workers", type=int)
+    parser.add_argument("--device", help="auto, cpu or cuda")
+    parser.set_defaults(func=run)

@@ -1,0 +1,43 @@
+"""``vimtune predict``: the top-k classes of image files under a trained run's model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vimtune.data import BadImageError
+from vimtune.engine import PROTOCOLS
+from vimtune.engine.inference import load_run, predict_images
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_run(args.run_dir, args.protocol)
+    if loaded.selection.warning:
+        print(loaded.selection.warning, file=sys.stderr)
+    try:
+        predictions = predict_images(loaded, args.images, args.topk)
+    except BadImageError as err:
+        raise RuntimeError(str(err)) from err
+    if args.json:
+        print(json.dumps([{"image": path, "top": [{"class": c, "probability": p} for c, p in top]}
+                          for path, top in zip(args.images, predictions, strict=True)], indent=2))
+        return 0
+    for path, top in zip(args.images, predictions, strict=True):
+        print(f"{path}:")
+        for rank, (name, probability) in enumerate(top, 1):
+            print(f"  {rank}. {name:30s} {100 * probability:6.2f}%")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="print the top-k classes of images under a trained run's model",
+        description=__doc__.split(": ", 1)[1],
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by train/finetune")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="which epoch's weights (default: val, else last)")
+    parser.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    parser.set_defaults(func=run)

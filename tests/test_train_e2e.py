@@ -1,0 +1,101 @@
+"""End to end: train in a subprocess, SIGKILL it after the first checkpoint, resume, evaluate, predict."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_engine_support import SMOKE, checksums, make_image_folder, vimtune_cmd
+from vimtune.cli import main
+from vimtune.engine import build_config, load_checkpoint_state, load_recipe, run_training
+
+EPOCHS = 6
+TRAIN_ARGS = ["--epochs", str(EPOCHS), "--batch-size", "2"]
+
+
+def _start_and_kill(data: Path, run: Path, tmp_path: Path) -> None:
+    """Start ``vimtune train`` and SIGKILL it as soon as its first epoch checkpoint exists."""
+    log = (tmp_path / "killed.log").open("w")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    cmd = vimtune_cmd("train", *SMOKE, "--data", str(data), "--output-dir", str(run), *TRAIN_ARGS)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while not (run / "checkpoint.pt").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"training exited or hung before its first checkpoint: {(tmp_path / 'killed.log').read_text()}")
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_killed_run_resumes_exactly_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    _start_and_kill(data, run, tmp_path)
+
+    assert not (run / "final_metrics.json").exists(), "the run finished before it could be killed"
+    state = load_checkpoint_state(run / "checkpoint.pt")  # never a partial file
+    done = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 1 <= state["epoch"] < EPOCHS
+    assert done in (list(range(1, state["epoch"] + 1)), list(range(1, state["epoch"])))  # killed before logging
+    assert not list(run.rglob("*.tmp")) or all(p.name.startswith(".") for p in run.rglob("*.tmp"))
+
+    assert main(["train", "--output-dir", str(run), "--resume"]) == 0
+    assert "resuming after epoch" in capsys.readouterr().out
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
+    assert [r["global_step"] for r in records] == [12 * e for e in range(1, EPOCHS + 1)]
+    for r in records:
+        assert math.isfinite(r["train_loss"]) and 0 < r["train_loss"] < 5
+        assert 0 <= r["val_top1"] <= 100 and r["val_top1"] <= r["val_top5"] <= 100
+        assert r["lr"] > 0 and r["epoch_time"] > 0
+    for name in ("config.yaml", "classes.json", "checkpoint.pt", "final_metrics.json",
+                 "weights/last.safetensors", "weights/best_val.safetensors"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert set(final["protocols"]) == {"val", "last"}
+    assert final["protocols"]["last"]["epoch"] == EPOCHS and final["protocols"]["last"]["test_count"] == 6
+    assert final["trainable_params"] == final["total_params"] > 0
+
+    # the resumed run ends with the weights of an uninterrupted one
+    cfg = build_config(load_recipe("smoke"), [("data.root", str(data)), ("output_dir", str(tmp_path / "ref")),
+                                              ("train.epochs", EPOCHS), ("data.batch_size", 2)])
+    run_training(cfg)
+    resumed = load_file(run / "weights/last.safetensors")
+    reference = load_file(tmp_path / "ref/weights/last.safetensors")
+    assert resumed.keys() == reference.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], reference[key], msg=key)
+
+    before = checksums(run)
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "protocol val" in out and "top-1" in out and "stripes" in out
+    evaluation = json.loads((run / "eval/val_test.json").read_text())
+    assert evaluation["count"] == 6 and len(evaluation["confusion_matrix"]) == 3
+    assert (run / "eval/val_test_confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+    assert main(["eval", str(run), "--protocol", "best-test"]) == 1
+    assert "best-test" in capsys.readouterr().err
+
+    assert main(["predict", str(run), str(data / "test/square/000.png"), "--topk", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("000.png:") and len(lines) == 3
+    assert any(name in lines[1] for name in ("circle", "square", "stripes"))
+    after = checksums(run)
+    assert {k: v for k, v in after.items() if not k.startswith("eval/")} == before

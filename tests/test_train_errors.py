@@ -1,0 +1,111 @@
+"""Clear errors that leave saved work intact: corrupt image, missing split file, wrong architecture, NaN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import vimtune.engine.runner as runner
+from test_engine_support import SMOKE, checksums, make_image_folder, make_vtab_task
+from vimtune.cli import main
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A one-epoch smoke run and its data: ``(data, run)``."""
+    root = tmp_path_factory.mktemp("finished")
+    data = make_image_folder(root / "data", {"train": 4, "val": 2, "test": 2})
+    run = root / "run"
+    assert main(["train", *SMOKE, "--data", str(data), "--output-dir", str(run), "--epochs", "1"]) == 0
+    return data, run
+
+
+def _saved(run: Path) -> dict[str, str]:
+    """Checksums of the files a run saved (config.yaml aside: a resume records its new settings)."""
+    return {k: v for k, v in checksums(run).items() if k != "config.yaml" and not k.startswith("tensorboard/")}
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_corrupt_image_names_the_file_and_keeps_the_run(
+    finished_run: tuple[Path, Path], workers: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = finished_run
+    bad = data / "train" / "square" / "001.png"
+    original = bad.read_bytes()
+    before = _saved(run)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    try:
+        assert main(["train", "--output-dir", str(run), "--resume", "--epochs", "2", "--num-workers", workers]) == 1
+    finally:
+        bad.write_bytes(original)
+    err = capsys.readouterr().err
+    message = [line for line in err.splitlines() if "vimtune train: error:" in line]
+    assert message == [f"vimtune train: error: cannot read image '{bad}' (label 1): UnidentifiedImageError: "
+                       f"cannot identify image file '{bad}' (use --skip-bad-images to drop unreadable images)"]
+    assert _saved(run) == before
+
+
+def test_missing_split_file_names_it_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    task = make_vtab_task(tmp_path / "task")
+    (task / "val200.txt").unlink()
+    run = tmp_path / "run"
+    args = ["train", *SMOKE, "--data-kind", "vtab", "--data", str(task), "--output-dir", str(run)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "VTAB split 'val' expects list file" in err and str(task / "val200.txt") in err
+    assert not run.exists()
+
+
+def test_wrong_architecture_checkpoint_is_refused(
+    finished_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = finished_run
+    before = checksums(run)
+    weights = run / "weights" / "last.safetensors"
+    deeper = ["--set", "model.kwargs.depth=3"]
+
+    assert main(["eval", "--checkpoint", str(weights), *SMOKE, *deeper, "--data", str(data),
+                 "--output-dir", str(tmp_path / "eval")]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit the model" in err and "missing keys: layers.2." in err
+
+    assert main(["train", "--output-dir", str(run), "--resume", "--set", "model.kwargs.embed_dim=48"]) == 1
+    err = capsys.readouterr().err
+    assert "mis-shaped keys" in err and "(48,)" in err
+
+    fresh = tmp_path / "fresh"
+    assert main(["train", *SMOKE, *deeper, "--data", str(data), "--output-dir", str(fresh),
+                 "--set", f"model.backbone_weights={weights}"]) == 1
+    assert "missing keys: layers.2." in capsys.readouterr().err
+    assert not fresh.exists() and not (tmp_path / "eval").exists()
+    assert checksums(run) == before
+
+
+def test_existing_run_folder_is_not_overwritten(
+    finished_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = finished_run
+    before = checksums(run)
+    assert main(["train", *SMOKE, "--data", str(data), "--output-dir", str(run)]) == 1
+    assert "--resume" in capsys.readouterr().err and checksums(run) == before
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(
+    finished_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = finished_run
+
+    def nan_model(*args, **kwargs):
+        model, trainable = build_model(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, out: out * float("nan") if module.training else out)
+        return model, trainable
+
+    build_model = runner.build_model
+    monkeypatch.setattr(runner, "build_model", nan_model)
+    before = _saved(run)
+    assert main(["train", "--output-dir", str(run), "--resume", "--epochs", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "training loss is nan" in err and "at epoch 2, step 1/" in err
+    assert f"checkpoint '{run / 'checkpoint.pt'}' (epoch 1) is unchanged" in err
+    assert _saved(run) == before

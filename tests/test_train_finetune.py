@@ -1,0 +1,58 @@
+"""``vimtune finetune``: SVP on a VTAB-style task from a backbone file, with EMA and accumulation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import vimtune.models  # noqa: F401 - registers the Vim configs
+from test_engine_support import SMOKE, make_vtab_task
+from vimtune.cli import main
+from vimtune.engine import load_checkpoint_state
+from vimtune.engine.inference import load_run
+from vimtune.methods import load_adapter
+
+SVP = ["--method", "svp", "--set", "model.method_options.rank=4", "--set", "model.method_options.group_size=4"]
+
+
+def test_svp_finetune_saves_only_the_adapter_and_extends_on_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task = make_vtab_task(tmp_path / "task")
+    backbone = timm.create_model("vim_nano_patch4_32", num_classes=10, depth=2, embed_dim=32, img_size=16)
+    save_file(backbone.state_dict(), tmp_path / "backbone.safetensors")
+    run = tmp_path / "run"
+    args = ["finetune", *SMOKE, *SVP, "--backbone-weights", str(tmp_path / "backbone.safetensors"),
+            "--data-kind", "vtab", "--data", str(task), "--output-dir", str(run), "--epochs", "2",
+            "--batch-size", "4", "--accum-steps", "2", "--ema", "--test-every-epoch"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "protocol best-test" in out.out and "WARNING" in out.out
+
+    checkpoint = load_checkpoint_state(run / "checkpoint.pt")
+    assert set(checkpoint["model"]) == set(checkpoint["ema"])
+    assert {"head.weight", "head.bias"} < set(checkpoint["model"])
+    assert all(k.startswith(("head.", "svp.")) for k in checkpoint["model"])  # no frozen backbone
+    assert checkpoint["global_step"] == 4  # 12 images / batch 4 = 3 batches -> 2 updates per epoch
+
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert set(final["protocols"]) == {"val", "last", "best-test"}
+    assert 0 < final["trainable_params"] < final["total_params"]
+
+    images = torch.randn(2, 3, 16, 16)
+    adapted, _ = load_adapter(run / "adapter", backbone_weights=tmp_path / "backbone.safetensors")
+    loaded = load_run(run, "last")
+    torch.testing.assert_close(adapted.eval()(images), loaded.model(images))
+
+    assert main(["eval", str(run), "--protocol", "best-test"]) == 0
+    assert "WARNING: protocol 'best-test'" in capsys.readouterr().err
+
+    assert main(["finetune", "--output-dir", str(run), "--resume", "--epochs", "3"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert json.loads((run / "final_metrics.json").read_text())["epochs"] == 3
