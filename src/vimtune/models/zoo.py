@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -23,6 +24,10 @@ MODEL_CONFIGS: dict[str, tuple[dict[str, Any], str | None, float | None]] = {
     "vim_nano_patch4_32": (dict(embed_dim=64, depth=4, patch_size=4, img_size=32), None, None),
 }
 
+# Backbones trained by this project and shipped inside the package (model card beside each file).
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+COMMITTED_WEIGHTS: dict[str, str] = {"vim_micro_patch4_32": "vim_micro_patch4_32.cifar10.safetensors"}
+
 
 def _cfg(name: str) -> dict[str, Any]:
     kwargs, release_file, _ = MODEL_CONFIGS[name]
@@ -41,6 +46,7 @@ def _cfg(name: str) -> dict[str, Any]:
         "license": "apache-2.0",
         "paper_ids": "arXiv:2401.09417",
         "notes": (f"release file: {release_file}",) if release_file else None,
+        "file": str(WEIGHTS_DIR / COMMITTED_WEIGHTS[name]) if name in COMMITTED_WEIGHTS else None,
     }
 
 
@@ -61,6 +67,8 @@ def create_vim(name: str, pretrained: bool = False, **kwargs: Any) -> VisionMamb
     )
     if pretrained:
         file = model.pretrained_cfg.get("file")
+        if file and not Path(file).is_file():
+            raise CheckpointError(f"the weights file of {name} is missing: '{file}' (expected in the package)")
         if not file:
             raise CheckpointError(
                 f"no local weights for {name}: vimtune downloads nothing; pass "

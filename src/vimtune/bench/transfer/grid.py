@@ -1,0 +1,103 @@
+"""The transfer grid: (task, method, seed) cells, run through the shared protocol and cached in the JSON.
+
+A finished cell is stored in the results JSON under ``"task/method/seed"`` and never run again
+while the file's fingerprint (protocol + backbone) is unchanged. A cell interrupted mid-run
+resumes from its engine run folder (``WORK_DIR/<fingerprint>/<task>/<method>-s<seed>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vimtune.data import VTAB_SPLIT_FILES
+from vimtune.demo import Protocol, ResolvedBackbone, run_cell
+from vimtune.engine.checkpoint import atomic_write_text
+
+Cell = tuple[str, str, int]
+
+
+def cell_key(task: str, method: str, seed: int) -> str:
+    """The JSON key of a cell: ``"task/method/seed"``."""
+    return f"{task}/{method}/{seed}"
+
+
+def fingerprint(protocol: Protocol, backbone: ResolvedBackbone) -> str:
+    """A short hash of everything a cached cell must share with the current run."""
+    identity = {"protocol": protocol.identity(), "backbone": backbone.describe()}
+    identity["backbone"].pop("weights")  # the file's hash identifies it, wherever it lies
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def discover_tasks(data_root: Path) -> list[str]:
+    """The task folders of ``data_root``: sub-folders holding the train, val and test list files."""
+    needed = [VTAB_SPLIT_FILES[s] for s in ("train", "val", "test")]
+    if not data_root.is_dir():
+        raise FileNotFoundError(f"VTAB data root '{data_root}' does not exist (give --data-root)")
+    tasks = sorted(d.name for d in data_root.iterdir() if d.is_dir() and all((d / f).is_file() for f in needed))
+    if not tasks:
+        raise FileNotFoundError(f"no VTAB-layout task folders ({', '.join(needed)}) in '{data_root}'")
+    return tasks
+
+
+@dataclass
+class ResultsFile:
+    """The results JSON: a header (fingerprint, protocol, backbone, ...) and the finished cells."""
+
+    path: Path
+    header: dict[str, Any]
+    cells: dict[str, dict[str, Any]]
+
+    @classmethod
+    def open(cls, path: Path, header: dict[str, Any], fresh: bool) -> ResultsFile:
+        """The cached cells of ``path`` when its fingerprint matches ``header``'s (none with ``fresh``).
+
+        Raises:
+            ValueError: the file holds results of another protocol or backbone (the message
+                shows both), and ``fresh`` was not given.
+        """
+        if fresh or not path.is_file():
+            return cls(path, header, {})
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("fingerprint") != header["fingerprint"]:
+            theirs = {k: data.get(k) for k in ("protocol", "backbone")}
+            ours = {k: header[k] for k in ("protocol", "backbone")}
+            raise ValueError(
+                f"'{path}' holds results of another protocol or backbone:\n  file: {json.dumps(theirs)}\n"
+                f"  now:  {json.dumps(ours)}\nuse --fresh to replace them, or --out for another file")
+        return cls(path, header, data.get("cells", {}))
+
+    def save(self) -> None:
+        """Write the header and cells (atomically)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({**self.header, "cells": self.cells}, indent=1))
+
+
+@dataclass
+class Grid:
+    """Runs cells with one protocol and backbone, caching each finished cell in ``results``."""
+
+    data_root: Path
+    work_dir: Path
+    protocol: Protocol
+    backbone: ResolvedBackbone
+    results: ResultsFile
+    log: Callable[[str], None] = print
+
+    def run(self, cells: Iterable[Cell]) -> None:
+        """Run every cell not cached yet, saving the results file after each one."""
+        todo = [c for c in cells if cell_key(*c) not in self.results.cells]
+        root = self.work_dir / self.results.header["fingerprint"]
+        for n, (task, method, seed) in enumerate(todo, 1):
+            run_dir = root / task / f"{method}-s{seed}"
+            self.log(f"[{n}/{len(todo)}] {task} / {method} / seed {seed} -> {run_dir}")
+            record = run_cell(self.data_root / task, run_dir, method, seed, self.protocol, self.backbone,
+                              root / "heads", resume=run_dir.is_dir())
+            self.results.cells[cell_key(task, method, seed)] = {**record, "run_dir": str(run_dir)}
+            self.results.save()
+            self.log(f"  done in {record['seconds']:.0f} s: "
+                     + ", ".join(f"{p} test {r['test_acc']:.3f}" for p, r in record["protocols"].items()))

@@ -1,0 +1,173 @@
+"""The backbone the demo and the transfer benchmark start from: a timm name and where its weights come from.
+
+By default that is :data:`DEFAULT_BACKBONE` with ``pretrained=True``: the weights committed in
+``vimtune/weights/`` and registered with timm (``timm.create_model(name, pretrained=True)``
+finds them offline). Every fine-tuning run gets a *fresh* classification head: the backbone file
+handed to the engine holds the pretrained weights with the head replaced by the head a new model
+of that seed would have (see :meth:`ResolvedBackbone.weights_for`), so that a pretrained head of
+the same class count (CIFAR-10 -> a 10-class task) is never carried over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models import get_pretrained_cfg
+
+from vimtune.models import read_state_dict
+
+#: The backbone of ``vimtune demo`` and ``vimtune bench transfer`` (pretrained on CIFAR-10 by this project).
+DEFAULT_BACKBONE = "vim_micro_patch4_32"
+
+RANDOM_BACKBONE_WARNING = (
+    "WARNING: the backbone is RANDOMLY INITIALISED ({reason}); the accuracies below do not measure "
+    "transfer from pretraining"
+)
+
+
+class MissingWeightsError(RuntimeError):
+    """Pretrained weights were asked for but the backbone has none on this machine."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which backbone to fine-tune.
+
+    Attributes:
+        name: a timm model name registered by :mod:`vimtune.models`.
+        kwargs: constructor overrides (``depth``, ``embed_dim``, ``img_size``...).
+        weights: an explicit weights file (release ``.pth``, state dict or ``.safetensors``);
+            takes precedence over ``pretrained``.
+        pretrained: use the weights registered with timm for ``name`` (the committed ones).
+    """
+
+    name: str = DEFAULT_BACKBONE
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    pretrained: bool = True
+
+    def img_size(self) -> int:
+        """Input side in pixels: ``kwargs['img_size']``, else the model's default input size."""
+        if "img_size" in self.kwargs:
+            return int(self.kwargs["img_size"])
+        return int(self._pretrained_cfg().input_size[-1])
+
+    def weights_file(self) -> Path | None:
+        """The weights to start from, ``None`` for a random initialisation (``pretrained=False``).
+
+        Raises:
+            FileNotFoundError: an explicit ``weights`` file that does not exist.
+            MissingWeightsError: ``pretrained`` but no weights are registered for ``name`` or the
+                registered file is missing.
+        """
+        if self.weights:
+            path = Path(self.weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"backbone weights '{path}' not found")
+            return path
+        if not self.pretrained:
+            return None
+        file = self._pretrained_cfg().file
+        if not file:
+            raise MissingWeightsError(
+                f"{self.name} has no pretrained weights registered: pass --backbone-weights PATH, "
+                "or --no-pretrained for a random backbone")
+        if not Path(file).is_file():
+            raise MissingWeightsError(
+                f"the committed weights of {self.name} are missing: '{file}' does not exist (not trained/committed "
+                "yet?); pass --backbone-weights PATH, or --no-pretrained for a random backbone")
+        return Path(file)
+
+    def _pretrained_cfg(self) -> Any:
+        cfg = get_pretrained_cfg(self.name)
+        if cfg is None:
+            raise ValueError(f"unknown backbone {self.name!r}; see `vimtune info` for the registered models")
+        return cfg
+
+
+@dataclass(frozen=True)
+class ResolvedBackbone:
+    """A :class:`BackboneSpec` with its weights file found (``None``: random initialisation).
+
+    Attributes:
+        spec: what was asked for.
+        file: the weights file, or ``None``.
+        sha256: the file's SHA-256 (identifies the weights in result files), or ``None``.
+        warning: set when the weights are random although pretrained ones were asked for.
+    """
+
+    spec: BackboneSpec
+    file: Path | None
+    sha256: str | None
+    warning: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able identity of the backbone (name, kwargs, weights file and hash)."""
+        return {
+            "name": self.spec.name,
+            "kwargs": dict(self.spec.kwargs),
+            "weights": str(self.file) if self.file else None,
+            "weights_sha256": self.sha256,
+            "random_init": self.file is None,
+            **({"warning": self.warning} if self.warning else {}),
+        }
+
+    def weights_for(self, num_classes: int, seed: int, directory: Path) -> Path | None:
+        """A weights file for a ``num_classes`` task: the backbone's weights with a fresh head.
+
+        The head is that of ``timm.create_model(name, num_classes=num_classes, **kwargs)`` built
+        under ``seed`` (the global RNG is left as it was). Written once to ``directory`` and
+        reused. ``None`` for a random backbone: the engine then initialises everything itself.
+        """
+        if self.file is None:
+            return None
+        path = directory / f"{self.spec.name}-{self.sha256[:12]}-c{num_classes}-s{seed}.safetensors"
+        if path.is_file():
+            return path
+        state = {k: v for k, v in read_state_dict(self.file).items() if not k.startswith("head.")}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = timm.create_model(self.spec.name, num_classes=num_classes, **self.spec.kwargs)
+        state.update({f"head.{k}": v for k, v in fresh.head.state_dict().items()})
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(partial))
+        partial.replace(path)
+        return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_backbone(spec: BackboneSpec, random_fallback: bool = False) -> ResolvedBackbone:
+    """Find the weights of ``spec``.
+
+    Args:
+        spec: the backbone asked for.
+        random_fallback: when the pretrained weights are missing, continue with a random
+            backbone (:attr:`ResolvedBackbone.warning` says so, for the caller to print and to
+            keep in its result files) instead of raising.
+
+    Raises:
+        MissingWeightsError: pretrained weights missing and no ``random_fallback``.
+    """
+    try:
+        file = spec.weights_file()
+    except MissingWeightsError as err:
+        if not random_fallback:
+            raise
+        return ResolvedBackbone(spec, None, None, RANDOM_BACKBONE_WARNING.format(reason=err))
+    if file is None:
+        return ResolvedBackbone(spec, None, None, RANDOM_BACKBONE_WARNING.format(reason="--no-pretrained"))
+    return ResolvedBackbone(spec, file, _sha256(file))

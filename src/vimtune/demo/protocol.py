@@ -1,0 +1,142 @@
+"""One fine-tuning protocol, shared by ``vimtune demo`` and ``vimtune bench transfer``.
+
+A *cell* is one (task, method, seed): the engine's :func:`~vimtune.engine.run_training` on a
+VTAB-layout task folder, from a :class:`~vimtune.demo.backbone.ResolvedBackbone` with a fresh
+head, trained on split ``train``, validated on ``val`` after every epoch when the protocol
+validates, tested on ``test`` at the end under every selection protocol the run supports
+(``last``; ``val`` = the epoch with the best val top-1). Nothing is selected on test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vimtune.data import VTabDataset
+from vimtune.demo.backbone import ResolvedBackbone
+from vimtune.engine import RunConfig, build_config, run_training
+
+#: Method names of the demo and the benchmark -> (``vimtune.methods`` name, options).
+METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "full": ("full", {}),
+    "linear": ("linear", {}),
+    "bias": ("bias", {}),
+    "vpt-shallow": ("vpt-shallow", {}),
+    "vpt-deep": ("vpt-deep", {}),
+    "lora": ("lora", {}),
+    "adapter": ("adapter", {}),
+    "svp": ("svp", {}),
+    "svp-cross-only": ("svp", {"inner": False}),
+    "svp-inner-only": ("svp", {"cross": False}),
+}
+
+
+def check_methods(names: list[str]) -> list[str]:
+    """``names``, checked against :data:`METHOD_VARIANTS` (``ValueError`` listing the valid ones)."""
+    unknown = [n for n in names if n not in METHOD_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(METHOD_VARIANTS)}")
+    return names
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How every cell is trained and tested (AdamW, warmup + cosine, no augmentation, VTAB resize).
+
+    Attributes:
+        epochs: training epochs.
+        batch_size: training batch.
+        lr: learning rate of every method except ``full`` (not scaled by the batch).
+        full_lr: learning rate of ``full`` (every parameter moves: a smaller step).
+        weight_decay: AdamW decay (norms, biases, prompts' scales excluded by the engine).
+        warmup_epochs: linear warmup before the cosine decay.
+        validate: evaluate split ``val`` after every epoch (protocol ``val``); else ``last`` only.
+        eval_batch_size: evaluation batch (does not change results).
+        device: ``auto``, ``cpu`` or ``cuda`` (does not change the protocol's identity).
+        num_workers: DataLoader workers (does not change results).
+    """
+
+    epochs: int
+    batch_size: int = 32
+    lr: float = 1e-3
+    full_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    validate: bool = True
+    eval_batch_size: int = 128
+    device: str = "auto"
+    num_workers: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change results (what a cached result must match)."""
+        ignored = {"eval_batch_size", "device", "num_workers"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ignored}
+
+    def run_config(self, task: Path, run_dir: Path, method: str, seed: int, backbone: ResolvedBackbone,
+                   weights: Path | None) -> RunConfig:
+        """The engine configuration of one cell (``weights``: the backbone file with a fresh head)."""
+        base_method, options = METHOD_VARIANTS[method]
+        recipe = {
+            "name": f"{task.name}-{method}-s{seed}",
+            "output_dir": str(run_dir),
+            "model": {"name": backbone.spec.name, "kwargs": dict(backbone.spec.kwargs),
+                      "backbone_weights": str(weights) if weights else None,
+                      "method": base_method, "method_options": dict(options)},
+            "data": {"kind": "vtab", "root": str(task), "train_split": "train",
+                     "val_split": "val" if self.validate else None, "test_split": "test",
+                     "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                     "num_workers": self.num_workers,
+                     "augment": {"recipe": "none", "img_size": backbone.spec.img_size()}},
+            "optim": {"lr": self.full_lr if base_method == "full" else self.lr, "scale_lr": False,
+                      "weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs,
+                      "warmup_lr": 1e-6, "min_lr": 1e-6},
+            "train": {"epochs": self.epochs, "seed": seed, "device": self.device},
+        }
+        return build_config(recipe)
+
+
+def _fractions(record: dict[str, Any]) -> dict[str, Any]:
+    """A protocol record of ``final_metrics.json`` with accuracies as fractions in [0, 1]."""
+    out = {"epoch": record["epoch"], "test_acc": record["test_top1"] / 100.0}
+    if "val_top1" in record:
+        out["val_acc"] = record["val_top1"] / 100.0
+    return out
+
+
+def run_cell(task: Path, run_dir: Path, method: str, seed: int, protocol: Protocol, backbone: ResolvedBackbone,
+             heads_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune ``method`` on ``task`` through the engine and return the cell's result.
+
+    Args:
+        task: a VTAB-layout task folder (``train800.txt``, ``test.txt``, ``val200.txt`` when
+            the protocol validates).
+        run_dir: the engine's run folder for this cell.
+        method: a key of :data:`METHOD_VARIANTS`.
+        seed: training seed (also seeds the fresh head).
+        protocol: the training protocol.
+        backbone: where the backbone weights come from.
+        heads_dir: where backbone files with fresh heads are written (and reused).
+        resume: continue the run folder's run (a finished run is only tested again);
+            otherwise an existing run folder is replaced.
+
+    Returns:
+        ``{"task", "method", "seed", "trainable_params", "total_params", "seconds", "protocols":
+        {"last": {"epoch", "test_acc", ["val_acc"]}, ["val": {...}]}}`` with accuracies in [0, 1].
+    """
+    num_classes = VTabDataset(task, "train").num_classes
+    weights = backbone.weights_for(num_classes, seed, heads_dir)
+    cfg = protocol.run_config(task, run_dir, method, seed, backbone, weights)
+    start = time.perf_counter()
+    final = run_training(cfg, resume=resume, overwrite=not resume)
+    return {
+        "task": task.name,
+        "method": method,
+        "seed": seed,
+        "trainable_params": final["trainable_params"],
+        "total_params": final["total_params"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "protocols": {name: _fractions(r) for name, r in final["protocols"].items()},
+    }

@@ -1,0 +1,53 @@
+"""Accuracy against trainable parameters (log scale), one labelled point per method, as in PEFT papers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+
+def plot_accuracy_vs_params(
+    points: Sequence[tuple[str, float, float]],
+    path: str | Path,
+    title: str = "",
+    per_task: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+) -> Path:
+    """Write a scatter of accuracy (%) against trainable parameters (log x) to ``path`` (PNG).
+
+    Args:
+        points: ``(label, trainable parameters, accuracy in [0, 1])``, one big labelled marker each.
+        path: the PNG to write.
+        title: the figure title.
+        per_task: optional ``{task: [(parameters, accuracy), ...]}`` drawn as small faint markers
+            behind, one colour per task.
+
+    Returns:
+        ``path``.
+    """
+    if not points:
+        raise ValueError("nothing to plot: no (label, parameters, accuracy) points")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for task, task_points in (per_task or {}).items():
+        xs, ys = zip(*task_points, strict=True)
+        ax.scatter(xs, [100 * y for y in ys], s=14, alpha=0.35, label=task)
+    for label, params, accuracy in points:
+        ax.scatter(params, 100 * accuracy, s=60, color="black", zorder=3)
+        ax.annotate(label, (params, 100 * accuracy), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if per_task:
+        ax.legend(fontsize=7, loc="lower right", title="per task", title_fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
