@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from vimtune.ops import selective_scan
+from vimtune.ops import resolve_backend, selective_scan
+from vimtune.ops.mixer_cpu import bimamba_forward_tm, mixer_kernels_available
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -112,6 +113,8 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden (B, T, D) -> (B, T, D)."""
+        if resolve_backend(hidden.device, self.scan_backend) == "cpu" and mixer_kernels_available():
+            return bimamba_forward_tm(self, hidden)  # time-major C++ kernels, no flips or transposes
         xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2E, T)
         x, z = xz.chunk(2, dim=1)
         y_fwd = self._scan_direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)

@@ -1,0 +1,357 @@
+"""``vimtune bench scan``: the selective-scan backends timed at Vim shapes, forward and forward+backward.
+
+Backends: ``reference`` (sequential PyTorch), ``chunked`` (vectorised PyTorch), ``cpu`` (the C++ kernel)
+and ``mambapy`` (that package's parallel scan, when it imports). All run the Vim configuration: float32,
+D, z and delta_bias given, softplus on. Shapes: vim_tiny (E=384) and vim_small (E=768) at 224 px
+(L=197, batch 8) and 1248 px (L=6085, batch 1), N=16.
+
+Time = best of the timed repeats after one warm-up call; "forward" runs under ``no_grad``, "fwd+bwd" runs
+the forward with autograd and ``torch.autograd.grad`` for all eight inputs. At each shape and mode the
+backends take turns, one call each, so that load from other work affects them alike; a backend stops
+repeating once it has spent ``--budget-s`` seconds, so slow backends at long L get fewer repeats (listed in
+the JSON); a combination whose autograd graph would need more than ``--max-gib`` is skipped and marked so.
+Peak extra memory of fwd+bwd: a fresh subprocess builds the inputs and the output cotangent, warms the
+backend up on a tiny problem, resets its peak RSS (Linux VmHWM) to the current RSS, runs forward+backward
+once and reports VmHWM minus the RSS before (outputs and gradients included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vimtune.bench.runner import machine_description, machine_line
+from vimtune.ops.scan_chunked import DEFAULT_CHUNK, selective_scan_chunked
+from vimtune.ops.scan_reference import gate_output, prepare_delta, selective_scan_reference
+
+SHAPES = {  # name -> (batch, E, L, N)
+    "tiny-224": (8, 384, 197, 16),
+    "small-224": (8, 768, 197, 16),
+    "tiny-1248": (1, 384, 6085, 16),
+    "small-1248": (1, 768, 6085, 16),
+}
+MODES = ("forward", "fwd+bwd")
+# Vector instructions per state update in an ideal fused kernel (exp ~12, recurrence 2, output 1;
+# backward: the same recomputation plus ~10 for the reverse sweep) - used for the time floor.
+OPS_PER_UPDATE = {"forward": 16, "fwd+bwd": 42}
+
+
+def _mambapy(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+             delta_bias: Tensor, delta_softplus: bool) -> Tensor:
+    """mambapy's pscan-based ``MambaBlock.selective_scan`` on our (B, E, L) layout, gate applied here."""
+    from mambapy.mamba import MambaBlock
+
+    dt = prepare_delta(delta, delta_bias, delta_softplus)
+    y = MambaBlock.selective_scan(None, u.mT, dt.mT, A, B.mT, C.mT, D)  # (B, L, E); uses no state of self
+    return gate_output(y.mT, u, None, z)
+
+
+def backends(names: list[str]) -> dict[str, Callable[..., Tensor]]:
+    """The requested backends that can run here (``cpu`` needs the kernel, ``mambapy`` the package)."""
+    table: dict[str, Callable[..., Tensor]] = {"reference": selective_scan_reference,
+                                               "chunked": selective_scan_chunked}
+    from vimtune.ops.scan_cpu import cpu_kernel_available, selective_scan_cpu
+
+    if cpu_kernel_available():
+        table["cpu"] = selective_scan_cpu
+    try:
+        import mambapy.mamba  # noqa: F401
+
+        table["mambapy"] = _mambapy
+    except ImportError:
+        pass
+    return {name: table[name] for name in names if name in table}
+
+
+def make_inputs(shape: tuple[int, int, int, int], grad: bool, seed: int = 0) -> dict[str, Tensor]:
+    """Float32 inputs with Vim-like statistics; all leaves require grad when ``grad``."""
+    batch, channels, length, state = shape
+    g = torch.Generator().manual_seed(seed)
+    inputs = {
+        "u": torch.randn(batch, channels, length, generator=g),
+        "delta": torch.randn(batch, channels, length, generator=g) - 2.0,
+        "A": -torch.arange(1, state + 1, dtype=torch.float32).repeat(channels, 1),
+        "B": torch.randn(batch, state, length, generator=g),
+        "C": torch.randn(batch, state, length, generator=g),
+        "D": torch.ones(channels),
+        "z": torch.randn(batch, channels, length, generator=g),
+        "delta_bias": torch.rand(channels, generator=g) - 4.0,
+    }
+    return {k: v.requires_grad_(grad) for k, v in inputs.items()}
+
+
+def graph_gib(backend: str, shape: tuple[int, int, int, int]) -> float:
+    """Rough size of what autograd keeps for fwd+bwd (only the PyTorch backends keep much)."""
+    batch, channels, length, state = shape
+    per_step = batch * channels * state * 4
+    if backend == "chunked":
+        return 3 * per_step * length * DEFAULT_CHUNK / 2**30
+    if backend == "mambapy":
+        return 8 * per_step * 2 ** (length - 1).bit_length() / 2**30
+    return 6 * per_step * length / 2**30 if backend == "reference" else 0.0
+
+
+def step_fn(fn: Callable[..., Tensor], inputs: dict[str, Tensor], mode: str) -> Callable[[], None]:
+    """A zero-argument call running one forward (no_grad) or one forward+backward."""
+    if mode == "forward":
+        def forward() -> None:
+            with torch.no_grad():
+                fn(**inputs, delta_softplus=True)
+
+        return forward
+    cotangent = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1))
+    leaves = list(inputs.values())
+
+    def forward_backward() -> None:
+        torch.autograd.grad(fn(**inputs, delta_softplus=True), leaves, cotangent)
+
+    return forward_backward
+
+
+def time_steps(steps: dict[str, Callable[[], None]], repeats: int, budget_s: float,
+               min_s: float = 2.0) -> dict[str, dict[str, Any]]:
+    """Best time of one call per step. The steps run round-robin, one call each per round, so that load
+    from other work on the machine hits all of them alike. Each step: a warm-up call, then at least
+    ``repeats`` timed calls (more while under ``min_s`` seconds, at most 200), stopping once it has spent
+    ``budget_s``; a warm-up call that alone takes longer than the budget is its only measurement
+    (``single_run``). Python's cyclic garbage collector is paused meanwhile, as in :mod:`timeit`."""
+    results: dict[str, dict[str, Any]] = {}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    spent: dict[str, float] = {}
+    gc.disable()
+    try:
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            spent[name] = time.perf_counter() - start
+            if spent[name] > budget_s:
+                results[name] = {"seconds": spent[name], "seconds_all": [spent[name]], "single_run": True}
+        active = [name for name in steps if name not in results]
+        while active:
+            for name in list(active):
+                start = time.perf_counter()
+                steps[name]()
+                times[name].append(time.perf_counter() - start)
+                spent[name] += times[name][-1]
+                count = len(times[name])
+                if count >= 200 or spent[name] > budget_s or (count >= repeats and spent[name] >= min_s):
+                    active.remove(name)
+                    results[name] = {"seconds": min(times[name]), "seconds_all": times[name]}
+    finally:
+        gc.enable()
+    return results
+
+
+def _current_rss() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+
+def memory_probe(backend: str, shape: tuple[int, int, int, int], threads: int) -> dict[str, Any]:
+    """Peak extra RSS of one forward+backward in this (fresh) process; see the module docstring."""
+    torch.set_num_threads(threads)
+    fn = backends([backend])[backend]
+    step_fn(fn, make_inputs((1, 16, 8, shape[3]), grad=True), "fwd+bwd")()
+    inputs = make_inputs(shape, grad=True)
+    step = step_fn(fn, inputs, "fwd+bwd")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset VmHWM to the current RSS
+    before = _current_rss()
+    step()
+    input_bytes = sum(t.numel() * t.element_size() for t in inputs.values())
+    extra = _peak_rss() - before
+    return {"peak_extra_bytes": extra, "input_bytes": input_bytes, "ratio_to_inputs": extra / input_bytes}
+
+
+def measure_memory(backend: str, shape_name: str, threads: int) -> dict[str, Any]:
+    """Runs :func:`memory_probe` in a fresh interpreter."""
+    spec = json.dumps({"backend": backend, "shape": shape_name, "threads": threads})
+    proc = subprocess.run([sys.executable, "-m", "vimtune.bench.scan", "--memory-probe", spec],
+                          capture_output=True, text=True, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return json.loads(lines[-1])
+
+
+def floor_seconds(shape: tuple[int, int, int, int], mode: str, machine: dict[str, Any]) -> float:
+    """Compute-bound time floor: updates x ideal ops / (threads x GHz x 2 vector ops/cycle x lanes)."""
+    updates = shape[0] * shape[1] * shape[2] * shape[3]
+    rate = machine["threads"] * machine["ghz"] * 1e9 * 2 * machine["fp32_lanes"]
+    return updates * OPS_PER_UPDATE[mode] / rate
+
+
+def describe_machine() -> dict[str, Any]:
+    """:func:`machine_description` plus clock (``cpu MHz``) and float32 vector lanes from /proc/cpuinfo."""
+    machine = machine_description()
+    machine["bf16_matmul_isa"] = sorted(machine["bf16_matmul_isa"])
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+    flags = next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    machine["ghz"] = round(mhz[0] / 1000, 2) if mhz else 2.0
+    machine["fp32_lanes"] = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    return machine
+
+
+def check_accuracy(fns: dict[str, Callable[..., Tensor]], shape: tuple[int, int, int, int]) -> dict[str, float]:
+    """Max |error| / max |reference| of out and of all gradients against the float64 reference."""
+    inputs = make_inputs(shape, grad=False)
+    cotangent = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def run(fn: Callable[..., Tensor], dtype: torch.dtype) -> list[Tensor]:
+        leaves = {k: v.to(dtype).requires_grad_() for k, v in inputs.items()}
+        out = fn(**leaves, delta_softplus=True)
+        return [out.detach(), *torch.autograd.grad(out, list(leaves.values()), cotangent.to(dtype))]
+
+    want = run(selective_scan_reference, torch.float64)
+    errors = {}
+    for name, fn in fns.items():
+        got = run(fn, torch.float32)
+        pairs = zip(got, want, strict=True)
+        errors[name] = max(((g.double() - w).abs().max() / w.abs().max()).item() for g, w in pairs)
+    return errors
+
+
+def _ratio(times: dict[str, float], slow: str, fast: str) -> str:
+    return f"{times[slow] / times[fast]:.1f}" if slow in times and fast in times else "-"
+
+
+def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str,
+                errors: dict[str, float], error_shape: str) -> str:
+    """Times, speed-ups over ``reference``, state updates per second and the time floor, per shape."""
+    names = list(dict.fromkeys(r["backend"] for r in rows))
+    others = [n for n in names if n != "reference"]
+    has_mambapy = "mambapy" in names and "cpu" in names
+    load = machine.get("load_average_1min", (float("nan"), float("nan")))
+    lines = [
+        f"Machine: {machine_line(machine)}; clock {machine['ghz']} GHz, {machine['fp32_lanes']} float32 lanes; "
+        f"1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} (other work slows every backend).",
+        f"Command: `{command}`. Times in ms, best of the repeats (all times in the JSON); `x ref` = reference",
+        "time / backend time. `Mupd/s` = B*E*L*N state updates per second of `cpu`. `floor` = compute-bound time",
+        f"floor ({OPS_PER_UPDATE['forward']} / {OPS_PER_UPDATE['fwd+bwd']} vector ops per update for forward /"
+        " fwd+bwd, 2 vector ops per cycle per thread); `% floor` = floor / cpu time.",
+        "",
+        "| shape (B, E, L, N) | mode | " + " | ".join(f"{n} ms" for n in names) + " | "
+        + " | ".join(f"{n} x ref" for n in others) + (" | cpu x mambapy" if has_mambapy else "")
+        + " | cpu Mupd/s | floor ms | % floor |",
+        "|---|---|" + "---:|" * (len(names) + len(others) + has_mambapy + 3),
+    ]
+    for shape_name, mode in dict.fromkeys((r["shape"], r["mode"]) for r in rows):
+        cells = {r["backend"]: r for r in rows if r["shape"] == shape_name and r["mode"] == mode}
+        times = {n: c["seconds"] for n, c in cells.items() if "seconds" in c}
+        row = [f"{shape_name} {SHAPES[shape_name]}", mode]
+        for name in names:
+            cell = cells.get(name, {})
+            mark = "*" if cell.get("single_run") else ""
+            row.append(f"{times[name] * 1e3:.1f}{mark}" if name in times else cell.get("skipped", "-"))
+        row += [_ratio(times, "reference", name) for name in others]
+        if has_mambapy:
+            row.append(_ratio(times, "mambapy", "cpu"))
+        floor = floor_seconds(SHAPES[shape_name], mode, machine)
+        if "cpu" in times:
+            row += [f"{cells['cpu']['updates_per_s'] / 1e6:.0f}", f"{floor * 1e3:.2f}",
+                    f"{100 * floor / times['cpu']:.0f}"]
+        else:
+            row += ["-", f"{floor * 1e3:.2f}", "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "`*` = a single call (the warm-up alone took longer than the time budget)."]
+    memory = [r for r in rows if "memory" in r]
+    if memory:
+        lines += ["", "Peak extra memory of fwd+bwd (fresh process, VmHWM - RSS before; see module docstring):", "",
+                  "| backend | shape | inputs MiB | peak extra MiB | extra / inputs |", "|---|---|---:|---:|---:|"]
+        for r in memory:
+            m = r["memory"]
+            if "error" in m:
+                lines.append(f"| {r['backend']} | {r['shape']} | - | {m['error']} | - |")
+                continue
+            lines.append(f"| {r['backend']} | {r['shape']} | {m['input_bytes'] / 2**20:.1f} | "
+                         f"{m['peak_extra_bytes'] / 2**20:.1f} | {m['ratio_to_inputs']:.2f} |")
+    if errors:
+        listed = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
+        lines += ["", f"Max error vs the float64 reference at {error_shape}, over out and all 8 gradients, "
+                  f"relative to max |ref|: {listed}."]
+    return "\n".join(lines) + "\n"
+
+
+def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats: int = 5, budget_s: float = 20.0,
+                       max_gib: float = 6.0, memory_backends: tuple[str, ...] = ("cpu",),
+                       threads: int | None = None) -> list[dict[str, Any]]:
+    """One row per (shape, mode, backend): time, updates/s, or why it was skipped; memory rows for fwd+bwd."""
+    if threads:
+        torch.set_num_threads(threads)
+    fns = backends(backend_names)
+    rows = []
+    for shape_name in shape_names:
+        shape = SHAPES[shape_name]
+        updates = shape[0] * shape[1] * shape[2] * shape[3]
+        for mode in MODES:
+            gib = {name: graph_gib(name, shape) if mode == "fwd+bwd" else 0.0 for name in fns}
+            steps = {name: step_fn(fn, make_inputs(shape, mode == "fwd+bwd"), mode)
+                     for name, fn in fns.items() if gib[name] <= max_gib}
+            timed = time_steps(steps, repeats, budget_s)
+            for name in fns:
+                row: dict[str, Any] = {"shape": shape_name, "mode": mode, "backend": name}
+                if name in timed:
+                    row |= timed[name] | {"updates_per_s": updates / timed[name]["seconds"]}
+                else:
+                    row["skipped"] = f"skipped (~{gib[name]:.0f} GiB graph)"
+                if mode == "fwd+bwd" and name in memory_backends:
+                    row["memory"] = measure_memory(name, shape_name, torch.get_num_threads())
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vimtune bench scan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", nargs="+", default=["reference", "chunked", "cpu", "mambapy"])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget-s", type=float, default=20.0, help="stop repeating a measurement after this")
+    parser.add_argument("--max-gib", type=float, default=6.0, help="skip fwd+bwd whose autograd graph is larger")
+    parser.add_argument("--memory-backends", nargs="*", default=["cpu"], help="backends whose fwd+bwd peak "
+                        "memory is measured in a subprocess")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scan"),
+                        help="output stem: writes STEM.md and STEM.json")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        spec = json.loads(args.memory_probe)
+        print(json.dumps(memory_probe(spec["backend"], SHAPES[spec["shape"]], spec["threads"])))
+        return 0
+    load_before = os.getloadavg()[0]
+    rows = run_scan_benchmark(args.backends, args.shapes, args.repeats, args.budget_s, args.max_gib,
+                              tuple(args.memory_backends), args.threads)
+    machine = describe_machine() | {"load_average_1min": [load_before, os.getloadavg()[0]]}
+    error_shape = args.shapes[0]
+    errors = check_accuracy(backends(args.backends), SHAPES[error_shape])
+    command = ("vimtune bench scan " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    markdown = to_markdown(rows, machine, command, errors, f"{error_shape} {SHAPES[error_shape]}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(markdown)
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"machine": machine, "command": command, "rows": rows, "max_error_vs_float64": errors}, indent=1))
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

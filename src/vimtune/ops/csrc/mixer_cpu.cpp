@@ -1,0 +1,787 @@
+// Time-major CPU kernels of Vim's bidirectional mixer, float32 or float64, forward and backward:
+//
+//   conv_silu:  u[t] = silu(bias + sum_k w[k] x[t + shift(k)])      (depthwise, K taps, zero padding)
+//               shift(k) = k - (K - 1) for the forward direction (causal), (K - 1) - k for the reverse
+//               one (the backward branch's causal conv on the flipped sequence, in original time order).
+//   scan:       dt_t = softplus(delta_t + delta_bias)                (threshold 20; optional)
+//               h_t  = exp(dt_t A) h_{t-1} + dt_t B_t u_t            (h = 0 before the first step)
+//               out_t = (C_t . h_t + D u_t) * silu(z_t)
+//               steps run t = 0 .. T-1, or t = T-1 .. 0 for the reverse direction.
+//
+// Activations are (B, T, X) tensors with unit stride over X and any stride over B and T, so column
+// slices of a wider tensor (x and z of in_proj's output, B and C of x_proj's output) are read in
+// place. Parameters: conv weight (E, K) (the (E, 1, K) Conv1d weight), A (E, N), bias and D (E,).
+//
+// A task owns one batch row and one block of W channels (or, in the scan backward, a group of
+// blocks); the W channels are the vector lanes, so every inner loop runs over lanes (`omp simd`
+// keeps gcc from unrolling those 16-trip loops into scalar code) and the state index n of the scan
+// is a plain loop, with no horizontal sums in the time loop. A task walks one column strip of its
+// rows, so each step prefetches the rows kAhead steps further. Tasks are handed out from a shared
+// counter, so a thread slowed down by other load simply takes fewer.
+//
+// The scan backward recomputes the states: it cuts the steps into chunks of at most kMaxChunk,
+// finds the state at each chunk start by a forward pass, then per chunk (last first) recomputes and
+// keeps that chunk's states and decays in per-thread buffers and walks it backwards. Nothing of size
+// (B, T, E, N) is ever stored. Sums over time and batch (dA, dD, d delta_bias, conv dweight and
+// dbias) and over channels (dB, dC) are accumulated in float64: per task into (B, ...) partials (and
+// (G, B, T, N) for dB and dC, G channel groups per row), which are summed after the parallel part.
+//
+// float32 computes exp as 2^(x log2 e) with the branch-free exp2 below (relative error 1e-7), so
+// that the lane loops vectorise; float64 calls libm.
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+constexpr int64_t W = 16;          // channels per task block = vector lanes
+constexpr int64_t kMaxTaps = 8;    // largest conv kernel size
+constexpr int64_t kMaxChunk = 128; // scan backward: steps whose states are kept at once
+constexpr int64_t kFlush = 32;     // steps summed in the compute dtype before a float64 flush
+constexpr int64_t kAhead = 4;      // steps between a row's prefetch and its use
+
+// ---------------------------------------------------------------- elementwise math
+
+// 2^y = 2^k 2^f with k = round(y), f = y - k in [-1/2, 1/2]: 2^f by a degree-6 polynomial fitted
+// for minimal relative error (1e-9 before rounding, 1e-7 in float), 2^k added to its exponent bits.
+// y is clamped to [-126, 126], so the result stays a normal float.
+inline float exp2_lanes(float y) {
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: y + kRound has round(y) in its low mantissa bits
+  y = y > -126.0f ? y : -126.0f;
+  y = y < 126.0f ? y : 126.0f;
+  const float shifted = y + kRound;
+  const float f = y - (shifted - kRound);
+  float p = 1.535336206e-4f;
+  p = p * f + 1.339887459e-3f;
+  p = p * f + 9.618437358e-3f;
+  p = p * f + 5.550332471e-2f;
+  p = p * f + 2.402264791e-1f;
+  p = p * f + 6.931472029e-1f;
+  p = p * f + 1.0f;
+  return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (std::bit_cast<int32_t>(shifted) << 23));
+}
+
+// exp(x) = exp_scaled(x * kExpScale<S>): 2^(x log2 e) in float, libm's e^x in double. The scan folds
+// kExpScale into A once, so that its decays cost no extra multiply.
+template <typename S>
+constexpr S kExpScale = S(1);
+template <>
+constexpr float kExpScale<float> = 1.44269504088896341f;
+
+inline float exp_scaled(float x) { return exp2_lanes(x); }
+inline double exp_scaled(double x) { return std::exp(x); }
+
+template <typename S>
+inline S exp_lanes(S x) {
+  return exp_scaled(x * kExpScale<S>);
+}
+
+template <typename S>
+inline S sigmoid(S x) {
+  return S(1) / (S(1) + exp_lanes(-x));
+}
+
+// softplus(x) = max(x, 0) + log1p(v) with v = e^{-|x|} in (0, 1]; log1p(v) = 2 atanh(s) for
+// s = v / (2 + v) in (0, 1/3], summed as s (1 + s^2/3 + s^4/5 + ... + s^12/13) (truncation below
+// 1e-8). slope = sigmoid(x) = d softplus / dx. Above 20 both are x and 1 exactly, as in torch.
+inline void softplus(float x, float& value, float& slope) {
+  const float v = exp_lanes(-std::fabs(x));
+  const float s = v / (2.0f + v);
+  const float s2 = s * s;
+  float series = 1.0f / 13.0f;
+  series = series * s2 + 1.0f / 11.0f;
+  series = series * s2 + 1.0f / 9.0f;
+  series = series * s2 + 1.0f / 7.0f;
+  series = series * s2 + 1.0f / 5.0f;
+  series = series * s2 + 1.0f / 3.0f;
+  series = series * s2 + 1.0f;
+  const float inv = 1.0f / (1.0f + v);
+  const bool linear = x > 20.0f;
+  value = linear ? x : std::max(x, 0.0f) + 2.0f * s * series;
+  slope = linear ? 1.0f : (x >= 0.0f ? inv : v * inv);
+}
+
+inline void softplus(double x, double& value, double& slope) {
+  const bool linear = x > 20.0;
+  value = linear ? x : std::log1p(std::exp(x));
+  slope = linear ? 1.0 : 1.0 / (1.0 + std::exp(-x));
+}
+
+// ---------------------------------------------------------------- shared plumbing
+
+// A (B, T, X) tensor with unit stride over X.
+template <typename P>
+struct Rows {
+  P* data;
+  int64_t batch_stride, time_stride;
+
+  P* at(int64_t b, int64_t t, int64_t x0) const { return data + b * batch_stride + t * time_stride + x0; }
+
+  // Prefetches elements [x0, x0 + W) of row (b, t) (two cache lines in double).
+  void prefetch(int64_t b, int64_t t, int64_t x0) const {
+    __builtin_prefetch(at(b, t, x0));
+    __builtin_prefetch(at(b, t, x0 + W - 1));
+  }
+};
+
+template <typename S>
+Rows<const S> rows_in(const at::Tensor& t) {
+  return {t.const_data_ptr<S>(), t.stride(0), t.stride(1)};
+}
+
+template <typename S>
+Rows<S> rows_out(const at::Tensor& t) {
+  return {t.mutable_data_ptr<S>(), t.stride(0), t.stride(1)};
+}
+
+void check_rows(const at::Tensor& t, at::ScalarType dtype, int64_t batch, int64_t T, int64_t width,
+                const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " has dtype ", t.scalar_type(), ", expected ", dtype);
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == batch && t.size(1) == T && t.size(2) == width, name, " must be (",
+              batch, ", ", T, ", ", width, "), got ", t.sizes());
+  TORCH_CHECK(t.stride(2) == 1 || width == 1, name, " must have unit stride over its last dimension");
+}
+
+void check_param(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " has dtype ", t.scalar_type(), ", expected ", dtype);
+  TORCH_CHECK(t.is_contiguous() && t.numel() == numel, name, " must be contiguous with ", numel, " elements");
+}
+
+// Channels [e0, e0 + valid) of one block.
+struct Lanes {
+  int64_t e0, valid;
+};
+
+inline Lanes block_lanes(int64_t cb, int64_t E) { return {cb * W, std::min(W, E - cb * W)}; }
+
+// Runs task(i, workspace) for i in [0, n_tasks) on torch's intra-op threads, one Workspace per thread.
+template <typename Workspace, typename F>
+void for_each_task(int64_t n_tasks, const F& task) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(n_tasks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    Workspace ws;
+    for (int64_t i = next++; i < n_tasks; i = next++) task(i, ws);
+  });
+}
+
+// Calls body.template operator()<NV>(lanes): NV = W for a full block (constant trip counts), 0 otherwise.
+template <typename F>
+void dispatch_lanes(const Lanes& lanes, const F& body) {
+  if (lanes.valid == W) {
+    body.template operator()<W>(lanes);
+  } else {
+    body.template operator()<0>(lanes);
+  }
+}
+
+template <typename F>
+void dispatch_dtype(at::ScalarType dtype, const char* op, const F& body) {
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 only, got ", dtype);
+  if (dtype == at::kFloat) {
+    body(0.0f);
+  } else {
+    body(0.0);
+  }
+}
+
+// out[i] = sum_r parts[r * n + i] for i < n, r < rows (float64 sums, written in S).
+template <typename S>
+void sum_rows(const std::vector<double>& parts, int64_t rows, int64_t n, S* out) {
+  std::vector<double> acc(parts.begin(), parts.begin() + n);
+  for (int64_t r = 1; r < rows; ++r)
+    for (int64_t i = 0; i < n; ++i) acc[i] += parts[r * n + i];
+  std::copy(acc.begin(), acc.end(), out);
+}
+
+// ---------------------------------------------------------------- causal conv + SiLU
+
+template <typename S>
+struct Conv {
+  Rows<const S> x;  // (B, T, E)
+  const S* weight;  // (E, K)
+  const S* bias;    // (E,)
+  int64_t batch, T, E, K;
+  bool reverse;
+
+  int64_t shift(int64_t k) const { return reverse ? K - 1 - k : k - (K - 1); }
+
+  // Taps and bias of the block as lanes: taps[k][w], lane_bias[w].
+  void load(const Lanes& l, S (&taps)[kMaxTaps][W], S (&lane_bias)[W]) const {
+    for (int64_t w = 0; w < l.valid; ++w) {
+      for (int64_t k = 0; k < K; ++k) taps[k][w] = weight[(l.e0 + w) * K + k];
+      lane_bias[w] = bias[l.e0 + w];
+    }
+  }
+
+  // pre[w] = bias + sum_k w[k] x[t + shift(k)] for the block's lanes at time t of row b. Time walks
+  // in direction dir (+1 or -1); the row that the time kAhead steps further will newly read is prefetched.
+  template <int64_t NV>
+  void preactivation(const Lanes& l, int64_t b, int64_t t, int64_t dir, const S (&taps)[kMaxTaps][W],
+                     const S (&lane_bias)[W], S* __restrict__ pre) const {
+    const int64_t nv = NV > 0 ? NV : l.valid;
+    const int64_t reach = dir > 0 ? std::max(shift(0), shift(K - 1)) : std::min(shift(0), shift(K - 1));
+    const int64_t ahead = t + reach + dir * kAhead;
+    if (ahead >= 0 && ahead < T) x.prefetch(b, ahead, l.e0);
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) pre[w] = lane_bias[w];
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t j = t + shift(k);
+      if (j < 0 || j >= T) continue;
+      const S* __restrict__ xr = x.at(b, j, l.e0);
+      #pragma omp simd
+      for (int64_t w = 0; w < nv; ++w) pre[w] += taps[k][w] * xr[w];
+    }
+  }
+};
+
+template <int64_t NV, typename S>
+void conv_forward_block(const Conv<S>& c, const Rows<S>& out, int64_t b, const Lanes& l) {
+  const int64_t nv = NV > 0 ? NV : l.valid;
+  S taps[kMaxTaps][W] = {}, lane_bias[W] = {};
+  c.load(l, taps, lane_bias);
+  for (int64_t t = 0; t < c.T; ++t) {
+    S pre[W];
+    c.template preactivation<NV>(l, b, t, 1, taps, lane_bias, pre);
+    S* __restrict__ o = out.at(b, t, l.e0);
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) o[w] = pre[w] * sigmoid(pre[w]);
+  }
+}
+
+template <typename S>
+struct ConvGrads {
+  Rows<const S> dout;  // (B, T, E)
+  Rows<S> dx;          // (B, T, E)
+  double* dweight;     // (B, E, K) partial sums per batch row
+  double* dbias;       // (B, E)
+};
+
+// Walks time against the convolution's reach (descending for the forward direction, ascending for
+// the reverse one), so that when g(t) = dout * silu'(pre) is known, every g that dx[t] =
+// sum_k w[k] g[t - shift(k)] needs is known too; the last K values of g live in a ring.
+template <int64_t NV, typename S>
+void conv_backward_block(const Conv<S>& c, const ConvGrads<S>& gr, int64_t b, const Lanes& l) {
+  const int64_t nv = NV > 0 ? NV : l.valid, T = c.T, K = c.K, dir = c.reverse ? 1 : -1;
+  S taps[kMaxTaps][W] = {}, lane_bias[W] = {};
+  c.load(l, taps, lane_bias);
+  S ring[kMaxTaps][W] = {};  // g at times t (slot t mod K)
+  double dw[kMaxTaps][W] = {}, db[W] = {};
+  S dw_part[kMaxTaps][W] = {}, db_part[W] = {};
+  for (int64_t step = 0; step < T; ++step) {
+    const int64_t t = c.reverse ? step : T - 1 - step;
+    S pre[W];
+    c.template preactivation<NV>(l, b, t, dir, taps, lane_bias, pre);
+    if (step + kAhead < T) gr.dout.prefetch(b, t + dir * kAhead, l.e0);
+    const S* __restrict__ d = gr.dout.at(b, t, l.e0);
+    S* __restrict__ g = ring[t % K];
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) {
+      const S s = sigmoid(pre[w]);
+      g[w] = d[w] * s * (S(1) + pre[w] * (S(1) - s));
+      db_part[w] += g[w];
+    }
+    S acc[W] = {};
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t j = t + c.shift(k);  // x[j] feeds pre[t] through tap k
+      if (j >= 0 && j < T) {
+        const S* __restrict__ xr = c.x.at(b, j, l.e0);
+        #pragma omp simd
+        for (int64_t w = 0; w < nv; ++w) dw_part[k][w] += g[w] * xr[w];
+      }
+      const int64_t src = t - c.shift(k);  // g[src] reaches x[t] through tap k
+      if (src >= 0 && src < T) {
+        const S* __restrict__ gs = ring[src % K];
+        #pragma omp simd
+        for (int64_t w = 0; w < nv; ++w) acc[w] += taps[k][w] * gs[w];
+      }
+    }
+    S* __restrict__ dxr = gr.dx.at(b, t, l.e0);
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) dxr[w] = acc[w];
+    if ((step + 1) % kFlush == 0 || step + 1 == T) {
+      for (int64_t k = 0; k < K; ++k) {
+        #pragma omp simd
+        for (int64_t w = 0; w < nv; ++w) {
+          dw[k][w] += double(dw_part[k][w]);
+          dw_part[k][w] = S(0);
+        }
+      }
+      #pragma omp simd
+      for (int64_t w = 0; w < nv; ++w) {
+        db[w] += double(db_part[w]);
+        db_part[w] = S(0);
+      }
+    }
+  }
+  for (int64_t w = 0; w < nv; ++w) {
+    const int64_t be = b * c.E + l.e0 + w;
+    for (int64_t k = 0; k < K; ++k) gr.dweight[be * K + k] = dw[k][w];
+    gr.dbias[be] = db[w];
+  }
+}
+
+template <typename S>
+Conv<S> make_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool reverse) {
+  TORCH_CHECK(x.dim() == 3, "conv_silu: x must be (B, T, E)");
+  const int64_t batch = x.size(0), T = x.size(1), E = x.size(2);
+  TORCH_CHECK(T >= 1 && E > 0 && weight.numel() % E == 0, "conv_silu: T >= 1 and E * K weights needed");
+  const int64_t K = weight.numel() / E;
+  TORCH_CHECK(K >= 1 && K <= kMaxTaps, "conv_silu: kernel size must be in [1, ", kMaxTaps, "]");
+  check_rows(x, x.scalar_type(), batch, T, E, "x");
+  check_param(weight, x.scalar_type(), E * K, "weight");
+  check_param(bias, x.scalar_type(), E, "bias");
+  return Conv<S>{rows_in<S>(x), weight.const_data_ptr<S>(), bias.const_data_ptr<S>(), batch, T, E, K, reverse};
+}
+
+at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool reverse) {
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  dispatch_dtype(x.scalar_type(), "conv_silu", [&](auto zero) {
+    using S = decltype(zero);
+    const Conv<S> c = make_conv<S>(x, weight, bias, reverse);
+    const Rows<S> o = rows_out<S>(out);
+    const int64_t n_cb = (c.E + W - 1) / W;
+    struct None {};
+    for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
+      dispatch_lanes(block_lanes(i % n_cb, c.E),
+                     [&]<int64_t NV>(const Lanes& l) { conv_forward_block<NV>(c, o, i / n_cb, l); });
+    });
+  });
+  return out;
+}
+
+// Returns dx (B, T, E), dweight (E, K), dbias (E,).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& weight,
+                                                        const at::Tensor& bias, bool reverse,
+                                                        const at::Tensor& dout) {
+  at::Tensor dx = at::empty(x.sizes(), x.options());
+  at::Tensor dweight = at::empty(weight.sizes(), weight.options());
+  at::Tensor dbias = at::empty(bias.sizes(), bias.options());
+  dispatch_dtype(x.scalar_type(), "conv_silu", [&](auto zero) {
+    using S = decltype(zero);
+    const Conv<S> c = make_conv<S>(x, weight, bias, reverse);
+    check_rows(dout, x.scalar_type(), c.batch, c.T, c.E, "dout");
+    std::vector<double> dw_rows(c.batch * c.E * c.K), db_rows(c.batch * c.E);
+    const ConvGrads<S> gr{rows_in<S>(dout), rows_out<S>(dx), dw_rows.data(), db_rows.data()};
+    const int64_t n_cb = (c.E + W - 1) / W;
+    struct None {};
+    for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
+      dispatch_lanes(block_lanes(i % n_cb, c.E),
+                     [&]<int64_t NV>(const Lanes& l) { conv_backward_block<NV>(c, gr, i / n_cb, l); });
+    });
+    sum_rows(dw_rows, c.batch, c.E * c.K, dweight.mutable_data_ptr<S>());
+    sum_rows(db_rows, c.batch, c.E, dbias.mutable_data_ptr<S>());
+  });
+  return {dx, dweight, dbias};
+}
+
+// ---------------------------------------------------------------- selective scan
+
+template <typename S>
+struct Scan {
+  Rows<const S> u, delta, z;  // (B, T, E)
+  Rows<const S> Bm, Cm;       // (B, T, N)
+  const S* A;                 // (E, N)
+  const S* D;                 // (E,)
+  const S* bias;              // (E,)
+  int64_t batch, T, E, N;
+  bool softplus, reverse;
+
+  int64_t time(int64_t step) const { return reverse ? T - 1 - step : step; }
+
+  // Prefetches the rows of u, delta, B and C (and z when given) that step `step` reads.
+  void prefetch(int64_t b, int64_t step, int64_t e0, bool with_z) const {
+    if (step >= T) return;
+    const int64_t t = time(step);
+    u.prefetch(b, t, e0);
+    delta.prefetch(b, t, e0);
+    if (with_z) z.prefetch(b, t, e0);
+    __builtin_prefetch(Bm.at(b, t, 0));
+    __builtin_prefetch(Cm.at(b, t, 0));
+  }
+};
+
+// The block's parameters as lanes (zero in unused lanes): A[n][w] times kExpScale (the decay is
+// exp_scaled(dt * A_scaled)), A itself, D[w], bias[w].
+template <typename S>
+struct ScanParams {
+  std::vector<S> A_scaled, A;
+  S D[W] = {}, bias[W] = {};
+
+  ScanParams(const Scan<S>& p, const Lanes& l) : A_scaled(p.N * W, S(0)), A(p.N * W, S(0)) {
+    for (int64_t w = 0; w < l.valid; ++w) {
+      for (int64_t n = 0; n < p.N; ++n) {
+        A[n * W + w] = p.A[(l.e0 + w) * p.N + n];
+        A_scaled[n * W + w] = A[n * W + w] * kExpScale<S>;
+      }
+      D[w] = p.D[l.e0 + w];
+      bias[w] = p.bias[l.e0 + w];
+    }
+  }
+};
+
+// Step sizes at time t: dt = softplus(delta + bias) (or delta + bias), slope = d dt / d delta; dtu = dt u.
+template <int64_t NV, typename S>
+inline void step_sizes(const Scan<S>& p, const ScanParams<S>& prm, const Lanes& l, int64_t b, int64_t t,
+                       S* __restrict__ dt, S* __restrict__ slope, S* __restrict__ dtu) {
+  const int64_t nv = NV > 0 ? NV : l.valid;
+  const S* __restrict__ d = p.delta.at(b, t, l.e0);
+  const S* __restrict__ u = p.u.at(b, t, l.e0);
+  if (p.softplus) {
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) softplus(d[w] + prm.bias[w], dt[w], slope[w]);
+  } else {
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) {
+      dt[w] = d[w] + prm.bias[w];
+      slope[w] = S(1);
+    }
+  }
+  #pragma omp simd
+  for (int64_t w = 0; w < nv; ++w) dtu[w] = dt[w] * u[w];
+}
+
+// One step of the recurrence at time t: h_out[n] = a[n] h_in[n] + dtu B_t[n] with a[n] = exp(dt A[n])
+// (kept in decay[n] when kKeepDecay); acc += C_t . h_out. h_in may be h_out.
+template <int64_t NV, bool kKeepDecay, typename S>
+inline void advance(const Scan<S>& p, const ScanParams<S>& prm, const Lanes& l, int64_t b, int64_t t,
+                    const S* dt, const S* dtu, const S* h_in, S* h_out, S* decay, S* __restrict__ acc) {
+  const int64_t nv = NV > 0 ? NV : l.valid;
+  const S* __restrict__ Bt = p.Bm.at(b, t, 0);
+  const S* __restrict__ Ct = p.Cm.at(b, t, 0);
+  for (int64_t n = 0; n < p.N; ++n) {
+    const S bn = Bt[n], cn = Ct[n];
+    const S* As = prm.A_scaled.data() + n * W;
+    const S* hi = h_in + n * W;
+    S* ho = h_out + n * W;
+    S* an = kKeepDecay ? decay + n * W : nullptr;
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) {
+      const S a = exp_scaled(dt[w] * As[w]);
+      const S h = a * hi[w] + dtu[w] * bn;
+      if constexpr (kKeepDecay) an[w] = a;
+      ho[w] = h;
+      acc[w] += cn * h;
+    }
+  }
+}
+
+template <int64_t NV, typename S>
+void scan_forward_block(const Scan<S>& p, const Rows<S>& out, int64_t b, const Lanes& l, std::vector<S>& h) {
+  const int64_t nv = NV > 0 ? NV : l.valid;
+  const ScanParams<S> prm(p, l);
+  h.assign(p.N * W, S(0));
+  for (int64_t s = 0; s < p.T; ++s) {
+    const int64_t t = p.time(s);
+    p.prefetch(b, s + kAhead, l.e0, true);
+    S dt[W], slope[W], dtu[W], acc[W];
+    step_sizes<NV>(p, prm, l, b, t, dt, slope, dtu);
+    const S* __restrict__ u = p.u.at(b, t, l.e0);
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) acc[w] = prm.D[w] * u[w];
+    advance<NV, false>(p, prm, l, b, t, dt, dtu, h.data(), h.data(), static_cast<S*>(nullptr), acc);
+    const S* __restrict__ z = p.z.at(b, t, l.e0);
+    S* __restrict__ o = out.at(b, t, l.e0);
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) o[w] = acc[w] * z[w] * sigmoid(z[w]);
+  }
+}
+
+template <typename S>
+struct ScanGrads {
+  Rows<const S> dout;         // (B, T, E)
+  Rows<S> du, ddelta, dz;     // (B, T, E)
+  double* dA;                 // (B, E, N) partial sums per batch row
+  double* dD;                 // (B, E)
+  double* dbias;              // (B, E)
+  double* dB;                 // (G, B, T, N) partial sums per channel group
+  double* dC;                 // (G, B, T, N)
+  int64_t groups, chunk;
+};
+
+// Per-thread buffers of the scan backward.
+template <typename S>
+struct ScanWork {
+  std::vector<S> ckpt;             // [chunks][N][W]: state before each chunk
+  std::vector<S> hs, decay;        // [chunk + 1][N][W] states (row 0: before the chunk), [chunk][N][W] decays
+  std::vector<S> dt, slope, dy;    // [chunk][W]: step sizes, their slope, dL/dy (before the gate)
+  std::vector<S> carry, dA_part;   // [N][W]: dL/dh flowing to earlier steps; dA sums since the last flush
+  std::vector<double> dA;          // [N][W]
+  std::vector<S> dB, dC;           // [T][N][W]: lane-wise dL/dB_t, dL/dC_t over the task's channel blocks
+
+  void reserve(int64_t T, int64_t N, int64_t chunk) {
+    hs.resize((chunk + 1) * N * W);
+    decay.resize(chunk * N * W);
+    dt.resize(chunk * W);
+    slope.resize(chunk * W);
+    dy.resize(chunk * W);
+    dB.assign(T * N * W, S(0));
+    dC.assign(T * N * W, S(0));
+  }
+};
+
+// Recomputes steps [s0, s0 + len) from the state in ws.hs row 0: states, decays, step sizes and
+// dL/dy; writes dz, adds dL/dC lanes into ws.dC and dL/dD into dD.
+template <int64_t NV, typename S>
+void scan_recompute(const Scan<S>& p, const ScanGrads<S>& gr, const ScanParams<S>& prm, int64_t b,
+                    const Lanes& l, int64_t s0, int64_t len, ScanWork<S>& ws, double (&dD)[W]) {
+  const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t s = s0 + i, t = p.time(s);
+    p.prefetch(b, s + kAhead, l.e0, true);
+    if (s + kAhead < p.T) gr.dout.prefetch(b, p.time(s + kAhead), l.e0);
+    S* __restrict__ dti = ws.dt.data() + i * W;
+    S* __restrict__ dyi = ws.dy.data() + i * W;
+    S dtu[W], y[W];
+    step_sizes<NV>(p, prm, l, b, t, dti, ws.slope.data() + i * W, dtu);
+    const S* __restrict__ u = p.u.at(b, t, l.e0);
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) y[w] = prm.D[w] * u[w];
+    const S* h_prev = ws.hs.data() + i * NW;
+    S* h = ws.hs.data() + (i + 1) * NW;
+    advance<NV, true>(p, prm, l, b, t, dti, dtu, h_prev, h, ws.decay.data() + i * NW, y);
+    const S* __restrict__ z = p.z.at(b, t, l.e0);
+    const S* __restrict__ g = gr.dout.at(b, t, l.e0);
+    S* __restrict__ dz = gr.dz.at(b, t, l.e0);
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) {
+      const S sz = sigmoid(z[w]);
+      dyi[w] = g[w] * z[w] * sz;
+      dz[w] = g[w] * y[w] * sz * (S(1) + z[w] * (S(1) - sz));
+      dD[w] += double(dyi[w] * u[w]);
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      const S* __restrict__ hn = h + n * W;
+      S* __restrict__ dCn = ws.dC.data() + (s * N + n) * W;
+      #pragma omp simd
+      for (int64_t w = 0; w < nv; ++w) dCn[w] += dyi[w] * hn[w];
+    }
+  }
+}
+
+// Walks steps [s0, s0 + len) backwards after scan_recompute: carries dL/dh in ws.carry, adds dL/dB
+// lanes into ws.dB and dL/dA into ws.dA_part, writes du and ddelta, adds d delta_bias into dbias.
+template <int64_t NV, typename S>
+void scan_reverse(const Scan<S>& p, const ScanGrads<S>& gr, const ScanParams<S>& prm, int64_t b,
+                  const Lanes& l, int64_t s0, int64_t len, ScanWork<S>& ws, double (&dbias)[W]) {
+  const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
+  for (int64_t i = len - 1; i >= 0; --i) {
+    const int64_t s = s0 + i, t = p.time(s);
+    const S* __restrict__ u = p.u.at(b, t, l.e0);
+    const S* __restrict__ dti = ws.dt.data() + i * W;
+    const S* __restrict__ dyi = ws.dy.data() + i * W;
+    const S* __restrict__ Bt = p.Bm.at(b, t, 0);
+    const S* __restrict__ Ct = p.Cm.at(b, t, 0);
+    S dtu[W], sb[W] = {}, dd[W] = {};
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) dtu[w] = dti[w] * u[w];
+    for (int64_t n = 0; n < N; ++n) {
+      const S bn = Bt[n], cn = Ct[n];
+      const S* __restrict__ An = prm.A.data() + n * W;
+      const S* __restrict__ h_prev = ws.hs.data() + i * NW + n * W;
+      const S* __restrict__ a = ws.decay.data() + i * NW + n * W;
+      S* __restrict__ carry = ws.carry.data() + n * W;
+      S* __restrict__ dAn = ws.dA_part.data() + n * W;
+      S* __restrict__ dBn = ws.dB.data() + (s * N + n) * W;
+      #pragma omp simd
+      for (int64_t w = 0; w < nv; ++w) {
+        const S gh = carry[w] + dyi[w] * cn;  // dL/dh_t
+        dBn[w] += gh * dtu[w];
+        sb[w] += gh * bn;
+        const S ga = gh * h_prev[w] * a[w];  // dL/d(dt A[n])
+        dAn[w] += ga * dti[w];
+        dd[w] += ga * An[w];
+        carry[w] = a[w] * gh;
+      }
+    }
+    if (i >= kAhead) {
+      __builtin_prefetch(gr.du.at(b, p.time(s - kAhead), l.e0), 1);
+      __builtin_prefetch(gr.ddelta.at(b, p.time(s - kAhead), l.e0), 1);
+    }
+    const S* __restrict__ sl = ws.slope.data() + i * W;
+    S* __restrict__ du = gr.du.at(b, t, l.e0);
+    S* __restrict__ ddelta = gr.ddelta.at(b, t, l.e0);
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) {
+      du[w] = dyi[w] * prm.D[w] + sb[w] * dti[w];
+      ddelta[w] = (dd[w] + sb[w] * u[w]) * sl[w];
+      dbias[w] += double(ddelta[w]);
+    }
+    if ((len - i) % kFlush == 0 || i == 0) {
+      #pragma omp simd
+      for (int64_t k = 0; k < NW; ++k) {
+        ws.dA[k] += double(ws.dA_part[k]);
+        ws.dA_part[k] = S(0);
+      }
+    }
+  }
+}
+
+// Backward of one channel block of row b.
+template <int64_t NV, typename S>
+void scan_backward_block(const Scan<S>& p, const ScanGrads<S>& gr, int64_t b, const Lanes& l, ScanWork<S>& ws) {
+  const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W, chunk = gr.chunk;
+  const int64_t n_chunks = (p.T + chunk - 1) / chunk;
+  const ScanParams<S> prm(p, l);
+
+  // States before every chunk.
+  ws.ckpt.assign(n_chunks * NW, S(0));
+  for (int64_t c = 0; c + 1 < n_chunks; ++c) {
+    S* h = ws.ckpt.data() + (c + 1) * NW;
+    std::copy(h - NW, h, h);
+    for (int64_t s = c * chunk; s < (c + 1) * chunk; ++s) {
+      p.prefetch(b, s + kAhead, l.e0, false);
+      S dt[W], slope[W], dtu[W], unused[W] = {};
+      step_sizes<NV>(p, prm, l, b, p.time(s), dt, slope, dtu);
+      advance<NV, false>(p, prm, l, b, p.time(s), dt, dtu, h, h, static_cast<S*>(nullptr), unused);
+    }
+  }
+
+  ws.carry.assign(NW, S(0));
+  ws.dA_part.assign(NW, S(0));
+  ws.dA.assign(NW, 0.0);
+  double dD[W] = {}, dbias[W] = {};
+  for (int64_t c = n_chunks - 1; c >= 0; --c) {
+    const int64_t s0 = c * chunk, len = std::min(chunk, p.T - s0);
+    std::copy(ws.ckpt.begin() + c * NW, ws.ckpt.begin() + (c + 1) * NW, ws.hs.begin());
+    scan_recompute<NV>(p, gr, prm, b, l, s0, len, ws, dD);
+    scan_reverse<NV>(p, gr, prm, b, l, s0, len, ws, dbias);
+  }
+  for (int64_t w = 0; w < nv; ++w) {
+    const int64_t be = b * p.E + l.e0 + w;
+    for (int64_t n = 0; n < N; ++n) gr.dA[be * N + n] = ws.dA[n * W + w];
+    gr.dD[be] = dD[w];
+    gr.dbias[be] = dbias[w];
+  }
+}
+
+template <typename S>
+Scan<S> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
+                  const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
+                  bool softplus, bool reverse) {
+  TORCH_CHECK(u.dim() == 3 && A.dim() == 2, "scan: u must be (B, T, E) and A (E, N)");
+  const at::ScalarType dtype = u.scalar_type();
+  const int64_t batch = u.size(0), T = u.size(1), E = u.size(2), N = A.size(1);
+  TORCH_CHECK(A.size(0) == E && T >= 1, "scan: A must be (E, N) and T >= 1");
+  check_rows(u, dtype, batch, T, E, "u");
+  check_rows(delta, dtype, batch, T, E, "delta");
+  check_rows(z, dtype, batch, T, E, "z");
+  check_rows(Bm, dtype, batch, T, N, "B");
+  check_rows(Cm, dtype, batch, T, N, "C");
+  check_param(A, dtype, E * N, "A");
+  check_param(D, dtype, E, "D");
+  check_param(bias, dtype, E, "delta_bias");
+  return Scan<S>{rows_in<S>(u), rows_in<S>(delta), rows_in<S>(z), rows_in<S>(Bm), rows_in<S>(Cm),
+                 A.const_data_ptr<S>(), D.const_data_ptr<S>(), bias.const_data_ptr<S>(),
+                 batch, T, E, N, softplus, reverse};
+}
+
+at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
+                    const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
+                    bool softplus, bool reverse) {
+  at::Tensor out = at::empty(u.sizes(), u.options());
+  dispatch_dtype(u.scalar_type(), "scan", [&](auto zero) {
+    using S = decltype(zero);
+    const Scan<S> p = make_scan<S>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
+    const Rows<S> o = rows_out<S>(out);
+    const int64_t n_cb = (p.E + W - 1) / W;
+    for_each_task<std::vector<S>>(p.batch * n_cb, [&](int64_t i, std::vector<S>& h) {
+      dispatch_lanes(block_lanes(i % n_cb, p.E),
+                     [&]<int64_t NV>(const Lanes& l) { scan_forward_block<NV>(p, o, i / n_cb, l, h); });
+    });
+  });
+  return out;
+}
+
+// Returns du, ddelta, dz (B, T, E), dA (E, N), dB, dC (B, T, N), dD, ddelta_bias (E,).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_bwd(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
+    const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias, bool softplus, bool reverse,
+    const at::Tensor& dout) {
+  at::Tensor du = at::empty(u.sizes(), u.options()), ddelta = at::empty(u.sizes(), u.options());
+  at::Tensor dz = at::empty(u.sizes(), u.options());
+  at::Tensor dA = at::empty(A.sizes(), A.options()), dD = at::empty(D.sizes(), D.options());
+  at::Tensor dbias = at::empty(bias.sizes(), bias.options());
+  at::Tensor dB = at::empty(Bm.sizes(), Bm.options()), dC = at::empty(Cm.sizes(), Cm.options());
+  dispatch_dtype(u.scalar_type(), "scan", [&](auto zero) {
+    using S = decltype(zero);
+    const Scan<S> p = make_scan<S>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
+    const int64_t batch = p.batch, T = p.T, E = p.E, N = p.N, n_cb = (E + W - 1) / W;
+    check_rows(dout, u.scalar_type(), batch, T, E, "dout");
+    // Channel groups per row: enough tasks for about four per thread.
+    const int64_t groups = std::clamp<int64_t>((4 * at::get_num_threads() + batch - 1) / std::max<int64_t>(batch, 1),
+                                               1, n_cb);
+    const int64_t n_chunks = (T + kMaxChunk - 1) / kMaxChunk, chunk = (T + n_chunks - 1) / n_chunks;
+    std::vector<double> dA_rows(batch * E * N), dD_rows(batch * E), dbias_rows(batch * E);
+    std::vector<double> dB_groups(groups * batch * T * N), dC_groups(groups * batch * T * N);
+    const ScanGrads<S> gr{rows_in<S>(dout), rows_out<S>(du), rows_out<S>(ddelta), rows_out<S>(dz),
+                          dA_rows.data(), dD_rows.data(), dbias_rows.data(), dB_groups.data(),
+                          dC_groups.data(), groups, chunk};
+    for_each_task<ScanWork<S>>(batch * groups, [&](int64_t i, ScanWork<S>& ws) {
+      const int64_t b = i / groups, g = i % groups;
+      ws.reserve(T, N, chunk);
+      for (int64_t cb = g * n_cb / groups; cb < (g + 1) * n_cb / groups; ++cb)
+        dispatch_lanes(block_lanes(cb, E),
+                       [&]<int64_t NV>(const Lanes& l) { scan_backward_block<NV>(p, gr, b, l, ws); });
+      // Sum the lanes into this group's dB, dC at (b, t, n).
+      double* dBo = gr.dB + (g * batch + b) * T * N;
+      double* dCo = gr.dC + (g * batch + b) * T * N;
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = p.time(s);
+        for (int64_t n = 0; n < N; ++n) {
+          const S* lanes_B = ws.dB.data() + (s * N + n) * W;
+          const S* lanes_C = ws.dC.data() + (s * N + n) * W;
+          double sB = 0.0, sC = 0.0;
+          #pragma omp simd reduction(+ : sB, sC)
+          for (int64_t w = 0; w < W; ++w) {
+            sB += double(lanes_B[w]);
+            sC += double(lanes_C[w]);
+          }
+          dBo[t * N + n] = sB;
+          dCo[t * N + n] = sC;
+        }
+      }
+    });
+    sum_rows(dA_rows, batch, E * N, dA.mutable_data_ptr<S>());
+    sum_rows(dD_rows, batch, E, dD.mutable_data_ptr<S>());
+    sum_rows(dbias_rows, batch, E, dbias.mutable_data_ptr<S>());
+    std::vector<double> dB_sum(batch * T * N), dC_sum(batch * T * N);
+    sum_rows(dB_groups, groups, batch * T * N, dB_sum.data());
+    sum_rows(dC_groups, groups, batch * T * N, dC_sum.data());
+    const Rows<S> dB_out = rows_out<S>(dB), dC_out = rows_out<S>(dC);
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        std::copy_n(dB_sum.begin() + (b * T + t) * N, N, dB_out.at(b, t, 0));
+        std::copy_n(dC_sum.begin() + (b * T + t) * N, N, dC_out.at(b, t, 0));
+      }
+    }
+  });
+  return {du, ddelta, dz, dA, dB, dC, dD, dbias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(vimtune_mixer_cpu, m) {
+  m.def("conv_fwd(Tensor x, Tensor weight, Tensor bias, bool reverse) -> Tensor", &conv_fwd);
+  m.def("conv_bwd(Tensor x, Tensor weight, Tensor bias, bool reverse, Tensor dout) -> (Tensor, Tensor, Tensor)",
+        &conv_bwd);
+  m.def(
+      "scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
+      "bool delta_softplus, bool reverse) -> Tensor",
+      &scan_fwd);
+  m.def(
+      "scan_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
+      "bool delta_softplus, bool reverse, Tensor dout) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)",
+      &scan_bwd);
+}

@@ -1,0 +1,658 @@
+// Fused selective scan (Mamba S6) for CPU: forward and backward, float32 or float64.
+//
+//   delta_t = softplus(delta_t + delta_bias)            (when delta_softplus; threshold 20)
+//   h_t     = exp(delta_t A) h_{t-1} + delta_t B_t u_t  (h_0 = 0)
+//   out_t   = (C_t . h_t + D u_t) * silu(z_t)
+//
+// Shapes: u, delta, z, out: (B, E, L); A: (E, N); B, C: (B, N, L); D, delta_bias: (E,).
+//
+// Vectorisation: W = 16 channels form the vector lanes, so the time loop needs no horizontal sums; the
+// state index n is a plain loop around lane loops that gcc vectorises. The (B, E, L) rows are moved in
+// and out of [t][w] blocks of T steps by 16 x 16 transposes.
+//
+// Work split: a task owns one batch row and a group of channel blocks; it walks the time blocks and, in
+// each, all of its channel blocks (which share B_t and C_t). Threads take tasks from a shared counter.
+// The forward keeps the state at the start of every time block ("checkpoints", B*E*N*L/T values); the
+// backward walks the time blocks in reverse and recomputes one block's states from its checkpoint into
+// a per-thread buffer of (T+1)*N*W values, so memory grows like B*E*L, never B*E*L*N.
+//
+// Reductions: dL/dB and dL/dC sum over channels, so a backward task sums its channel blocks lane-wise
+// for one time block, then the lanes in double into its own slice of dB/dC (G, B, N, L); dA, dD and
+// ddelta_bias are summed over time in double per (batch row, channel). The caller adds the slices up.
+// float32 runs exp/softplus through the branch-free approximations below (about 1e-7 relative error)
+// so that the lane loops vectorise; float64 calls libm.
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t W = 16;  // channels per task block = vector lanes
+constexpr int64_t T = 32;  // time steps per block = checkpoint interval
+
+// ---------------------------------------------------------------- elementwise math
+
+// exp(x) as 2^k * p(f), x log2(e) = k + f with |f| <= 1/2, p a degree-6 fit of 2^f.
+// Relative error about 1e-7; the input is clamped so that the result stays a normal float.
+inline float exp_approx(float x) {
+  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  float y = x * 1.44269504088896341f;
+  y = y > -126.0f ? y : -126.0f;  // written so that gcc emits max / min instructions
+  y = y < 126.0f ? y : 126.0f;
+  const float shifted = y + kShift;
+  const float f = y - (shifted - kShift);
+  float p = 1.5344865e-4f;
+  p = p * f + 1.3399924e-3f;
+  p = p * f + 9.6184928e-3f;
+  p = p * f + 5.5503286e-2f;
+  p = p * f + 2.4022646e-1f;
+  p = p * f + 6.9314718e-1f;
+  p = p * f + 1.0f;
+  // The low bits of `shifted` hold k; shifting them into the exponent field scales p by 2^k.
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(p) + (std::bit_cast<uint32_t>(shifted) << 23));
+}
+
+inline double exp_approx(double x) { return std::exp(x); }
+
+// softplus(x) = max(x, 0) + log1p(v), v = exp(-|x|) in (0, 1]; log1p(v) = 2 atanh(q) with
+// q = v / (2 + v) <= 1/3, summed as a series in q^2 (truncation below 2e-9). The slope
+// d softplus / dx = sigmoid(x) reuses v. Both are exactly x and 1 above the threshold 20.
+inline void softplus(float x, float& value, float& slope) {
+  const float v = exp_approx(x < 0.0f ? x : -x);
+  const float q = v / (2.0f + v);
+  const float s = q * q;
+  float p = 1.0f / 15.0f;
+  p = p * s + 1.0f / 13.0f;
+  p = p * s + 1.0f / 11.0f;
+  p = p * s + 1.0f / 9.0f;
+  p = p * s + 1.0f / 7.0f;
+  p = p * s + 1.0f / 5.0f;
+  p = p * s + 1.0f / 3.0f;
+  p = p * s + 1.0f;
+  const bool above = x > 20.0f;
+  value = above ? x : (x > 0.0f ? x : 0.0f) + 2.0f * q * p;
+  slope = above ? 1.0f : (x < 0.0f ? v : 1.0f) / (1.0f + v);
+}
+
+inline void softplus(double x, double& value, double& slope) {
+  const bool above = x > 20.0;
+  value = above ? x : std::log1p(std::exp(x));
+  slope = above ? 1.0 : 1.0 / (1.0 + std::exp(-x));
+}
+
+template <typename S>
+inline S sigmoid(S x) {
+  return S(1) / (S(1) + exp_approx(-x));
+}
+
+// ---------------------------------------------------------------- transposes
+
+#if defined(__AVX512F__)
+// One 16 x 16 float tile: dst[j * ds + i] = src[i * ss + j], in four rounds of in-register shuffles.
+inline void transpose_tile16(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ss);
+  for (int i = 0; i < 16; i += 2) {  // interleave row pairs
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // r[i + c]: rows i..i+3 of columns c, c + 4, c + 8, c + 12
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 16; i += 8) {
+    for (int k = 0; k < 4; ++k) {
+      t[i + k] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0x88);
+      t[i + k + 4] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0xDD);
+    }
+  }
+  for (int k = 0; k < 8; ++k) {  // r[j] is column j
+    r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+    r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ds, r[i]);
+}
+#endif
+
+// dst[c * ds + r] = src[r * ss + c] for r < rows, c < cols (16 x 16 tiles in registers when possible).
+template <typename S>
+void transpose(const S* src, int64_t ss, S* dst, int64_t ds, int64_t rows, int64_t cols) {
+  int64_t tiled_rows = 0, tiled_cols = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    tiled_rows = rows / 16 * 16;
+    tiled_cols = cols / 16 * 16;
+    for (int64_t r = 0; r < tiled_rows; r += 16)
+      for (int64_t c = 0; c < tiled_cols; c += 16) transpose_tile16(src + r * ss + c, ss, dst + c * ds + r, ds);
+  }
+#endif
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = r < tiled_rows ? tiled_cols : 0; c < cols; ++c) dst[c * ds + r] = src[r * ss + c];
+}
+
+// ---------------------------------------------------------------- problem description
+
+template <typename S>
+struct Problem {
+  const S* u;      // (B, E, L)
+  const S* delta;  // (B, E, L)
+  const S* A;      // (E, N)
+  const S* Bm;     // (B, N, L)
+  const S* Cm;     // (B, N, L)
+  const S* D;      // (E,)
+  const S* bias;   // (E,)
+  const S* z;      // (B, E, L) or nullptr
+  bool softplus;
+  int64_t batch, E, L, N;
+  int64_t n_cb, n_tb, groups;  // channel blocks of W, time blocks of T, channel groups per task
+
+  int64_t cb_begin(int64_t g) const { return g * n_cb / groups; }
+
+  // Checkpoint of channel block cb before time block tb: [N][W] inside (B, n_cb, n_tb, N, W).
+  template <typename P>
+  P* ckpt_at(P* ckpt, int64_t b, int64_t cb, int64_t tb) const {
+    return ckpt + ((b * n_cb + cb) * n_tb + tb) * N * W;
+  }
+
+  // dst[t][w] = src[b, e0 + w, t0 + t] for t < nt; zero for the lanes past the last channel.
+  void load(const S* src, int64_t b, int64_t e0, int64_t valid, int64_t t0, int64_t nt, S* dst) const {
+    transpose(src + (b * E + e0) * L + t0, L, dst, W, valid, nt);
+    for (int64_t t = 0; t < nt; ++t) std::fill(dst + t * W + valid, dst + (t + 1) * W, S(0));
+  }
+
+  // dst[b, e0 + w, t0 + t] = src[t][w] for the valid lanes.
+  void store(const S* src, int64_t b, int64_t e0, int64_t valid, int64_t t0, int64_t nt, S* dst) const {
+    transpose(src, W, dst + (b * E + e0) * L + t0, L, nt, valid);
+  }
+
+  // bc[t][n] = (B[b, n, t0 + t], C[b, n, t0 + t]) for t < nt.
+  void load_bc(int64_t b, int64_t t0, int64_t nt, S* __restrict__ bc) const {
+    for (int64_t n = 0; n < N; ++n) {
+      const S* Brow = Bm + (b * N + n) * L + t0;
+      const S* Crow = Cm + (b * N + n) * L + t0;
+      for (int64_t t = 0; t < nt; ++t) {
+        bc[(t * N + n) * 2] = Brow[t];
+        bc[(t * N + n) * 2 + 1] = Crow[t];
+      }
+    }
+  }
+};
+
+// One block of W channels: its parameters as lanes and the state it carries across time blocks.
+template <typename S>
+struct Channels {
+  int64_t e0, valid;       // first channel, number of real channels (the other lanes are zero)
+  std::vector<S> ns;       // [N][3][W]: A; the state h (forward) or carried dL/dh (backward); dA scratch
+  S D[W] = {}, bias[W] = {};
+  std::vector<double> dA;  // [N][W] backward sums
+  double dD[W] = {}, dbias[W] = {};
+
+  Channels(const Problem<S>& p, int64_t cb)
+      : e0(cb * W), valid(std::min(W, p.E - cb * W)), ns(p.N * 3 * W, S(0)), dA(p.N * W, 0.0) {
+    for (int64_t w = 0; w < valid; ++w) {
+      for (int64_t n = 0; n < p.N; ++n) ns[n * 3 * W + w] = p.A[(e0 + w) * p.N + n];
+      D[w] = p.D[e0 + w];
+      bias[w] = p.bias[e0 + w];
+    }
+  }
+
+  S* slot(int64_t n, int64_t k) { return ns.data() + (n * 3 + k) * W; }
+};
+
+template <typename S>
+std::vector<Channels<S>> group_channels(const Problem<S>& p, int64_t g) {
+  std::vector<Channels<S>> chans;
+  for (int64_t cb = p.cb_begin(g); cb < p.cb_begin(g + 1); ++cb) chans.emplace_back(p, cb);
+  return chans;
+}
+
+// Per-task buffers for one time block, [T][W] (time-major, channel lanes) unless noted.
+template <typename S>
+struct Block {
+  std::vector<S> u, dt, dtu, dsp, y, z, gout, dy;
+  std::vector<S> bc;   // [T][N][2]: B and C of the batch row
+  std::vector<S> seg;  // [T + 1][N][2][W] (backward): a_t and h_t per step; row 0 holds h before the block
+  std::vector<S> dbc;  // [T][N][2][W] (backward): lane-wise dL/dB and dL/dC summed over channel blocks
+
+  Block(int64_t N, bool backward)
+      : u(T * W), dt(T * W), dtu(T * W), dsp(T * W), y(T * W), z(T * W), gout(T * W), dy(T * W),
+        bc(T * N * 2), seg(backward ? (T + 1) * N * 2 * W : 0), dbc(backward ? T * N * 2 * W : 0) {}
+
+  // Loads u, delta and z; dt = softplus(delta + bias), dsp = its slope, dtu = dt * u.
+  void prepare(const Problem<S>& p, const Channels<S>& ch, int64_t b, int64_t t0, int64_t nt) {
+    p.load(p.u, b, ch.e0, ch.valid, t0, nt, u.data());
+    p.load(p.delta, b, ch.e0, ch.valid, t0, nt, dt.data());
+    if (p.z != nullptr) p.load(p.z, b, ch.e0, ch.valid, t0, nt, z.data());
+    S* __restrict__ d = dt.data();
+    S* __restrict__ ds = dsp.data();
+    for (int64_t t = 0; t < nt; ++t)
+      for (int64_t w = 0; w < W; ++w) d[t * W + w] += ch.bias[w];
+    if (p.softplus) {
+      for (int64_t i = 0; i < nt * W; ++i) softplus(d[i], d[i], ds[i]);
+    } else {
+      std::fill(ds, ds + nt * W, S(1));
+    }
+    const S* __restrict__ uu = u.data();
+    S* __restrict__ du = dtu.data();
+    for (int64_t i = 0; i < nt * W; ++i) du[i] = d[i] * uu[i];
+  }
+
+  // y[t][w] += D[w] u[t][w]: the output before the gate.
+  void add_skip(const Channels<S>& ch, int64_t nt) {
+    S* __restrict__ yy = y.data();
+    const S* __restrict__ uu = u.data();
+    for (int64_t t = 0; t < nt; ++t)
+      for (int64_t w = 0; w < W; ++w) yy[t * W + w] += ch.D[w] * uu[t * W + w];
+  }
+};
+
+// ---------------------------------------------------------------- forward
+
+// The recurrence over one block, in place on the state slot of ch.ns; y[t] = C_t . h_t.
+template <typename S>
+void scan_forward(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
+  S* __restrict__ ns = ch.ns.data();
+  const S* __restrict__ bc = blk.bc.data();
+  const S* __restrict__ dt = blk.dt.data();
+  const S* __restrict__ dtu = blk.dtu.data();
+  for (int64_t t = 0; t < nt; ++t) {
+    S acc[W] = {};
+    for (int64_t n = 0; n < N; ++n) {
+      const S bn = bc[(t * N + n) * 2], cn = bc[(t * N + n) * 2 + 1];
+      const S* An = ns + n * 3 * W;
+      S* hn = ns + n * 3 * W + W;
+#pragma GCC ivdep
+      for (int64_t w = 0; w < W; ++w) {
+        const S a = exp_approx(dt[t * W + w] * An[w]);
+        const S hv = a * hn[w] + dtu[t * W + w] * bn;
+        hn[w] = hv;
+        acc[w] += cn * hv;
+      }
+    }
+    std::copy(acc, acc + W, blk.y.data() + t * W);
+  }
+}
+
+template <typename S>
+struct Outputs {
+  S* out;   // (B, E, L)
+  S* last;  // (B, E, N)
+  S* ckpt;  // (B, n_cb, n_tb, N, W) or nullptr when no backward will follow
+};
+
+// Forward task: batch row b, channel group g.
+template <typename S>
+void forward_task(const Problem<S>& p, const Outputs<S>& o, int64_t b, int64_t g, Block<S>& blk) {
+  const int64_t N = p.N;
+  std::vector<Channels<S>> chans = group_channels(p, g);
+  for (int64_t tb = 0; tb < p.n_tb; ++tb) {
+    const int64_t t0 = tb * T, nt = std::min(T, p.L - t0);
+    p.load_bc(b, t0, nt, blk.bc.data());
+    for (Channels<S>& ch : chans) {
+      if (o.ckpt != nullptr) {
+        S* ck = p.ckpt_at(o.ckpt, b, ch.e0 / W, tb);
+        for (int64_t n = 0; n < N; ++n) std::copy(ch.slot(n, 1), ch.slot(n, 1) + W, ck + n * W);
+      }
+      blk.prepare(p, ch, b, t0, nt);
+      scan_forward(ch, blk, N, nt);
+      blk.add_skip(ch, nt);
+      if (p.z != nullptr) {
+        S* __restrict__ y = blk.y.data();
+        const S* __restrict__ z = blk.z.data();
+        for (int64_t i = 0; i < nt * W; ++i) y[i] *= z[i] * sigmoid(z[i]);
+      }
+      p.store(blk.y.data(), b, ch.e0, ch.valid, t0, nt, o.out);
+    }
+  }
+  for (Channels<S>& ch : chans)
+    for (int64_t w = 0; w < ch.valid; ++w)
+      for (int64_t n = 0; n < N; ++n) o.last[(b * p.E + ch.e0 + w) * N + n] = ch.slot(n, 1)[w];
+}
+
+// ---------------------------------------------------------------- backward
+
+template <typename S>
+struct Grads {
+  const S* ckpt;   // (B, n_cb, n_tb, N, W) from the forward
+  const S* dout;   // (B, E, L)
+  const S* dlast;  // (B, E, N) or nullptr
+  S* du;
+  S* ddelta;
+  S* dz;          // nullptr without z
+  double* dA;     // (B, E, N)
+  double* dB;     // (G, B, N, L)
+  double* dC;     // (G, B, N, L)
+  double* dD;     // (B, E)
+  double* dbias;  // (B, E)
+};
+
+// Recomputes the block from the state in seg row 0: seg rows 1..nt get a_t and h_t, y[t] = C_t . h_t,
+// and the dL/dC lanes of dbc get dy_t h_t.
+template <typename S>
+void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
+  const S* __restrict__ ns = ch.ns.data();
+  const S* __restrict__ bc = blk.bc.data();
+  const S* __restrict__ dt = blk.dt.data();
+  const S* __restrict__ dtu = blk.dtu.data();
+  const S* __restrict__ dy = blk.dy.data();
+  S* __restrict__ seg = blk.seg.data();
+  S* __restrict__ dbc = blk.dbc.data();
+  for (int64_t t = 0; t < nt; ++t) {
+    S acc[W] = {};
+    for (int64_t n = 0; n < N; ++n) {
+      const S bn = bc[(t * N + n) * 2], cn = bc[(t * N + n) * 2 + 1];
+      const S* An = ns + n * 3 * W;
+      const S* hp = seg + (t * N + n) * 2 * W + W;
+      S* cur = seg + ((t + 1) * N + n) * 2 * W;
+      S* dC = dbc + (t * N + n) * 2 * W + W;
+#pragma GCC ivdep
+      for (int64_t w = 0; w < W; ++w) {
+        const S a = exp_approx(dt[t * W + w] * An[w]);
+        const S hv = a * hp[w] + dtu[t * W + w] * bn;
+        cur[w] = a;
+        cur[W + w] = hv;
+        acc[w] += cn * hv;
+        dC[w] += dy[t * W + w] * hv;
+      }
+    }
+    std::copy(acc, acc + W, blk.y.data() + t * W);
+  }
+}
+
+// Reverse sweep over one block (after scan_recompute). Carries dL/dh in ns slot 1; adds the dL/dB
+// lanes to dbc and dA to ns slot 2; leaves du (without the skip term) in y and dL/d(raw delta) in dt.
+template <typename S>
+void scan_reverse(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
+  S* __restrict__ ns = ch.ns.data();
+  const S* __restrict__ bc = blk.bc.data();
+  const S* __restrict__ seg = blk.seg.data();
+  S* __restrict__ dbc = blk.dbc.data();
+  const S* __restrict__ dy = blk.dy.data();
+  const S* __restrict__ dtu = blk.dtu.data();
+  S* __restrict__ dt = blk.dt.data();
+  S* __restrict__ du = blk.y.data();
+  const S* __restrict__ u = blk.u.data();
+  const S* __restrict__ dsp = blk.dsp.data();
+  for (int64_t t = nt - 1; t >= 0; --t) {
+    S dd[W] = {};  // dL/d(delta_t) through the decays
+    S sb[W] = {};  // sum_n dL/dh_t[n] B_t[n]
+    for (int64_t n = 0; n < N; ++n) {
+      const S bn = bc[(t * N + n) * 2], cn = bc[(t * N + n) * 2 + 1];
+      S* An = ns + n * 3 * W;  // then the carry and the dA scratch
+      const S* hp = seg + (t * N + n) * 2 * W + W;
+      const S* at = seg + ((t + 1) * N + n) * 2 * W;
+      S* dB = dbc + (t * N + n) * 2 * W;
+#pragma GCC ivdep
+      for (int64_t w = 0; w < W; ++w) {
+        const S gh = An[W + w] + dy[t * W + w] * cn;  // dL/dh_t
+        const S carry = at[w] * gh;                    // exp(delta_t A) dL/dh_t, for step t - 1
+        const S ga = carry * hp[w];                    // dL/d(delta_t A) through the decay
+        dB[w] += gh * dtu[t * W + w];
+        An[2 * W + w] += ga * dt[t * W + w];
+        dd[w] += ga * An[w];
+        sb[w] += gh * bn;
+        An[W + w] = carry;
+      }
+    }
+    for (int64_t w = 0; w < W; ++w) {
+      du[t * W + w] += sb[w] * dt[t * W + w];
+      dt[t * W + w] = (dd[w] + sb[w] * u[t * W + w]) * dsp[t * W + w];
+    }
+  }
+}
+
+// Backward through the skip term and the gate; needs y from scan_recompute. Leaves dz in z and the
+// skip part of du in y; dy (dL/dy before the gate) was set by gate_dy.
+template <typename S>
+void gate_backward(const Problem<S>& p, Channels<S>& ch, Block<S>& blk, int64_t nt) {
+  blk.add_skip(ch, nt);
+  S* __restrict__ y = blk.y.data();
+  S* __restrict__ z = blk.z.data();
+  const S* __restrict__ g = blk.gout.data();
+  const S* __restrict__ dy = blk.dy.data();
+  const S* __restrict__ u = blk.u.data();
+  if (p.z != nullptr) {
+    for (int64_t i = 0; i < nt * W; ++i) {
+      const S s = sigmoid(z[i]);
+      z[i] = g[i] * y[i] * s * (S(1) + z[i] * (S(1) - s));
+    }
+  }
+  S dD[W] = {};
+  for (int64_t t = 0; t < nt; ++t) {
+    for (int64_t w = 0; w < W; ++w) {
+      dD[w] += dy[t * W + w] * u[t * W + w];
+      y[t * W + w] = dy[t * W + w] * ch.D[w];
+    }
+  }
+  for (int64_t w = 0; w < W; ++w) ch.dD[w] += double(dD[w]);
+}
+
+// dy = dout * silu(z) (or dout without a gate).
+template <typename S>
+void gate_dy(const Problem<S>& p, Block<S>& blk, int64_t nt) {
+  const S* __restrict__ g = blk.gout.data();
+  const S* __restrict__ z = blk.z.data();
+  S* __restrict__ dy = blk.dy.data();
+  if (p.z != nullptr) {
+    for (int64_t i = 0; i < nt * W; ++i) dy[i] = g[i] * z[i] * sigmoid(z[i]);
+  } else {
+    std::copy(g, g + nt * W, dy);
+  }
+}
+
+// Folds the block's dA scratch and ddelta into the channel block's double sums.
+template <typename S>
+void flush_sums(Channels<S>& ch, const Block<S>& blk, int64_t N, int64_t nt) {
+  for (int64_t n = 0; n < N; ++n) {
+    S* scratch = ch.slot(n, 2);
+    for (int64_t w = 0; w < W; ++w) ch.dA[n * W + w] += double(scratch[w]);
+    std::fill(scratch, scratch + W, S(0));
+  }
+  for (int64_t t = 0; t < nt; ++t)
+    for (int64_t w = 0; w < W; ++w) ch.dbias[w] += double(blk.dt[t * W + w]);
+}
+
+// Backward task: batch row b, channel group g.
+template <typename S>
+void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g, Block<S>& blk) {
+  const int64_t N = p.N;
+  std::vector<Channels<S>> chans = group_channels(p, g);
+  if (gr.dlast != nullptr)
+    for (Channels<S>& ch : chans)
+      for (int64_t w = 0; w < ch.valid; ++w)
+        for (int64_t n = 0; n < N; ++n) ch.slot(n, 1)[w] = gr.dlast[(b * p.E + ch.e0 + w) * N + n];
+  for (int64_t tb = p.n_tb - 1; tb >= 0; --tb) {
+    const int64_t t0 = tb * T, nt = std::min(T, p.L - t0);
+    p.load_bc(b, t0, nt, blk.bc.data());
+    std::fill(blk.dbc.begin(), blk.dbc.end(), S(0));
+    for (Channels<S>& ch : chans) {
+      const S* h0 = p.ckpt_at(gr.ckpt, b, ch.e0 / W, tb);
+      for (int64_t n = 0; n < N; ++n) std::copy(h0 + n * W, h0 + (n + 1) * W, blk.seg.data() + (2 * n + 1) * W);
+      blk.prepare(p, ch, b, t0, nt);
+      p.load(gr.dout, b, ch.e0, ch.valid, t0, nt, blk.gout.data());
+      gate_dy(p, blk, nt);
+      scan_recompute(ch, blk, N, nt);
+      gate_backward(p, ch, blk, nt);
+      scan_reverse(ch, blk, N, nt);
+      flush_sums(ch, blk, N, nt);
+      p.store(blk.y.data(), b, ch.e0, ch.valid, t0, nt, gr.du);
+      p.store(blk.dt.data(), b, ch.e0, ch.valid, t0, nt, gr.ddelta);
+      if (gr.dz != nullptr) p.store(blk.z.data(), b, ch.e0, ch.valid, t0, nt, gr.dz);
+    }
+    double* dB = gr.dB + (g * p.batch + b) * N * p.L + t0;
+    double* dC = gr.dC + (g * p.batch + b) * N * p.L + t0;
+    for (int64_t t = 0; t < nt; ++t) {
+      for (int64_t n = 0; n < N; ++n) {
+        const S* lanes = blk.dbc.data() + (t * N + n) * 2 * W;
+        double sB = 0.0, sC = 0.0;
+        for (int64_t w = 0; w < W; ++w) {
+          sB += double(lanes[w]);
+          sC += double(lanes[W + w]);
+        }
+        dB[n * p.L + t] = sB;
+        dC[n * p.L + t] = sC;
+      }
+    }
+  }
+  for (const Channels<S>& ch : chans) {
+    for (int64_t w = 0; w < ch.valid; ++w) {
+      const int64_t be = b * p.E + ch.e0 + w;
+      for (int64_t n = 0; n < N; ++n) gr.dA[be * N + n] = ch.dA[n * W + w];
+      gr.dD[be] = ch.dD[w];
+      gr.dbias[be] = ch.dbias[w];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- torch bindings
+
+void check_input(const at::Tensor& t, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " has dtype ", t.scalar_type(), ", expected ", dtype);
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+template <typename S>
+Problem<S> make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                        const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
+                        const at::Tensor& bias, const std::optional<at::Tensor>& z, bool softplus,
+                        int64_t groups) {
+  const at::ScalarType dtype = u.scalar_type();
+  check_input(u, dtype, "u");
+  check_input(delta, dtype, "delta");
+  check_input(A, dtype, "A");
+  check_input(Bm, dtype, "B");
+  check_input(Cm, dtype, "C");
+  check_input(D, dtype, "D");
+  check_input(bias, dtype, "delta_bias");
+  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes(), "u and delta must be (B, E, L)");
+  const int64_t batch = u.size(0), E = u.size(1), L = u.size(2);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == E, "A must be (E, N)");
+  const int64_t N = A.size(1);
+  TORCH_CHECK(Bm.dim() == 3 && Bm.size(0) == batch && Bm.size(1) == N && Bm.size(2) == L,
+              "B must be (B, N, L)");
+  TORCH_CHECK(Cm.sizes() == Bm.sizes(), "C must be (B, N, L)");
+  TORCH_CHECK(D.numel() == E && bias.numel() == E, "D and delta_bias must be (E,)");
+  if (z.has_value()) {
+    check_input(*z, dtype, "z");
+    TORCH_CHECK(z->sizes() == u.sizes(), "z must be (B, E, L)");
+  }
+  const int64_t n_cb = (E + W - 1) / W;
+  TORCH_CHECK(groups >= 1 && groups <= std::max<int64_t>(n_cb, 1), "groups must be in [1, channel blocks]");
+  return Problem<S>{u.const_data_ptr<S>(), delta.const_data_ptr<S>(), A.const_data_ptr<S>(),
+                    Bm.const_data_ptr<S>(), Cm.const_data_ptr<S>(), D.const_data_ptr<S>(),
+                    bias.const_data_ptr<S>(), z.has_value() ? z->const_data_ptr<S>() : nullptr,
+                    softplus, batch, E, L, N, n_cb, (L + T - 1) / T, groups};
+}
+
+// Runs task(b, g, scratch) for every batch row b and channel group g. The threads take tasks from a
+// shared counter (a thread slowed down by other load simply takes fewer) and reuse one scratch Block.
+template <typename S, typename F>
+void for_each_task(const Problem<S>& p, bool backward, const F& task) {
+  const int64_t n_tasks = p.batch * p.groups;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(n_tasks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    Block<S> blk(p.N, backward);
+    for (int64_t i = next++; i < n_tasks; i = next++) task(i / p.groups, i % p.groups, blk);
+  });
+}
+
+void check_output(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const char* name) {
+  check_input(t, dtype, name);
+  TORCH_CHECK(t.numel() == numel, name, " has ", t.numel(), " elements, expected ", numel);
+}
+
+void scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
+              const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& bias,
+              const std::optional<at::Tensor>& z, bool softplus, int64_t groups, const at::Tensor& out,
+              const at::Tensor& last, const std::optional<at::Tensor>& ckpt) {
+  const at::ScalarType dtype = u.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "selective_scan_cpu: float32 or float64 only");
+  const auto run = [&](auto zero) {
+    using S = decltype(zero);
+    const Problem<S> p = make_problem<S>(u, delta, A, Bm, Cm, D, bias, z, softplus, groups);
+    check_output(out, dtype, u.numel(), "out");
+    check_output(last, dtype, p.batch * p.E * p.N, "last_state");
+    if (ckpt.has_value()) check_output(*ckpt, dtype, p.batch * p.n_cb * p.n_tb * p.N * W, "checkpoints");
+    const Outputs<S> o{out.mutable_data_ptr<S>(), last.mutable_data_ptr<S>(),
+                       ckpt.has_value() ? ckpt->mutable_data_ptr<S>() : nullptr};
+    for_each_task(p, false, [&](int64_t b, int64_t g, Block<S>& blk) { forward_task(p, o, b, g, blk); });
+  };
+  if (dtype == at::kFloat) {
+    run(0.0f);
+  } else {
+    run(0.0);
+  }
+}
+
+void scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
+              const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& bias,
+              const std::optional<at::Tensor>& z, bool softplus, int64_t groups, const at::Tensor& ckpt,
+              const at::Tensor& dout, const std::optional<at::Tensor>& dlast, const at::Tensor& du,
+              const at::Tensor& ddelta, const std::optional<at::Tensor>& dz, const at::Tensor& dA,
+              const at::Tensor& dB, const at::Tensor& dC, const at::Tensor& dD, const at::Tensor& dbias) {
+  const at::ScalarType dtype = u.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "selective_scan_cpu: float32 or float64 only");
+  TORCH_CHECK(z.has_value() == dz.has_value(), "dz must be given exactly when z is");
+  const auto run = [&](auto zero) {
+    using S = decltype(zero);
+    const Problem<S> p = make_problem<S>(u, delta, A, Bm, Cm, D, bias, z, softplus, groups);
+    const int64_t bel = u.numel(), be = p.batch * p.E;
+    check_output(ckpt, dtype, p.batch * p.n_cb * p.n_tb * p.N * W, "checkpoints");
+    check_output(dout, dtype, bel, "dout");
+    if (dlast.has_value()) check_output(*dlast, dtype, be * p.N, "dlast");
+    check_output(du, dtype, bel, "du");
+    check_output(ddelta, dtype, bel, "ddelta");
+    if (dz.has_value()) check_output(*dz, dtype, bel, "dz");
+    check_output(dA, at::kDouble, be * p.N, "dA");
+    check_output(dB, at::kDouble, groups * p.batch * p.N * p.L, "dB");
+    check_output(dC, at::kDouble, groups * p.batch * p.N * p.L, "dC");
+    check_output(dD, at::kDouble, be, "dD");
+    check_output(dbias, at::kDouble, be, "ddelta_bias");
+    const Grads<S> gr{ckpt.const_data_ptr<S>(), dout.const_data_ptr<S>(),
+                      dlast.has_value() ? dlast->const_data_ptr<S>() : nullptr, du.mutable_data_ptr<S>(),
+                      ddelta.mutable_data_ptr<S>(), dz.has_value() ? dz->mutable_data_ptr<S>() : nullptr,
+                      dA.mutable_data_ptr<double>(), dB.mutable_data_ptr<double>(),
+                      dC.mutable_data_ptr<double>(), dD.mutable_data_ptr<double>(),
+                      dbias.mutable_data_ptr<double>()};
+    for_each_task(p, true, [&](int64_t b, int64_t g, Block<S>& blk) { backward_task(p, gr, b, g, blk); });
+  };
+  if (dtype == at::kFloat) {
+    run(0.0f);
+  } else {
+    run(0.0);
+  }
+}
+
+std::vector<int64_t> scan_layout() { return {W, T}; }
+
+}  // namespace
+
+TORCH_LIBRARY(vimtune_scan_cpu, m) {
+  m.def("layout() -> int[]", &scan_layout);
+  m.def(
+      "fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor delta_bias, Tensor? z, "
+      "bool delta_softplus, int groups, Tensor(a!) out, Tensor(b!) last_state, Tensor(c!)? checkpoints) -> ()",
+      &scan_fwd);
+  m.def(
+      "bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor delta_bias, Tensor? z, "
+      "bool delta_softplus, int groups, Tensor checkpoints, Tensor dout, Tensor? dlast, Tensor(a!) du, "
+      "Tensor(b!) ddelta, Tensor(c!)? dz, Tensor(d!) dA, Tensor(e!) dB, Tensor(f!) dC, Tensor(g!) dD, "
+      "Tensor(h!) ddelta_bias) -> ()",
+      &scan_bwd);
+}

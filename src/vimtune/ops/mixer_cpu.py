@@ -1,0 +1,199 @@
+"""Time-major CPU path of the bidirectional Mamba mixer: fused C++ conv + SiLU and selective scan.
+
+The kernels, ``csrc/mixer_cpu.cpp``, work on time-major (B, T, E) tensors whose last dimension has
+unit stride, so ``x`` and ``z`` are read as column slices of ``in_proj``'s (B, T, 2E) output and
+``B``, ``C`` as column slices of ``x_proj``'s (B, T, R + 2N) output, and both directions run in
+original time order: no flips, transposes or copies. They are built like
+:mod:`vimtune.ops.scan_cpu` (``torch.utils.cpp_extension.load`` with ``-march=native``, cached in
+torch's extensions directory); when the build fails, :func:`mixer_kernels_available` warns once and
+returns False and the mixer keeps its layout-generic path.
+
+float32 and float64 inputs are computed in their own precision (sums over batch, time or channels
+in float64); other floating dtypes are computed in float32 and the results cast back.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from vimtune.ops.scan_cpu import _CFLAGS, _cpu_tag
+
+if TYPE_CHECKING:
+    from vimtune.models.mamba import BiMambaMixer
+
+_SOURCE = Path(__file__).parent / "csrc" / "mixer_cpu.cpp"
+
+
+@functools.cache
+def _ops() -> object | None:
+    """Build (or load from the cache) the extension; its ``torch.ops`` namespace, or None on failure."""
+    try:
+        from torch.utils.cpp_extension import load
+
+        load(
+            name=f"vimtune_mixer_cpu_{_cpu_tag()}",
+            sources=[str(_SOURCE)],
+            extra_cflags=_CFLAGS,
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+        )
+        return torch.ops.vimtune_mixer_cpu
+    except Exception as exc:  # any build or load failure means: use the other path
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        warnings.warn(
+            f"vimtune: the C++ CPU mixer kernels could not be built or loaded ({reason}); "
+            "the mixer uses its generic path.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def mixer_kernels_available() -> bool:
+    """True when the C++ mixer kernels are built and loaded (builds them on the first call; never raises)."""
+    return _ops() is not None
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 when any input is float64, else float32."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _lanes(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype`` with unit stride over its last dimension (a view when it already is one)."""
+    t = t.detach().to(dtype)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _meta(*inputs: Tensor) -> tuple[tuple[torch.dtype, torch.Size], ...]:
+    """(dtype, shape) of each input, to cast the gradients back."""
+    return tuple((t.dtype, t.shape) for t in inputs)
+
+
+def _cast_back(grads: tuple[Tensor, ...], meta: tuple[tuple[torch.dtype, torch.Size], ...]) -> tuple[Tensor, ...]:
+    """Each gradient in its input's dtype and shape."""
+    return tuple(g.to(dtype).view(shape) for g, (dtype, shape) in zip(grads, meta, strict=True))
+
+
+class _ConvSiLU(torch.autograd.Function):
+    """Autograd wrapper of the conv kernel; the backward recomputes the pre-activations from ``x``."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, reverse: bool
+    ) -> Tensor:
+        work = _compute_dtype(x, weight, bias)
+        x_w, weight_w, bias_w = (_lanes(t, work) for t in (x, weight, bias))
+        ctx.save_for_backward(x_w, weight_w, bias_w)
+        ctx.meta = _meta(x, weight, bias)
+        ctx.reverse = reverse
+        return _ops().conv_fwd(x_w, weight_w, bias_w, reverse).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
+        x_w, weight_w, bias_w = ctx.saved_tensors
+        grads = _ops().conv_bwd(x_w, weight_w, bias_w, ctx.reverse, _lanes(dout, x_w.dtype))
+        return (*_cast_back(grads, ctx.meta), None)
+
+
+def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool = False) -> Tensor:
+    """``silu`` of a depthwise causal convolution along time, in time-major layout.
+
+    Forward direction: ``u[t] = silu(bias + sum_k weight[:, k] * x[t - K + 1 + k])`` (zero before
+    t = 0), i.e. ``silu(conv1d(x^T, padding=K - 1)[..., :T])^T``. ``reverse=True`` gives the same
+    convolution run on the time-flipped sequence, expressed in original time order:
+    ``u[t] = silu(bias + sum_k weight[:, k] * x[t + K - 1 - k])`` (zero from t = T on).
+
+    Args:
+        x: (B, T, E), any strides over B and T (unit stride over E avoids a copy).
+        weight: (E, 1, K) or (E, K) depthwise kernel (``nn.Conv1d(E, E, K, groups=E).weight``).
+        bias: (E,).
+        reverse: run the convolution backwards in time.
+
+    Returns:
+        u (B, T, E), contiguous, in the dtype of ``x``.
+    """
+    return _ConvSiLU.apply(x, weight, bias, reverse)
+
+
+class _SelectiveScanTM(torch.autograd.Function):
+    """Autograd wrapper of the time-major scan; the backward recomputes the states."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+        D: Tensor, z: Tensor, delta_bias: Tensor, delta_softplus: bool, reverse: bool,
+    ) -> Tensor:
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        work = _compute_dtype(*inputs)
+        work_inputs = tuple(_lanes(t, work) for t in inputs)
+        ctx.save_for_backward(*work_inputs)
+        ctx.meta = _meta(*inputs)
+        ctx.flags = (delta_softplus, reverse)
+        return _ops().scan_fwd(*work_inputs, delta_softplus, reverse).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(
+            u, delta, A, B, C, D, z, delta_bias, *ctx.flags, _lanes(dout, u.dtype)
+        )
+        grads = _cast_back((du, ddelta, dA, dB, dC, dD, dz, dbias), ctx.meta)
+        return (*grads, None, None)
+
+
+def selective_scan_tm(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor,
+    delta_softplus: bool = True, reverse: bool = False,
+) -> Tensor:
+    """Selective scan in time-major layout; the meaning of :func:`~vimtune.ops.selective_scan` on transposes.
+
+    ``delta <- softplus(delta + delta_bias)``; ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``;
+    ``y_t = C_t . h_t + D u_t``; ``out_t = y_t * silu(z_t)``. ``reverse=True`` runs the recurrence
+    from t = T - 1 down to 0 (equal to flipping every time axis, scanning, and flipping back).
+
+    Args:
+        u, delta, z: (B, T, E). A: (E, N). B, C: (B, T, N). D, delta_bias: (E,). Activations may
+            have any strides over B and T (unit stride over the last dimension avoids a copy).
+        delta_softplus: apply softplus (threshold 20) to ``delta + delta_bias``.
+        reverse: scan backwards in time.
+
+    Returns:
+        out (B, T, E), contiguous, in the dtype of ``u``.
+    """
+    return _SelectiveScanTM.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+
+def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor) -> Tensor:
+    """:meth:`BiMambaMixer.forward` computed in time-major layout with the C++ kernels.
+
+    Args:
+        mixer: the mixer whose parameters are used.
+        hidden: (B, T, D).
+
+    Returns:
+        (B, T, D).
+    """
+    e, n, r = mixer.d_inner, mixer.d_state, mixer.dt_rank
+    x, z = mixer.in_proj(hidden).split(e, dim=-1)  # (B, T, E) column slices
+    work = _compute_dtype(hidden, mixer.A_log)
+    directions = (
+        (False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D),
+        (True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log, mixer.D_b),
+    )
+    y = None
+    for reverse, conv, x_proj, dt_proj, A_log, D in directions:
+        u = causal_conv1d_silu(x, conv.weight, conv.bias, reverse)
+        dt, Bm, Cm = x_proj(u).split([r, n, n], dim=-1)  # column slices of (B, T, R + 2N)
+        delta = dt @ dt_proj.weight.t()  # (B, T, E); its bias is added in the scan
+        out = selective_scan_tm(
+            u, delta, -torch.exp(A_log.to(work)), Bm, Cm, D, z, dt_proj.bias, delta_softplus=True, reverse=reverse
+        )
+        y = out if y is None else y + out
+    return mixer.out_proj(y) * 0.5

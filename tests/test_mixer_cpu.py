@@ -1,0 +1,237 @@
+"""The time-major C++ mixer kernels (conv + SiLU, selective scan) against float64 references, and the
+mixer / whole model on the fast path against the reference path."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import vimtune.models  # noqa: F401  (registers vim_* with timm)
+from vimtune.models.mamba import BiMambaMixer
+from vimtune.ops import available_backends, mixer_cpu
+from vimtune.ops.mixer_cpu import bimamba_forward_tm, causal_conv1d_silu, mixer_kernels_available, selective_scan_tm
+from vimtune.ops.scan_reference import selective_scan_reference
+
+pytestmark = pytest.mark.skipif(not mixer_kernels_available(), reason="C++ CPU mixer kernels could not be built")
+
+
+def _rnd(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- references (float64, channel-major)
+
+
+def conv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """silu(nn.Conv1d(padding=K-1)(x)[..., :T]) on (B, T, E), run on the flipped sequence when reverse."""
+    x = x.flip(1) if reverse else x
+    E, K = weight.shape[0], weight.shape[-1]
+    u = F.silu(F.conv1d(x.transpose(1, 2), weight.view(E, 1, K), bias, padding=K - 1, groups=E)[..., : x.shape[1]])
+    u = u.transpose(1, 2)
+    return u.flip(1) if reverse else u
+
+
+def scan_reference(u, delta, A, B, C, D, z, delta_bias, softplus: bool, reverse: bool) -> torch.Tensor:
+    """selective_scan_reference on (B, T, X) tensors, the time axis flipped around it when reverse."""
+    acts = [t.flip(1) if reverse else t for t in (u, delta, B, C, z)]
+    u, delta, B, C, z = (t.transpose(1, 2) for t in acts)
+    out = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, softplus).transpose(1, 2)
+    return out.flip(1) if reverse else out
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, name: str) -> None:
+    atol = rtol * max(expected.abs().max().item(), 1e-30)
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def _compare(fn, ref_fn, leaves: dict, dtype: torch.dtype, rtol: float, seed: int = 1) -> None:
+    """fn on ``leaves`` cast to dtype vs ref_fn in float64: output and the gradients of every leaf."""
+    low = {k: v.detach().to(dtype).requires_grad_() for k, v in leaves.items()}
+    ref = {k: v.detach().clone().requires_grad_() for k, v in leaves.items()}
+    out, want = fn(**low), ref_fn(**ref)
+    assert out.dtype == dtype and out.shape == want.shape
+    _close(out, want.detach(), rtol, "out")
+    cot = _rnd(torch.Generator().manual_seed(seed), *want.shape)
+    got_g = torch.autograd.grad((out.double() * cot).sum(), list(low.values()))
+    want_g = torch.autograd.grad((want * cot).sum(), list(ref.values()))
+    for name, g, w in zip(low, got_g, want_g, strict=True):
+        assert g.dtype == dtype and g.shape == w.shape
+        _close(g, w, rtol, f"d{name}")
+
+
+# ---------------------------------------------------------------- conv + SiLU
+
+
+def _conv_leaves(batch: int, length: int, channels: int, taps: int, seed: int) -> dict:
+    """xz (B, T, 2E) (x is its first half, a strided view), weight (E, 1, K), bias (E,)."""
+    g = torch.Generator().manual_seed(seed)
+    return {"xz": _rnd(g, batch, length, 2 * channels), "weight": _rnd(g, channels, 1, taps) * 0.5,
+            "bias": _rnd(g, channels) * 0.5}
+
+
+def _conv_fns(channels: int, reverse: bool):
+    def fast(xz, weight, bias):
+        return causal_conv1d_silu(xz[..., :channels], weight, bias, reverse)
+
+    def ref(xz, weight, bias):
+        return conv_reference(xz[..., :channels], weight, bias, reverse)
+
+    return fast, ref
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_conv_gradcheck(reverse: bool) -> None:
+    leaves = {k: v.requires_grad_() for k, v in _conv_leaves(2, 7, 5, 4, seed=0).items()}
+    fast, _ = _conv_fns(5, reverse)
+    assert torch.autograd.gradcheck(fast, tuple(leaves.values()))
+
+
+# (batch, length, channels, taps)
+CONV_CASES = [(2, 1, 5, 4), (1, 37, 33, 4), (3, 65, 256, 4), (1, 1000, 20, 4), (2, 9, 16, 2), (2, 3, 17, 5)]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_conv_matches_reference(case: tuple, dtype: torch.dtype, rtol: float, reverse: bool) -> None:
+    batch, length, channels, taps = case
+    fast, ref = _conv_fns(channels, reverse)
+    _compare(fast, ref, _conv_leaves(batch, length, channels, taps, seed=sum(case)), dtype, rtol)
+
+
+# ---------------------------------------------------------------- selective scan
+
+
+def _scan_leaves(batch: int, length: int, channels: int, state: int, seed: int, scale: float = 1.0) -> dict:
+    """Strided time-major inputs: x and z are halves of xz (B, T, 2E), B and C slices of dbl (B, T, R + 2N)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "xz": _rnd(g, batch, length, 2 * channels),
+        "delta": _rnd(g, batch, length, channels) * scale,
+        "A": -torch.exp(_rnd(g, channels, state) * 0.5),
+        "dbl": _rnd(g, batch, length, 3 + 2 * state),
+        "D": _rnd(g, channels),
+        "delta_bias": _rnd(g, channels) * 0.5,
+    }
+
+
+def _scan_fns(channels: int, state: int, reverse: bool, softplus: bool = True):
+    def split(xz, dbl):
+        return xz[..., :channels], xz[..., channels:], dbl[..., 3 : 3 + state], dbl[..., 3 + state :]
+
+    def fast(xz, delta, A, dbl, D, delta_bias):
+        u, z, B, C = split(xz, dbl)
+        return selective_scan_tm(u, delta, A, B, C, D, z, delta_bias, softplus, reverse)
+
+    def ref(xz, delta, A, dbl, D, delta_bias):
+        u, z, B, C = split(xz, dbl)
+        return scan_reference(u, delta, A, B, C, D, z, delta_bias, softplus, reverse)
+
+    return fast, ref
+
+
+@pytest.mark.parametrize("softplus", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_gradcheck(reverse: bool, softplus: bool) -> None:
+    leaves = _scan_leaves(2, 6, 5, 3, seed=0)
+    if not softplus:  # positive step sizes for a stable scan
+        leaves["delta"] = leaves["delta"].abs()
+        leaves["delta_bias"] = leaves["delta_bias"].abs()
+    fast, _ = _scan_fns(5, 3, reverse, softplus)
+    assert torch.autograd.gradcheck(fast, tuple(v.requires_grad_() for v in leaves.values()))
+
+
+# (batch, length, channels, state, delta scale): T = 1, odd T, several backward chunks (T > 128),
+# long T, batch 1, channels not a multiple of the lanes, large |delta| on both sides of the threshold
+SCAN_CASES = [
+    (2, 1, 5, 3, 1.0),
+    (1, 37, 33, 16, 1.0),
+    (3, 65, 40, 16, 1.0),
+    (2, 300, 20, 4, 1.0),
+    (1, 1000, 16, 16, 1.0),
+    (2, 45, 17, 16, 15.0),
+]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("case", SCAN_CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-d{c[4]}")
+def test_scan_matches_reference(case: tuple, dtype: torch.dtype, rtol: float, reverse: bool) -> None:
+    batch, length, channels, state, scale = case
+    fast, ref = _scan_fns(channels, state, reverse)
+    _compare(fast, ref, _scan_leaves(batch, length, channels, state, seed=length, scale=scale), dtype, rtol)
+
+
+def test_bfloat16_inputs_are_accepted() -> None:
+    leaves = _scan_leaves(2, 33, 20, 16, seed=4)
+    conv = _conv_leaves(2, 33, 20, 4, seed=4)
+    low = {k: v.to(torch.bfloat16).requires_grad_() for k, v in {**leaves, "w": conv["weight"]}.items()}
+    u = causal_conv1d_silu(low["xz"][..., :20], low["w"], low["D"], reverse=True)
+    out = selective_scan_tm(u, low["delta"], low["A"], low["dbl"][..., 3:19], low["dbl"][..., 19:], low["D"],
+                            low["xz"][..., 20:], low["delta_bias"], True, True)
+    assert u.dtype == out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().sum(), list(low.values()))
+    assert all(g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all() for g in grads)
+
+
+def test_build_failure_warns_once_and_reports_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_load(**_: object) -> None:
+        raise RuntimeError("compiler exploded")
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load", failing_load)
+    with pytest.warns(RuntimeWarning, match="mixer uses its generic path") as record:
+        assert mixer_cpu._ops.__wrapped__() is None
+    assert len(record) == 1 and "compiler exploded" in str(record[0].message)
+
+
+# ---------------------------------------------------------------- mixer and model
+
+
+def _mixer(dtype: torch.dtype, seed: int = 0) -> BiMambaMixer:
+    torch.manual_seed(seed)
+    mixer = BiMambaMixer(24, scan_backend="reference").to(dtype)  # E = 48, N = 16, R = 2
+    with torch.no_grad():  # non-trivial conv biases, D and A
+        for p in (mixer.conv1d.bias, mixer.conv1d_b.bias, mixer.D, mixer.D_b, mixer.A_log, mixer.A_b_log):
+            p.add_(torch.randn_like(p) * 0.3)
+    return mixer
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_mixer_fast_path_equals_reference(dtype: torch.dtype, rtol: float) -> None:
+    mixer = _mixer(dtype)
+    hidden = torch.randn(3, 29, 24, dtype=dtype, requires_grad=True)
+    cot = torch.randn(3, 29, 24, dtype=dtype)
+    results = []
+    for fn in (bimamba_forward_tm, BiMambaMixer.forward):  # mixer.scan_backend == "reference"
+        out = fn(mixer, hidden)
+        leaves = [hidden, *mixer.parameters()]
+        results.append((out, torch.autograd.grad((out * cot).sum(), leaves)))
+    (fast, fast_g), (ref, ref_g) = results
+    _close(fast, ref.detach(), rtol, "out")
+    names = ["hidden", *(name for name, _ in mixer.named_parameters())]
+    for name, g, w in zip(names, fast_g, ref_g, strict=True):
+        _close(g, w, rtol, f"d{name}")
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="C++ CPU scan backend unavailable")
+def test_mixer_takes_fast_path_only_with_cpu_backend() -> None:
+    mixer = _mixer(torch.float32)
+    hidden = torch.randn(2, 5, 24)
+    assert not torch.equal(mixer(hidden), bimamba_forward_tm(mixer, hidden))  # "reference"
+    mixer.scan_backend = "cpu"
+    assert torch.equal(mixer(hidden), bimamba_forward_tm(mixer, hidden))
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="C++ CPU scan backend unavailable")
+def test_vision_mamba_logits_match_on_both_paths() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("vim_nano_patch4_32", scan_backend="cpu").eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fast = model(images)
+        for layer in model.layers:
+            layer.mixer.scan_backend = "reference"
+        ref = model(images)
+    _close(fast, ref, 1e-5, "logits")

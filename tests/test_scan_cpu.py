@@ -1,0 +1,128 @@
+"""The C++ CPU selective scan against the float64 reference: outputs, last states and all gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scan_cases import make_scan_inputs
+from vimtune.ops import available_backends, scan_cpu, selective_scan
+from vimtune.ops.scan_cpu import cpu_kernel_available, selective_scan_cpu
+from vimtune.ops.scan_reference import selective_scan_reference
+
+pytestmark = pytest.mark.skipif(not cpu_kernel_available(), reason="C++ CPU scan kernel could not be built")
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+# (batch, channels, length, state, delta_scale, with_optional, softplus, last_state)
+CASES = [
+    (2, 5, 1, 3, 1.0, True, True, True),  # L = 1
+    (1, 33, 37, 16, 1.0, False, True, False),  # batch 1, odd L, no D / z / delta_bias
+    (3, 20, 70, 4, 1.0, True, True, True),  # several time blocks, partial channel block
+    (2, 17, 45, 16, 15.0, True, True, True),  # large |delta|: both sides of the softplus threshold
+    (2, 16, 64, 8, 1e-3, True, False, True),  # tiny delta without softplus: long memory
+    (1, 8, 2000, 4, 1.0, True, True, True),  # long L
+]
+
+
+def _problem(case: tuple, dtype: torch.dtype, seed: int = 0) -> tuple[dict, dict, bool, bool]:
+    """(inputs in dtype, the same values in float64, softplus, last_state); all leaves need grad."""
+    batch, channels, length, state, scale, optional, softplus, last = case
+    inputs = make_scan_inputs(batch, channels, length, state, torch.float64, seed, scale, optional)
+    if not softplus:  # without softplus the step sizes must be positive for a stable scan
+        inputs["delta"] = inputs["delta"].abs()
+        if optional:
+            inputs["delta_bias"] = inputs["delta_bias"].abs() * scale
+    ref = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
+    low = {k: None if v is None else v.to(dtype).requires_grad_() for k, v in inputs.items()}
+    return low, ref, softplus, last
+
+
+def _run(fn, inputs: dict, softplus: bool, last: bool) -> tuple[torch.Tensor, ...]:
+    result = fn(**inputs, delta_softplus=softplus, return_last_state=last)
+    return result if last else (result,)
+
+
+def _grads(outputs: tuple, cotangents: tuple, inputs: dict) -> dict:
+    """Gradients of sum(output * cotangent) with respect to every input that is given."""
+    leaves = {k: v for k, v in inputs.items() if v is not None}
+    loss = sum((o.double() * c).sum() for o, c in zip(outputs, cotangents, strict=True))
+    return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, name: str) -> None:
+    atol = rtol * max(expected.abs().max().item(), 1e-30)
+    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-d{c[4]}")
+def test_matches_reference_forward_and_backward(case: tuple, dtype: torch.dtype, rtol: float) -> None:
+    low, ref, softplus, last = _problem(case, dtype)
+    out_cpu = _run(selective_scan_cpu, low, softplus, last)
+    out_ref = _run(selective_scan_reference, ref, softplus, last)
+    for got, want, name in zip(out_cpu, out_ref, ("out", "last_state"), strict=False):
+        assert got.dtype == dtype and got.shape == want.shape
+        _close(got, want.detach(), rtol, name)
+    g = torch.Generator().manual_seed(1)
+    cotangents = tuple(torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out_ref)
+    grads_cpu = _grads(out_cpu, cotangents, low)
+    grads_ref = _grads(out_ref, cotangents, ref)
+    assert grads_cpu.keys() == grads_ref.keys()
+    for name in grads_ref:
+        assert grads_cpu[name].dtype == dtype
+        _close(grads_cpu[name], grads_ref[name], rtol, f"d{name}")
+
+
+def test_no_grad_forward_equals_autograd_forward() -> None:
+    low, _, softplus, last = _problem(CASES[2], torch.float32)
+    with torch.no_grad():
+        plain = _run(selective_scan_cpu, low, softplus, last)
+    tracked = _run(selective_scan_cpu, low, softplus, last)
+    for a, b in zip(plain, tracked, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_partial_requires_grad_and_noncontiguous_inputs() -> None:
+    inputs = make_scan_inputs(2, 24, 40, 16, torch.float32, seed=3)
+    u = inputs["u"].transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()  # (B, E, L) view
+    A = inputs["A"].requires_grad_()
+    rest = {k: v for k, v in inputs.items() if k not in ("u", "A")}
+    out = selective_scan_cpu(u=u, A=A, delta_softplus=True, **rest)
+    du, dA = torch.autograd.grad(out.sum(), [u, A])
+    ref_in = {k: None if v is None else v.detach().double() for k, v in inputs.items()}
+    ref_in["u"] = ref_in["u"].requires_grad_()
+    ref_in["A"] = ref_in["A"].requires_grad_()
+    ref_out = selective_scan_reference(**ref_in, delta_softplus=True)
+    ref_du, ref_dA = torch.autograd.grad(ref_out.sum(), [ref_in["u"], ref_in["A"]])
+    _close(out, ref_out.detach(), 1e-5, "out")
+    _close(du, ref_du, 1e-5, "du")
+    _close(dA, ref_dA, 1e-5, "dA")
+
+
+def test_bfloat16_inputs_are_accepted() -> None:
+    inputs = make_scan_inputs(2, 20, 33, 16, torch.bfloat16, seed=4)
+    leaves = {k: v.requires_grad_() for k, v in inputs.items()}
+    out, last = selective_scan_cpu(**leaves, delta_softplus=True, return_last_state=True)
+    assert out.dtype == torch.bfloat16 and last.dtype == torch.bfloat16
+    ref = selective_scan_reference(**{k: v.detach().double() for k, v in inputs.items()}, delta_softplus=True)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+    grads = torch.autograd.grad(out.float().sum(), list(leaves.values()))
+    assert all(g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all() for g in grads)
+
+
+def test_dispatcher_uses_cpu_backend() -> None:
+    assert "cpu" in available_backends("cpu")
+    inputs = make_scan_inputs(1, 16, 20, 4, torch.float32, seed=5)
+    via_dispatch = selective_scan(**inputs, delta_softplus=True, backend="cpu")
+    torch.testing.assert_close(via_dispatch, selective_scan_cpu(**inputs, delta_softplus=True))
+
+
+def test_build_failure_warns_once_and_reports_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_load(**_: object) -> None:
+        raise RuntimeError("compiler exploded")
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load", failing_load)
+    with pytest.warns(RuntimeWarning, match="falling back to the 'chunked' backend") as record:
+        assert scan_cpu._ops.__wrapped__() is None
+    assert len(record) == 1 and "compiler exploded" in str(record[0].message)
