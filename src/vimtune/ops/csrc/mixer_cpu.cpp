@@ -38,6 +38,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -53,13 +54,14 @@ constexpr int64_t kAhead = 4;      // steps between a row's prefetch and its use
 
 // 2^y = 2^k 2^f with k = round(y), f = y - k in [-1/2, 1/2]: 2^f by a degree-6 polynomial fitted
 // for minimal relative error (1e-9 before rounding, 1e-7 in float), 2^k added to its exponent bits.
-// y is clamped to [-126, 126], so the result stays a normal float.
+// k is clamped to [-125, 126] on the integer bits of y + kRound (any y below -125, however large,
+// lands on the low bound), so that the result stays a normal float and gcc sees no float branch.
 inline float exp2_lanes(float y) {
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: y + kRound has round(y) in its low mantissa bits
-  y = y > -126.0f ? y : -126.0f;
-  y = y < 126.0f ? y : 126.0f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: y + kRound holds round(y) in its low mantissa bits
+  constexpr int32_t kRoundBits = std::bit_cast<int32_t>(kRound);
   const float shifted = y + kRound;
   const float f = y - (shifted - kRound);
+  const int32_t k = std::clamp(std::bit_cast<int32_t>(shifted), kRoundBits - 125, kRoundBits + 126) - kRoundBits;
   float p = 1.535336206e-4f;
   p = p * f + 1.339887459e-3f;
   p = p * f + 9.618437358e-3f;
@@ -67,7 +69,7 @@ inline float exp2_lanes(float y) {
   p = p * f + 2.402264791e-1f;
   p = p * f + 6.931472029e-1f;
   p = p * f + 1.0f;
-  return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (std::bit_cast<int32_t>(shifted) << 23));
+  return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (k << 23));
 }
 
 // exp(x) = exp_scaled(x * kExpScale<S>): 2^(x log2 e) in float, libm's e^x in double. The scan folds
@@ -195,11 +197,16 @@ void dispatch_dtype(at::ScalarType dtype, const char* op, const F& body) {
   }
 }
 
+// Uninitialised float64 buffer for per-task partial sums (every entry is written by one task).
+using Partials = std::unique_ptr<double[]>;
+
+Partials partials(int64_t n) { return std::make_unique_for_overwrite<double[]>(n); }
+
 // out[i] = sum_r parts[r * n + i] for i < n, r < rows (float64 sums, written in S).
 template <typename S>
-void sum_rows(const std::vector<double>& parts, int64_t rows, int64_t n, S* out) {
-  std::vector<double> acc(parts.begin(), parts.begin() + n);
-  for (int64_t r = 1; r < rows; ++r)
+void sum_rows(const Partials& parts, int64_t rows, int64_t n, S* out) {
+  std::vector<double> acc(n, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
     for (int64_t i = 0; i < n; ++i) acc[i] += parts[r * n + i];
   std::copy(acc.begin(), acc.end(), out);
 }
@@ -371,8 +378,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& x, con
     using S = decltype(zero);
     const Conv<S> c = make_conv<S>(x, weight, bias, reverse);
     check_rows(dout, x.scalar_type(), c.batch, c.T, c.E, "dout");
-    std::vector<double> dw_rows(c.batch * c.E * c.K), db_rows(c.batch * c.E);
-    const ConvGrads<S> gr{rows_in<S>(dout), rows_out<S>(dx), dw_rows.data(), db_rows.data()};
+    const Partials dw_rows = partials(c.batch * c.E * c.K), db_rows = partials(c.batch * c.E);
+    const ConvGrads<S> gr{rows_in<S>(dout), rows_out<S>(dx), dw_rows.get(), db_rows.get()};
     const int64_t n_cb = (c.E + W - 1) / W;
     struct None {};
     for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
@@ -672,7 +679,7 @@ Scan<S> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   TORCH_CHECK(u.dim() == 3 && A.dim() == 2, "scan: u must be (B, T, E) and A (E, N)");
   const at::ScalarType dtype = u.scalar_type();
   const int64_t batch = u.size(0), T = u.size(1), E = u.size(2), N = A.size(1);
-  TORCH_CHECK(A.size(0) == E && T >= 1, "scan: A must be (E, N) and T >= 1");
+  TORCH_CHECK(A.size(0) == E && T >= 1 && E >= 1, "scan: A must be (E, N), T >= 1 and E >= 1");
   check_rows(u, dtype, batch, T, E, "u");
   check_rows(delta, dtype, batch, T, E, "delta");
   check_rows(z, dtype, batch, T, E, "z");
@@ -722,11 +729,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t groups = std::clamp<int64_t>((4 * at::get_num_threads() + batch - 1) / std::max<int64_t>(batch, 1),
                                                1, n_cb);
     const int64_t n_chunks = (T + kMaxChunk - 1) / kMaxChunk, chunk = (T + n_chunks - 1) / n_chunks;
-    std::vector<double> dA_rows(batch * E * N), dD_rows(batch * E), dbias_rows(batch * E);
-    std::vector<double> dB_groups(groups * batch * T * N), dC_groups(groups * batch * T * N);
+    const Partials dA_rows = partials(batch * E * N), dD_rows = partials(batch * E), dbias_rows = partials(batch * E);
+    const Partials dB_groups = partials(groups * batch * T * N), dC_groups = partials(groups * batch * T * N);
     const ScanGrads<S> gr{rows_in<S>(dout), rows_out<S>(du), rows_out<S>(ddelta), rows_out<S>(dz),
-                          dA_rows.data(), dD_rows.data(), dbias_rows.data(), dB_groups.data(),
-                          dC_groups.data(), groups, chunk};
+                          dA_rows.get(), dD_rows.get(), dbias_rows.get(), dB_groups.get(), dC_groups.get(),
+                          groups, chunk};
     for_each_task<ScanWork<S>>(batch * groups, [&](int64_t i, ScanWork<S>& ws) {
       const int64_t b = i / groups, g = i % groups;
       ws.reserve(T, N, chunk);
@@ -755,16 +762,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     sum_rows(dA_rows, batch, E * N, dA.mutable_data_ptr<S>());
     sum_rows(dD_rows, batch, E, dD.mutable_data_ptr<S>());
     sum_rows(dbias_rows, batch, E, dbias.mutable_data_ptr<S>());
-    std::vector<double> dB_sum(batch * T * N), dC_sum(batch * T * N);
-    sum_rows(dB_groups, groups, batch * T * N, dB_sum.data());
-    sum_rows(dC_groups, groups, batch * T * N, dC_sum.data());
-    const Rows<S> dB_out = rows_out<S>(dB), dC_out = rows_out<S>(dC);
-    for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t t = 0; t < T; ++t) {
-        std::copy_n(dB_sum.begin() + (b * T + t) * N, N, dB_out.at(b, t, 0));
-        std::copy_n(dC_sum.begin() + (b * T + t) * N, N, dC_out.at(b, t, 0));
-      }
-    }
+    sum_rows(dB_groups, groups, batch * T * N, dB.mutable_data_ptr<S>());
+    sum_rows(dC_groups, groups, batch * T * N, dC.mutable_data_ptr<S>());
   });
   return {du, ddelta, dz, dA, dB, dC, dD, dbias};
 }
