@@ -170,30 +170,30 @@ def selective_scan_tm(
     return _SelectiveScanTM.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 
+def _direction_tm(
+    mixer: BiMambaMixer, x: Tensor, z: Tensor, reverse: bool, conv: torch.nn.Conv1d, x_proj: torch.nn.Module,
+    dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor,
+) -> Tensor:
+    """One direction of the mixer. x, z: (B, T, E) -> y (B, T, E), in original time order."""
+    u = causal_conv1d_silu(x, conv.weight, conv.bias, reverse)
+    dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)  # column slices
+    delta = dt @ dt_proj.weight.t()  # (B, T, E); its bias is added in the scan
+    A = -torch.exp(A_log.to(_compute_dtype(x, A_log)))
+    return selective_scan_tm(u, delta, A, Bm, Cm, D, z, dt_proj.bias, delta_softplus=True, reverse=reverse)
+
+
 def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor) -> Tensor:
     """:meth:`BiMambaMixer.forward` computed in time-major layout with the C++ kernels.
 
     Args:
-        mixer: the mixer whose parameters are used.
+        mixer: the mixer whose modules and parameters are used (``in_proj``, ``x_proj``, ``x_proj_b``
+            and ``out_proj`` are called as modules, so wrapped ones such as LoRA's work).
         hidden: (B, T, D).
 
     Returns:
         (B, T, D).
     """
-    e, n, r = mixer.d_inner, mixer.d_state, mixer.dt_rank
-    x, z = mixer.in_proj(hidden).split(e, dim=-1)  # (B, T, E) column slices
-    work = _compute_dtype(hidden, mixer.A_log)
-    directions = (
-        (False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D),
-        (True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log, mixer.D_b),
-    )
-    y = None
-    for reverse, conv, x_proj, dt_proj, A_log, D in directions:
-        u = causal_conv1d_silu(x, conv.weight, conv.bias, reverse)
-        dt, Bm, Cm = x_proj(u).split([r, n, n], dim=-1)  # column slices of (B, T, R + 2N)
-        delta = dt @ dt_proj.weight.t()  # (B, T, E); its bias is added in the scan
-        out = selective_scan_tm(
-            u, delta, -torch.exp(A_log.to(work)), Bm, Cm, D, z, dt_proj.bias, delta_softplus=True, reverse=reverse
-        )
-        y = out if y is None else y + out
-    return mixer.out_proj(y) * 0.5
+    x, z = mixer.in_proj(hidden).split(mixer.d_inner, dim=-1)  # (B, T, E) column slices
+    y = _direction_tm(mixer, x, z, False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D)
+    y_bwd = _direction_tm(mixer, x, z, True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log, mixer.D_b)
+    return mixer.out_proj(y.add_(y_bwd).div_(2))  # in place on the fresh scan output: (y_fwd + y_bwd) / 2

@@ -16,14 +16,16 @@
 // blocks); the W channels are the vector lanes, so every inner loop runs over lanes (`omp simd`
 // keeps gcc from unrolling those 16-trip loops into scalar code) and the state index n of the scan
 // is a plain loop, with no horizontal sums in the time loop. A task walks one column strip of its
-// rows, so each step prefetches the rows kAhead steps further. Tasks are handed out from a shared
-// counter, so a thread slowed down by other load simply takes fewer.
+// rows; the conv kernels, light on arithmetic, prefetch the rows kAhead steps further (the scan's
+// arithmetic hides the latency). Tasks are handed out from a shared counter, so a thread slowed down
+// by other load simply takes fewer.
 //
 // The scan backward recomputes the states: it cuts the steps into chunks of at most kMaxChunk,
 // finds the state at each chunk start by a forward pass, then per chunk (last first) recomputes and
 // keeps that chunk's states and decays in per-thread buffers and walks it backwards. Nothing of size
 // (B, T, E, N) is ever stored. Sums over time and batch (dA, dD, d delta_bias, conv dweight and
-// dbias) and over channels (dB, dC) are accumulated in float64: per task into (B, ...) partials (and
+// dbias) and over channels (dB, dC) are accumulated in float64 (after at most kFlush time steps, or
+// the channel blocks of one task, in the compute dtype): per task into (B, ...) partials (and
 // (G, B, T, N) for dB and dC, G channel groups per row), which are summed after the parallel part.
 //
 // float32 computes exp as 2^(x log2 e) with the branch-free exp2 below (relative error 1e-7), so
@@ -128,7 +130,7 @@ struct Rows {
 
   P* at(int64_t b, int64_t t, int64_t x0) const { return data + b * batch_stride + t * time_stride + x0; }
 
-  // Prefetches elements [x0, x0 + W) of row (b, t) (two cache lines in double).
+  // Prefetches elements [x0, x0 + W) of row (b, t) (two cache lines in double; a prefetch never faults).
   void prefetch(int64_t b, int64_t t, int64_t x0) const {
     __builtin_prefetch(at(b, t, x0));
     __builtin_prefetch(at(b, t, x0 + W - 1));
@@ -405,17 +407,6 @@ struct Scan {
   bool softplus, reverse;
 
   int64_t time(int64_t step) const { return reverse ? T - 1 - step : step; }
-
-  // Prefetches the rows of u, delta, B and C (and z when given) that step `step` reads.
-  void prefetch(int64_t b, int64_t step, int64_t e0, bool with_z) const {
-    if (step >= T) return;
-    const int64_t t = time(step);
-    u.prefetch(b, t, e0);
-    delta.prefetch(b, t, e0);
-    if (with_z) z.prefetch(b, t, e0);
-    __builtin_prefetch(Bm.at(b, t, 0));
-    __builtin_prefetch(Cm.at(b, t, 0));
-  }
 };
 
 // The block's parameters as lanes (zero in unused lanes): A[n][w] times kExpScale (the decay is
@@ -490,7 +481,6 @@ void scan_forward_block(const Scan<S>& p, const Rows<S>& out, int64_t b, const L
   h.assign(p.N * W, S(0));
   for (int64_t s = 0; s < p.T; ++s) {
     const int64_t t = p.time(s);
-    p.prefetch(b, s + kAhead, l.e0, true);
     S dt[W], slope[W], dtu[W], acc[W];
     step_sizes<NV>(p, prm, l, b, t, dt, slope, dtu);
     const S* __restrict__ u = p.u.at(b, t, l.e0);
@@ -545,8 +535,6 @@ void scan_recompute(const Scan<S>& p, const ScanGrads<S>& gr, const ScanParams<S
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
   for (int64_t i = 0; i < len; ++i) {
     const int64_t s = s0 + i, t = p.time(s);
-    p.prefetch(b, s + kAhead, l.e0, true);
-    if (s + kAhead < p.T) gr.dout.prefetch(b, p.time(s + kAhead), l.e0);
     S* __restrict__ dti = ws.dt.data() + i * W;
     S* __restrict__ dyi = ws.dy.data() + i * W;
     S dtu[W], y[W];
@@ -611,10 +599,6 @@ void scan_reverse(const Scan<S>& p, const ScanGrads<S>& gr, const ScanParams<S>&
         carry[w] = a[w] * gh;
       }
     }
-    if (i >= kAhead) {
-      __builtin_prefetch(gr.du.at(b, p.time(s - kAhead), l.e0), 1);
-      __builtin_prefetch(gr.ddelta.at(b, p.time(s - kAhead), l.e0), 1);
-    }
     const S* __restrict__ sl = ws.slope.data() + i * W;
     S* __restrict__ du = gr.du.at(b, t, l.e0);
     S* __restrict__ ddelta = gr.ddelta.at(b, t, l.e0);
@@ -647,7 +631,6 @@ void scan_backward_block(const Scan<S>& p, const ScanGrads<S>& gr, int64_t b, co
     S* h = ws.ckpt.data() + (c + 1) * NW;
     std::copy(h - NW, h, h);
     for (int64_t s = c * chunk; s < (c + 1) * chunk; ++s) {
-      p.prefetch(b, s + kAhead, l.e0, false);
       S dt[W], slope[W], dtu[W], unused[W] = {};
       step_sizes<NV>(p, prm, l, b, p.time(s), dt, slope, dtu);
       advance<NV, false>(p, prm, l, b, p.time(s), dt, dtu, h, h, static_cast<S*>(nullptr), unused);
