@@ -1,9 +1,9 @@
 """Fused C++ selective scan for CPU (forward and backward), compiled on first use.
 
-The kernel, ``csrc/selective_scan_cpu.cpp``, is built by :func:`torch.utils.cpp_extension.load`
-into torch's extensions directory (``TORCH_EXTENSIONS_DIR`` when set) the first time it is
-needed and loaded from that cache afterwards. It is compiled with ``-march=native``, so the
-extension name carries a hash of this CPU's model and feature flags. When the build fails,
+The kernel, ``csrc/selective_scan_cpu.cpp``, is built by
+:func:`vimtune.ops._build.load_cpu_extension` (``torch.utils.cpp_extension.load`` with
+``-march=native``) into torch's extensions directory (``TORCH_EXTENSIONS_DIR`` when set) the first
+time it is needed and loaded from that cache afterwards. When the build fails,
 :func:`cpu_kernel_available` warns once and returns False, and the dispatcher falls back to the
 ``chunked`` backend.
 
@@ -16,55 +16,27 @@ from checkpoints kept every few steps, so its memory grows like B*E*L, not B*E*L
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
-import platform
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from vimtune.ops._build import load_cpu_extension
+
 _SOURCE = Path(__file__).parent / "csrc" / "selective_scan_cpu.cpp"
-_CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
-
-
-def _cpu_tag() -> str:
-    """Short hash of the CPU model and feature flags (the build uses ``-march=native``)."""
-    info = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        lines = cpuinfo.read_text(errors="replace").splitlines()
-        keys = ("model name", "flags", "Features", "CPU part")
-        info += "".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
-    return hashlib.sha1(info.encode()).hexdigest()[:10]
 
 
 @functools.cache
 def _ops() -> object | None:
     """Build (or load from the cache) the extension; its ``torch.ops`` namespace, or None on failure."""
-    try:
-        from torch.utils.cpp_extension import load
-
-        load(
-            name=f"vimtune_scan_cpu_{_cpu_tag()}",
-            sources=[str(_SOURCE)],
-            extra_cflags=_CFLAGS,
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-        )
-        return torch.ops.vimtune_scan_cpu
-    except Exception as exc:  # any build or load failure means: use another backend
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = next((line for line in lines if "error:" in line), lines[0] if lines else type(exc).__name__)
-        warnings.warn(
-            f"vimtune: the C++ CPU selective scan could not be built or loaded ({reason[:300]}); "
-            "falling back to the 'chunked' backend.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
+    return load_cpu_extension(
+        "vimtune_scan_cpu",
+        _SOURCE,
+        what="C++ CPU selective scan",
+        fallback="falling back to the 'chunked' backend.",
+    )
 
 
 def cpu_kernel_available() -> bool:

@@ -28,8 +28,8 @@
 // the channel blocks of one task, in the compute dtype): per task into (B, ...) partials (and
 // (G, B, T, N) for dB and dC, G channel groups per row), which are summed after the parallel part.
 //
-// float32 computes exp as 2^(x log2 e) with the branch-free exp2 below (relative error 1e-7), so
-// that the lane loops vectorise; float64 calls libm.
+// float32 computes exp as 2^(x log2 e) with the branch-free exp2 of fast_math.h (relative error 1e-7),
+// so that the lane loops vectorise; float64 calls libm.
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -37,12 +37,13 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <tuple>
 #include <vector>
+
+#include "fast_math.h"
 
 namespace {
 
@@ -51,74 +52,6 @@ constexpr int64_t kMaxTaps = 8;    // largest conv kernel size
 constexpr int64_t kMaxChunk = 128; // scan backward: steps whose states are kept at once
 constexpr int64_t kFlush = 32;     // steps summed in the compute dtype before a float64 flush
 constexpr int64_t kAhead = 4;      // steps between a row's prefetch and its use
-
-// ---------------------------------------------------------------- elementwise math
-
-// 2^y = 2^k 2^f with k = round(y), f = y - k in [-1/2, 1/2]: 2^f by a degree-6 polynomial fitted
-// for minimal relative error (1e-9 before rounding, 1e-7 in float), 2^k added to its exponent bits.
-// k is clamped to [-125, 126] on the integer bits of y + kRound (any y below -125, however large,
-// lands on the low bound), so that the result stays a normal float and gcc sees no float branch.
-inline float exp2_lanes(float y) {
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: y + kRound holds round(y) in its low mantissa bits
-  constexpr int32_t kRoundBits = std::bit_cast<int32_t>(kRound);
-  const float shifted = y + kRound;
-  const float f = y - (shifted - kRound);
-  const int32_t k = std::clamp(std::bit_cast<int32_t>(shifted), kRoundBits - 125, kRoundBits + 126) - kRoundBits;
-  float p = 1.535336206e-4f;
-  p = p * f + 1.339887459e-3f;
-  p = p * f + 9.618437358e-3f;
-  p = p * f + 5.550332471e-2f;
-  p = p * f + 2.402264791e-1f;
-  p = p * f + 6.931472029e-1f;
-  p = p * f + 1.0f;
-  return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (k << 23));
-}
-
-// exp(x) = exp_scaled(x * kExpScale<S>): 2^(x log2 e) in float, libm's e^x in double. The scan folds
-// kExpScale into A once, so that its decays cost no extra multiply.
-template <typename S>
-constexpr S kExpScale = S(1);
-template <>
-constexpr float kExpScale<float> = 1.44269504088896341f;
-
-inline float exp_scaled(float x) { return exp2_lanes(x); }
-inline double exp_scaled(double x) { return std::exp(x); }
-
-template <typename S>
-inline S exp_lanes(S x) {
-  return exp_scaled(x * kExpScale<S>);
-}
-
-template <typename S>
-inline S sigmoid(S x) {
-  return S(1) / (S(1) + exp_lanes(-x));
-}
-
-// softplus(x) = max(x, 0) + log1p(v) with v = e^{-|x|} in (0, 1]; log1p(v) = 2 atanh(s) for
-// s = v / (2 + v) in (0, 1/3], summed as s (1 + s^2/3 + s^4/5 + ... + s^12/13) (truncation below
-// 1e-8). slope = sigmoid(x) = d softplus / dx. Above 20 both are x and 1 exactly, as in torch.
-inline void softplus(float x, float& value, float& slope) {
-  const float v = exp_lanes(-std::fabs(x));
-  const float s = v / (2.0f + v);
-  const float s2 = s * s;
-  float series = 1.0f / 13.0f;
-  series = series * s2 + 1.0f / 11.0f;
-  series = series * s2 + 1.0f / 9.0f;
-  series = series * s2 + 1.0f / 7.0f;
-  series = series * s2 + 1.0f / 5.0f;
-  series = series * s2 + 1.0f / 3.0f;
-  series = series * s2 + 1.0f;
-  const float inv = 1.0f / (1.0f + v);
-  const bool linear = x > 20.0f;
-  value = linear ? x : std::max(x, 0.0f) + 2.0f * s * series;
-  slope = linear ? 1.0f : (x >= 0.0f ? inv : v * inv);
-}
-
-inline void softplus(double x, double& value, double& slope) {
-  const bool linear = x > 20.0;
-  value = linear ? x : std::log1p(std::exp(x));
-  slope = linear ? 1.0 : 1.0 / (1.0 + std::exp(-x));
-}
 
 // ---------------------------------------------------------------- shared plumbing
 

@@ -19,20 +19,21 @@
 // Reductions: dL/dB and dL/dC sum over channels, so a backward task sums its channel blocks lane-wise
 // for one time block, then the lanes in double into its own slice of dB/dC (G, B, N, L); dA, dD and
 // ddelta_bias are summed over time in double per (batch row, channel). The caller adds the slices up.
-// float32 runs exp/softplus through the branch-free approximations below (about 1e-7 relative error)
-// so that the lane loops vectorise; float64 calls libm.
+// float32 runs exp/softplus through the branch-free approximations of fast_math.h (about 1e-7 relative
+// error) so that the lane loops vectorise; float64 calls libm.
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <optional>
 #include <type_traits>
 #include <vector>
+
+#include "fast_math.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -42,61 +43,6 @@ namespace {
 
 constexpr int64_t W = 16;  // channels per task block = vector lanes
 constexpr int64_t T = 32;  // time steps per block = checkpoint interval
-
-// ---------------------------------------------------------------- elementwise math
-
-// exp(x) as 2^k * p(f), x log2(e) = k + f with |f| <= 1/2, p a degree-6 fit of 2^f.
-// Relative error about 1e-7; the input is clamped so that the result stays a normal float.
-inline float exp_approx(float x) {
-  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  float y = x * 1.44269504088896341f;
-  y = y > -126.0f ? y : -126.0f;  // written so that gcc emits max / min instructions
-  y = y < 126.0f ? y : 126.0f;
-  const float shifted = y + kShift;
-  const float f = y - (shifted - kShift);
-  float p = 1.5344865e-4f;
-  p = p * f + 1.3399924e-3f;
-  p = p * f + 9.6184928e-3f;
-  p = p * f + 5.5503286e-2f;
-  p = p * f + 2.4022646e-1f;
-  p = p * f + 6.9314718e-1f;
-  p = p * f + 1.0f;
-  // The low bits of `shifted` hold k; shifting them into the exponent field scales p by 2^k.
-  return std::bit_cast<float>(std::bit_cast<uint32_t>(p) + (std::bit_cast<uint32_t>(shifted) << 23));
-}
-
-inline double exp_approx(double x) { return std::exp(x); }
-
-// softplus(x) = max(x, 0) + log1p(v), v = exp(-|x|) in (0, 1]; log1p(v) = 2 atanh(q) with
-// q = v / (2 + v) <= 1/3, summed as a series in q^2 (truncation below 2e-9). The slope
-// d softplus / dx = sigmoid(x) reuses v. Both are exactly x and 1 above the threshold 20.
-inline void softplus(float x, float& value, float& slope) {
-  const float v = exp_approx(x < 0.0f ? x : -x);
-  const float q = v / (2.0f + v);
-  const float s = q * q;
-  float p = 1.0f / 15.0f;
-  p = p * s + 1.0f / 13.0f;
-  p = p * s + 1.0f / 11.0f;
-  p = p * s + 1.0f / 9.0f;
-  p = p * s + 1.0f / 7.0f;
-  p = p * s + 1.0f / 5.0f;
-  p = p * s + 1.0f / 3.0f;
-  p = p * s + 1.0f;
-  const bool above = x > 20.0f;
-  value = above ? x : (x > 0.0f ? x : 0.0f) + 2.0f * q * p;
-  slope = above ? 1.0f : (x < 0.0f ? v : 1.0f) / (1.0f + v);
-}
-
-inline void softplus(double x, double& value, double& slope) {
-  const bool above = x > 20.0;
-  value = above ? x : std::log1p(std::exp(x));
-  slope = above ? 1.0 : 1.0 / (1.0 + std::exp(-x));
-}
-
-template <typename S>
-inline S sigmoid(S x) {
-  return S(1) / (S(1) + exp_approx(-x));
-}
 
 // ---------------------------------------------------------------- transposes
 
@@ -278,7 +224,7 @@ void scan_forward(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
       S* hn = ns + n * 3 * W + W;
 #pragma GCC ivdep
       for (int64_t w = 0; w < W; ++w) {
-        const S a = exp_approx(dt[t * W + w] * An[w]);
+        const S a = exp_lanes(dt[t * W + w] * An[w]);
         const S hv = a * hn[w] + dtu[t * W + w] * bn;
         hn[w] = hv;
         acc[w] += cn * hv;
@@ -362,7 +308,7 @@ void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
       S* dC = dbc + (t * N + n) * 2 * W + W;
 #pragma GCC ivdep
       for (int64_t w = 0; w < W; ++w) {
-        const S a = exp_approx(dt[t * W + w] * An[w]);
+        const S a = exp_lanes(dt[t * W + w] * An[w]);
         const S hv = a * hp[w] + dtu[t * W + w] * bn;
         cur[w] = a;
         cur[W + w] = hv;

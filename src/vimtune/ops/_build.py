@@ -1,0 +1,84 @@
+"""JIT build of the C++ CPU kernels in ``csrc/`` with :func:`torch.utils.cpp_extension.load`.
+
+Each kernel is one ``.cpp`` file that registers its ops with ``TORCH_LIBRARY``; it is compiled into
+torch's extensions directory (``TORCH_EXTENSIONS_DIR`` when set) on first use and loaded from that
+cache afterwards. The build uses ``-march=native``, so the extension name carries a hash of this CPU's
+model and feature flags; torch hashes only the listed source, not the headers it includes, so the name
+also carries a hash of the source and of every header next to it (``csrc/*.h``), and editing either
+builds a fresh extension.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+
+_CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
+
+
+def _cpu_tag() -> str:
+    """Short hash of the CPU model and feature flags (the build uses ``-march=native``)."""
+    info = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text(errors="replace").splitlines()
+        keys = ("model name", "flags", "Features", "CPU part")
+        info += "".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
+    return hashlib.sha1(info.encode()).hexdigest()[:10]
+
+
+def _source_tag(source: Path) -> str:
+    """Short hash of ``source`` and of the headers in its directory (which torch's own hash ignores)."""
+    digest = hashlib.sha1()
+    for path in [source, *sorted(source.parent.glob("*.h"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:10]
+
+
+def _failure_reason(exc: Exception) -> str:
+    """The compiler's first ``error:`` line, else the first line of the message (at most 300 characters)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if "error:" in line), lines[0] if lines else type(exc).__name__)
+    return reason[:300]
+
+
+def load_cpu_extension(name: str, source: Path, *, what: str, fallback: str) -> object | None:
+    """Build (or load from the cache) the kernel in ``source``; its ``torch.ops`` namespace, or None.
+
+    Never raises: on any build or load failure it warns (``RuntimeWarning``) and returns None, so the
+    caller can use another code path. Call it once per kernel (the callers cache the result), so that
+    the warning is given once.
+
+    Args:
+        name: the ``TORCH_LIBRARY`` namespace that ``source`` registers, e.g. ``"vimtune_scan_cpu"``; the
+            extension is built as ``{name}_{cpu hash}_{source hash}``.
+        source: the ``.cpp`` file.
+        what: the kernel, as the warning names it, e.g. ``"C++ CPU selective scan"``.
+        fallback: the warning's last sentence, saying what is used instead.
+
+    Returns:
+        ``torch.ops.<name>``, or None when the extension could not be built or loaded.
+    """
+    try:
+        from torch.utils.cpp_extension import load
+
+        load(
+            name=f"{name}_{_cpu_tag()}_{_source_tag(source)}",
+            sources=[str(source)],
+            extra_cflags=_CFLAGS,
+            extra_ldflags=_LDFLAGS,
+            is_python_module=False,
+        )
+        return getattr(torch.ops, name)
+    except Exception as exc:  # any build or load failure means: use another code path
+        warnings.warn(
+            f"vimtune: the {what} could not be built or loaded ({_failure_reason(exc)}); {fallback}",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of the module's public availability check (through its cached _ops)
+        )
+        return None

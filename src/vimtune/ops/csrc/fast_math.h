@@ -1,0 +1,85 @@
+// Branch-free elementwise math shared by the CPU kernels (selective_scan_cpu.cpp, mixer_cpu.cpp).
+//
+// float: exp(x) = 2^(x log2 e), with 2^y = 2^k 2^f, k = round(y), f = y - k in [-1/2, 1/2]; 2^f is a
+// degree-6 polynomial (relative error 1.6e-8 before rounding, below 1e-7 in float) and 2^k is added to
+// its exponent bits. y is first clamped to [-126, 126], so the result is a normal float for every input
+// (inf and NaN included). softplus(x) = max(x, 0) + log1p(e^{-|x|}) with log1p summed as an atanh
+// series (truncation below 2e-9). None of them branches on a float, so loops over lanes that call them
+// vectorise (`#pragma omp simd` / `#pragma GCC ivdep`). float64 calls libm.
+//
+// Everything lives in an anonymous namespace: each kernel is its own shared library, and internal
+// linkage keeps one library's copies from being interposed by another's.
+
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+// 2^y for float y, as described above.
+inline float exp2_lanes(float y) {
+  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  y = y > -126.0f ? y : -126.0f;         // written so that gcc emits max / min instructions
+  y = y < 126.0f ? y : 126.0f;
+  const float shifted = y + kShift;
+  const float f = y - (shifted - kShift);
+  float p = 1.5344865e-4f;
+  p = p * f + 1.3399924e-3f;
+  p = p * f + 9.6184928e-3f;
+  p = p * f + 5.5503286e-2f;
+  p = p * f + 2.4022646e-1f;
+  p = p * f + 6.9314718e-1f;
+  p = p * f + 1.0f;
+  // The low bits of `shifted` hold k; shifting them into the exponent field scales p by 2^k.
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(p) + (std::bit_cast<uint32_t>(shifted) << 23));
+}
+
+// exp(x) = exp_scaled(x * kExpScale<S>): 2^(x log2 e) in float, libm's e^x in double. A kernel may fold
+// kExpScale into a factor once (the mixer's scan does so with A) and call exp_scaled directly.
+template <typename S>
+constexpr S kExpScale = S(1);
+template <>
+constexpr float kExpScale<float> = 1.44269504088896341f;
+
+inline float exp_scaled(float x) { return exp2_lanes(x); }
+inline double exp_scaled(double x) { return std::exp(x); }
+
+template <typename S>
+inline S exp_lanes(S x) {
+  return exp_scaled(x * kExpScale<S>);
+}
+
+template <typename S>
+inline S sigmoid(S x) {
+  return S(1) / (S(1) + exp_lanes(-x));
+}
+
+// softplus(x) = max(x, 0) + log1p(v), v = exp(-|x|) in (0, 1]; log1p(v) = 2 atanh(q) with
+// q = v / (2 + v) <= 1/3, summed as a series in q^2 up to q^14 / 15 (truncation below 2e-9). The slope
+// d softplus / dx = sigmoid(x) reuses v. Both are exactly x and 1 above the threshold 20, as in torch.
+inline void softplus(float x, float& value, float& slope) {
+  const float v = exp_lanes(x < 0.0f ? x : -x);
+  const float q = v / (2.0f + v);
+  const float s = q * q;
+  float p = 1.0f / 15.0f;
+  p = p * s + 1.0f / 13.0f;
+  p = p * s + 1.0f / 11.0f;
+  p = p * s + 1.0f / 9.0f;
+  p = p * s + 1.0f / 7.0f;
+  p = p * s + 1.0f / 5.0f;
+  p = p * s + 1.0f / 3.0f;
+  p = p * s + 1.0f;
+  const bool above = x > 20.0f;
+  value = above ? x : (x > 0.0f ? x : 0.0f) + 2.0f * q * p;
+  slope = above ? 1.0f : (x < 0.0f ? v : 1.0f) / (1.0f + v);
+}
+
+inline void softplus(double x, double& value, double& slope) {
+  const bool above = x > 20.0;
+  value = above ? x : std::log1p(std::exp(x));
+  slope = above ? 1.0 : 1.0 / (1.0 + std::exp(-x));
+}
+
+}  // namespace
