@@ -11,7 +11,13 @@ import torch.nn.functional as F
 import vimtune.models  # noqa: F401  (registers vim_* with timm)
 from vimtune.models.mamba import BiMambaMixer
 from vimtune.ops import available_backends, mixer_cpu
-from vimtune.ops.mixer_cpu import bimamba_forward_tm, causal_conv1d_silu, mixer_kernels_available, selective_scan_tm
+from vimtune.ops.mixer_cpu import (
+    bimamba_forward_tm,
+    causal_conv1d_silu,
+    mixer_kernels_available,
+    selective_scan_recompute_tm,
+    selective_scan_tm,
+)
 from vimtune.ops.scan_reference import selective_scan_reference
 
 pytestmark = pytest.mark.skipif(not mixer_kernels_available(), reason="C++ CPU mixer kernels could not be built")
@@ -164,6 +170,99 @@ def test_scan_matches_reference(case: tuple, dtype: torch.dtype, rtol: float, re
     _compare(fast, ref, _scan_leaves(batch, length, channels, state, seed=length, scale=scale), dtype, rtol)
 
 
+
+# ---------------------------------------------------------------- scan recomputing u and delta
+
+
+def _recompute_leaves(batch: int, length: int, channels: int, state: int, rank: int, seed: int) -> dict:
+    """xz (B, T, 2E) (x, z its halves), conv weight (E, 1, 4) and bias, dbl (B, T, R + 2N) (dt, B, C its
+    column slices), dt_weight (E, R), A (E, N), D and delta_bias (E,)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "xz": _rnd(g, batch, length, 2 * channels),
+        "conv_weight": _rnd(g, channels, 1, 4) * 0.5,
+        "conv_bias": _rnd(g, channels) * 0.5,
+        "dbl": _rnd(g, batch, length, rank + 2 * state),
+        "dt_weight": _rnd(g, channels, rank) * rank**-0.5,
+        "A": -torch.exp(_rnd(g, channels, state) * 0.5),
+        "D": _rnd(g, channels),
+        "delta_bias": _rnd(g, channels) * 0.5,
+    }
+
+
+def _recompute_fns(channels: int, state: int, rank: int, reverse: bool):
+    """The fast path (conv kernel, then the recomputing scan) and the float64 reference; both return the
+    output and the intermediates u, dt, B, C, z whose gradients are compared too."""
+
+    def split(xz, dbl):
+        x, z = xz[..., :channels], xz[..., channels:]
+        return x, z, dbl[..., :rank], dbl[..., rank : rank + state], dbl[..., rank + state :]
+
+    def fast(xz, conv_weight, conv_bias, dbl, dt_weight, A, D, delta_bias):
+        x, z, dt, B, C = split(xz, dbl)
+        u = causal_conv1d_silu(x, conv_weight, conv_bias, reverse)
+        out = selective_scan_recompute_tm(u, dt, dt_weight, A, B, C, D, z, delta_bias, x, conv_weight, conv_bias,
+                                          True, reverse)
+        return out, {"u": u, "dt": dt, "B": B, "C": C, "z": z}
+
+    def ref(xz, conv_weight, conv_bias, dbl, dt_weight, A, D, delta_bias):
+        x, z, dt, B, C = split(xz, dbl)
+        u = conv_reference(x, conv_weight, conv_bias, reverse)
+        out = scan_reference(u, dt @ dt_weight.t(), A, B, C, D, z, delta_bias, True, reverse)
+        return out, {"u": u, "dt": dt, "B": B, "C": C, "z": z}
+
+    return fast, ref
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_recompute_gradcheck(reverse: bool) -> None:
+    leaves = _recompute_leaves(2, 6, 5, 3, 2, seed=0)
+    fast, _ = _recompute_fns(5, 3, 2, reverse)
+    assert torch.autograd.gradcheck(lambda *a: fast(*a)[0], tuple(v.requires_grad_() for v in leaves.values()))
+
+
+# (batch, length, channels, state, rank): T = 1, odd T, T > 128 (several backward chunks), rank 1
+RECOMPUTE_CASES = [(2, 1, 5, 3, 2), (1, 37, 33, 16, 3), (3, 150, 40, 16, 3), (2, 45, 17, 4, 1)]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("case", RECOMPUTE_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_scan_recompute_matches_reference(case: tuple, dtype: torch.dtype, rtol: float, reverse: bool) -> None:
+    """Output and the gradients of every input (u, dt, dt_weight, A, B, C, D, z, delta_bias) and, through
+    u, of the conv's x, weight and bias."""
+    batch, length, channels, state, rank = case
+    fast, ref = _recompute_fns(channels, state, rank, reverse)
+    leaves = _recompute_leaves(batch, length, channels, state, rank, seed=sum(case))
+    low = {k: v.detach().to(dtype).requires_grad_() for k, v in leaves.items()}
+    high = {k: v.detach().clone().requires_grad_() for k, v in leaves.items()}
+    (out, mids), (want, want_mids) = fast(**low), ref(**high)
+    assert out.dtype == dtype
+    _close(out, want.detach(), rtol, "out")
+    cot = _rnd(torch.Generator().manual_seed(1), *want.shape)
+    got_g = torch.autograd.grad((out.double() * cot).sum(), [*mids.values(), *low.values()])
+    want_g = torch.autograd.grad((want * cot).sum(), [*want_mids.values(), *high.values()])
+    for name, g, w in zip([*mids, *low], got_g, want_g, strict=True):
+        assert g.dtype == dtype and g.shape == w.shape
+        _close(g, w, rtol, f"d{name}")
+
+
+@pytest.mark.parametrize("frozen", ["dt", "dt_weight", "both"])
+def test_scan_recompute_skips_unneeded_low_rank_grads(frozen: str) -> None:
+    """dt or dt_weight not requiring grad: the others' gradients are unchanged and the graph still works."""
+    channels, state, rank = 12, 4, 2
+    fast, ref = _recompute_fns(channels, state, rank, reverse=True)
+    leaves = _recompute_leaves(2, 9, channels, state, rank, seed=3)
+    trainable = {"xz", "dt_weight"} if frozen == "dt" else {"xz", "dbl"} if frozen == "dt_weight" else {"xz"}
+    results = []
+    for fn in (fast, ref):
+        args = {k: v.clone().requires_grad_(k in trainable) for k, v in leaves.items()}
+        out, _ = fn(**args)
+        results.append(torch.autograd.grad(out.square().sum(), [args[k] for k in sorted(trainable)]))
+    for name, g, w in zip(sorted(trainable), *results, strict=True):
+        _close(g, w, 1e-10, f"d{name}")
+
+
 def test_bfloat16_inputs_are_accepted() -> None:
     leaves = _scan_leaves(2, 33, 20, 16, seed=4)
     conv = _conv_leaves(2, 33, 20, 4, seed=4)
@@ -213,6 +312,69 @@ def test_mixer_fast_path_equals_reference(dtype: torch.dtype, rtol: float) -> No
     names = ["hidden", *(name for name, _ in mixer.named_parameters())]
     for name, g, w in zip(names, fast_g, ref_g, strict=True):
         _close(g, w, rtol, f"d{name}")
+
+
+
+MIXER_PATHS = (bimamba_forward_tm, BiMambaMixer.forward)  # fast path, then the mixer's own (reference)
+
+
+def _mixer_grads(mixer: BiMambaMixer, fn, hidden: torch.Tensor, cot: torch.Tensor) -> tuple:
+    out = fn(mixer, hidden)
+    names = ["hidden", *(n for n, p in mixer.named_parameters() if p.requires_grad)]
+    leaves = [hidden, *(p for p in mixer.parameters() if p.requires_grad)]
+    return out, dict(zip(names, torch.autograd.grad((out * cot).sum(), leaves), strict=True))
+
+
+# (d_model, batch, length): E = 2 d_model, R = ceil(d_model / 16) (1 or 2), T = 1 and T > 128
+MIXER_CASES = [(24, 3, 29), (8, 2, 1), (20, 1, 150)]
+
+
+@pytest.mark.parametrize("trainable", ["none", "conv+dt_proj", "all"])
+@pytest.mark.parametrize("case", MIXER_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_mixer_fast_path_grads_with_frozen_and_trainable_weights(case: tuple, trainable: str) -> None:
+    """float64: the fast path (conv, x_proj, recomputing scan, both directions) against the reference
+    path, with the whole backbone frozen (input gradient only), partly or fully trainable."""
+    d_model, batch, length = case
+    torch.manual_seed(sum(case))
+    mixer = BiMambaMixer(d_model, scan_backend="reference").double()
+    with torch.no_grad():
+        for p in (mixer.conv1d.bias, mixer.conv1d_b.bias, mixer.D, mixer.D_b, mixer.A_log, mixer.A_b_log):
+            p.add_(torch.randn_like(p) * 0.3)
+    for name, p in mixer.named_parameters():
+        p.requires_grad_(trainable == "all" or (trainable != "none" and name.startswith(("conv1d", "dt_proj"))))
+    hidden = torch.randn(batch, length, d_model, dtype=torch.float64, requires_grad=True)
+    cot = torch.randn(batch, length, d_model, dtype=torch.float64)
+    (fast, fast_g), (ref, ref_g) = (_mixer_grads(mixer, fn, hidden, cot) for fn in MIXER_PATHS)
+    _close(fast, ref.detach(), 1e-10, "out")
+    assert fast_g.keys() == ref_g.keys()
+    for name in ref_g:
+        _close(fast_g[name], ref_g[name], 1e-10, f"d{name}")
+
+
+def test_mixer_fast_path_routes_parametrized_dt_proj_grads() -> None:
+    """A parametrized (LoRA-like) dt_proj weight gets its gradient through the scan's dt_weight input."""
+
+    class AddUpdate(torch.nn.Module):
+        def __init__(self, update: torch.Tensor) -> None:
+            super().__init__()
+            self.update = torch.nn.Parameter(update)
+
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            return weight + self.update
+
+    mixer = _mixer(torch.float64).requires_grad_(False)
+    for dt_proj in (mixer.dt_proj, mixer.dt_proj_b):
+        torch.nn.utils.parametrize.register_parametrization(
+            dt_proj, "weight", AddUpdate(torch.randn_like(dt_proj.weight) * 0.1)
+        )
+    hidden = torch.randn(2, 17, 24, dtype=torch.float64, requires_grad=True)
+    cot = torch.randn(2, 17, 24, dtype=torch.float64)
+    (fast, fast_g), (ref, ref_g) = (_mixer_grads(mixer, fn, hidden, cot) for fn in MIXER_PATHS)
+    updates = [f"{name}.parametrizations.weight.0.update" for name in ("dt_proj", "dt_proj_b")]
+    assert sorted(fast_g) == [*updates, "hidden"]
+    _close(fast, ref.detach(), 1e-10, "out")
+    for name in ref_g:
+        _close(fast_g[name], ref_g[name], 1e-10, f"d{name}")
 
 
 @pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="C++ CPU scan backend unavailable")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import vimtune.models  # noqa: F401 - registers the model names with timm
 from vimtune.cli import main
 from vimtune.methods import SelectivePrompts, build, from_svp_release, load_adapter, simam
+from vimtune.methods.scaled_silu import scaled_silu
 from vimtune.models import CheckpointError
 
 TINY = dict(depth=4, embed_dim=32, img_size=32, patch_size=8)
@@ -267,3 +268,162 @@ def test_convert_cli_writes_a_loadable_adapter(release_run, tmp_path) -> None:
     assert method.options.variant == "release"
     with torch.no_grad():
         assert torch.equal(loaded.eval()(images()), model(images()))
+
+
+# ---------------------------------------------------------------- memory-lean prompter: same numbers
+def plain_prompts(bank: SelectivePrompts, hidden: torch.Tensor, cls: int, layer: int) -> torch.Tensor:
+    """The straightforward form (slices, ``beta * F.silu(...)``, cat) of both variants."""
+    def delta(own: torch.Tensor, cross_input: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(own)
+        if bank.inner is not None:
+            gen = bank.inner[layer]
+            out = out + bank.beta[layer] * F.silu(gen.up(gen.down(own)))
+        if bank.cross is not None:
+            group = layer // bank.group_size
+            out = out + bank.alpha[group] * F.silu(bank.cross[group](cross_input))
+        return out
+
+    pre, cls_token, post = hidden[:, :cls], hidden[:, cls:cls + 1], hidden[:, cls + 1:]
+    pre = pre + delta(pre, pre)
+    cross_post = post
+    if bank.variant == "release":
+        count = min(pre.shape[1], post.shape[1])
+        cross_post = torch.cat([pre[:, :count], post[:, count:]], dim=1)
+    post = post + delta(post, cross_post)
+    return torch.cat([pre, cls_token, post], dim=1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("variant", ["paper", "release"])
+@pytest.mark.parametrize("paths", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_prompter_matches_the_plain_formula_in_float64(seed: int, variant: str, paths: tuple[bool, bool],
+                                                       where: str) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))  # noqa: E731
+    batch, length, dim = pick(1, 3), pick(2, 12), pick(3, 9)
+    rank, depth, group_size = pick(1, 4), pick(1, 5), pick(1, 4)  # group sizes that do not divide the depth too
+    cls = {"start": 0, "middle": length // 2, "end": length - 1}[where]
+    layer = pick(0, depth - 1)
+    torch.manual_seed(seed)
+    bank = SelectivePrompts(dim, depth, rank, group_size, inner=paths[0], cross=paths[1], variant=variant).double()
+    perturb(bank.parameters(), seed=seed + 1)  # nonzero scales
+    hidden = torch.randn(batch, length, dim, dtype=torch.float64, generator=gen, requires_grad=True)
+    upstream = torch.randn(batch, length, dim, dtype=torch.float64, generator=gen)
+    params = list(bank.parameters())
+
+    got = bank(hidden, cls, layer)
+    expected = plain_prompts(bank, hidden, cls, layer)
+    assert got.dtype == torch.float64 and got.shape == hidden.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(got[:, cls], hidden[:, cls])  # bitwise unchanged cls token
+    grads = torch.autograd.grad(got, [hidden, *params], upstream, allow_unused=True, materialize_grads=True)
+    ref_grads = torch.autograd.grad(expected, [hidden, *params], upstream, allow_unused=True,
+                                    materialize_grads=True)
+    for (name, _), g, r in zip([("input", None), *bank.named_parameters()], grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_paper_prompter_keeps_the_cls_token_bitwise_and_accepts_a_non_contiguous_input() -> None:
+    bank = random_bank("paper")
+    hidden = torch.randn(2, 8, 7).transpose(1, 2)  # (2, 7, 8), not contiguous
+    hidden[:, 3, :2] = -0.0
+    with torch.no_grad():
+        got = bank(hidden, 3, 1)
+        expected = plain_prompts(bank, hidden, 3, 1)
+    assert torch.signbit(got[:, 3, :2]).all()  # -0.0 stays -0.0 (adding a zero delta would give +0.0)
+    assert torch.equal(got[:, 3], hidden[:, 3])
+    torch.testing.assert_close(got, expected)
+
+
+# ---------------------------------------------------------------- the fused scaled SiLU
+def test_scaled_silu_matches_the_plain_product_in_float64() -> None:
+    gen = torch.Generator().manual_seed(0)
+    h = (3 * torch.randn(3, 5, 6, dtype=torch.float64, generator=gen)).requires_grad_()
+    scale = torch.randn(6, dtype=torch.float64, generator=gen, requires_grad=True)
+    upstream = torch.randn(3, 5, 6, dtype=torch.float64, generator=gen)
+    got, expected = scaled_silu(h, scale), scale * F.silu(h)
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+    grads = torch.autograd.grad(got, (h, scale), upstream)
+    for g, r in zip(grads, torch.autograd.grad(expected, (h, scale), upstream), strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-13, atol=1e-13)
+    assert torch.autograd.gradcheck(scaled_silu, (h, scale))
+    assert torch.autograd.gradcheck(scaled_silu, (h[0, 0].detach().requires_grad_(), scale))  # h of shape (D,)
+
+
+def test_scaled_silu_computes_only_the_gradients_asked_for() -> None:
+    h, scale = torch.randn(4, 3, requires_grad=True), torch.randn(3)
+    scaled_silu(h, scale).sum().backward()
+    assert h.grad is not None and scale.grad is None
+    h, scale = torch.randn(4, 3), torch.randn(3, requires_grad=True)
+    scaled_silu(h, scale).sum().backward()
+    torch.testing.assert_close(scale.grad, F.silu(h).sum(0))
+    with pytest.raises(ValueError, match=r"scale must be \(D,\)"):
+        scaled_silu(torch.randn(4, 3), torch.randn(4))
+
+
+@pytest.mark.parametrize("h_dtype, scale_dtype", [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                                  (torch.float32, torch.float32)])
+def test_scaled_silu_low_precision_dtypes(h_dtype: torch.dtype, scale_dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    h32, s32 = 2 * torch.randn(8, 16, generator=gen), torch.randn(16, generator=gen)
+    h = h32.to(h_dtype).requires_grad_()
+    scale = s32.to(scale_dtype).requires_grad_()
+    out = scaled_silu(h, scale)
+    assert out.dtype == (scale * F.silu(h)).dtype  # the dtype of the plain product
+    out.float().square().sum().backward()
+    assert h.grad.dtype == h_dtype and scale.grad.dtype == scale_dtype
+    hr, sr = h.detach().double().requires_grad_(), scale.detach().double().requires_grad_()
+    ref = sr * F.silu(hr)
+    ref.square().sum().backward()
+    tol = dict(rtol=2e-2, atol=2e-2) if torch.bfloat16 in (h_dtype, scale_dtype) else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    torch.testing.assert_close(h.grad.double(), hr.grad, **tol)
+    torch.testing.assert_close(scale.grad.double(), sr.grad, rtol=3e-2, atol=3e-2)
+
+
+def test_prompter_under_autocast_matches_the_plain_formula() -> None:
+    bank = random_bank("paper")
+    hidden = torch.randn(2, 9, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = bank(hidden, 4, 1)
+        expected = plain_prompts(bank, hidden, 4, 1)
+    assert got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+    params = [hidden, *bank.parameters()]
+    grad = lambda out: torch.autograd.grad(out.float().sum(), params, allow_unused=True,  # noqa: E731
+                                           materialize_grads=True)
+    for g, r in zip(grad(got), grad(expected), strict=True):
+        assert g.dtype == r.dtype
+        torch.testing.assert_close(g, r, rtol=5e-2, atol=5e-2)
+
+
+# ---------------------------------------------------------------- what the prompter keeps for backward
+def saved_bytes(run, exclude) -> int:
+    """Bytes of the distinct storages autograd saves while ``run()`` builds its graph, parameters excluded."""
+    skip = {p.untyped_storage().data_ptr() for p in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    assert out.requires_grad
+    return sum(seen.values())
+
+
+def test_paper_prompter_saves_three_activations_per_layer() -> None:
+    batch, length, dim, rank = 4, 65, 48, 8
+    bank = SelectivePrompts(dim, depth=4, rank=rank, group_size=3)
+    # the mixer output of the block before: a fresh (B, T, D) float32 tensor
+    hidden = torch.randn(batch, length, dim, requires_grad=True) * 1.0
+    full, bottleneck = batch * length * dim * 4, batch * length * rank * 4
+    budget = 3 * full + bottleneck + 1024  # input t, up's and cross's pre-activations, down's output, small stuff
+    got = saved_bytes(lambda: bank(hidden, length // 2, 1), bank.parameters())
+    assert got <= budget, (got / full, budget / full)
+    plain = saved_bytes(lambda: plain_prompts(bank, hidden, length // 2, 1), bank.parameters())
+    assert plain > budget + full  # the straightforward form keeps about six

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vimtune.methods.base import Method, param_names, place_like
+from vimtune.methods.scaled_silu import scaled_silu
 from vimtune.methods.simam import add_simam
 from vimtune.models.vim import VisionMamba
 
@@ -121,21 +121,38 @@ class SelectivePrompts(nn.Module):
         return f"depth={self.depth}, group_size={self.group_size}, variant={self.variant!r}"
 
     def delta(self, inner_input: Tensor, cross_input: Tensor, layer: int) -> Tensor:
-        """``beta_l * inner_l(inner_input) + alpha_g * cross_g(cross_input)``; inputs (B, n, D) -> (B, n, D)."""
+        """``beta_l * inner_l(inner_input) + alpha_g * cross_g(cross_input)``; inputs (B, n, D) -> (B, n, D).
+
+        Pass the same tensor as both inputs where they agree: both generators then save one copy.
+        """
         terms = []
         if self.inner is not None:
-            terms.append(self.beta[layer] * F.silu(self.inner[layer](inner_input)))
+            terms.append(scaled_silu(self.inner[layer](inner_input), self.beta[layer]))
         if self.cross is not None:
             group = layer // self.group_size
-            terms.append(self.alpha[group] * F.silu(self.cross[group](cross_input)))
+            terms.append(scaled_silu(self.cross[group](cross_input), self.alpha[group]))
         return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
     def forward(self, hidden: Tensor, cls_index: int, layer: int) -> Tensor:
         """Prompt every token of ``hidden`` (B, T, D) but the cls token at ``cls_index`` for ``layer``."""
-        pre, cls, post = hidden[:, :cls_index], hidden[:, cls_index:cls_index + 1], hidden[:, cls_index + 1:]
+        if self.variant == "release":
+            return self._forward_release(hidden, cls_index, layer)
+        # paper: every token's own value feeds both paths, so the generators run on the whole
+        # contiguous sequence at once (down and cross save the same input, nothing is sliced or
+        # concatenated) and the cls token is put back by a (T, 1) mask. ``where`` saves only
+        # the mask and keeps the cls token bitwise as it came.
+        hidden = hidden.contiguous()
+        prompted = hidden + self.delta(hidden, hidden, layer)
+        keep = torch.ones(hidden.shape[1], 1, dtype=torch.bool, device=hidden.device)
+        keep[cls_index] = False
+        return torch.where(keep, prompted, hidden)
+
+    def _forward_release(self, hidden: Tensor, cls_index: int, layer: int) -> Tensor:
+        """The ``release`` variant (module docstring): pre-cls tokens first, then the post-cls ones."""
+        pre = hidden[:, :cls_index].contiguous()  # one copy shared by the inner and cross paths
+        cls, post = hidden[:, cls_index:cls_index + 1], hidden[:, cls_index + 1:].contiguous()
         pre = pre + self.delta(pre, pre, layer)
-        cross_post = release_cross_input(pre, post) if self.variant == "release" else post
-        post = post + self.delta(post, cross_post, layer)
+        post = post + self.delta(post, release_cross_input(pre, post), layer)
         return torch.cat([pre, cls, post], dim=1)
 
 

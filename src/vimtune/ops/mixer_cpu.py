@@ -4,9 +4,12 @@ The kernels, ``csrc/mixer_cpu.cpp``, work on time-major (B, T, E) tensors whose 
 unit stride, so ``x`` and ``z`` are read as column slices of ``in_proj``'s (B, T, 2E) output and
 ``B``, ``C`` as column slices of ``x_proj``'s (B, T, R + 2N) output, and both directions run in
 original time order: no flips, transposes or copies. They are built like
-:mod:`vimtune.ops.scan_cpu` (``torch.utils.cpp_extension.load`` with ``-march=native``, cached in
-torch's extensions directory); when the build fails, :func:`mixer_kernels_available` warns once and
-returns False and the mixer keeps its layout-generic path.
+:mod:`vimtune.ops.scan_cpu`, by :func:`vimtune.ops._build.load_cpu_extension` (``-march=native``,
+cached in torch's extensions directory); when the build fails, :func:`mixer_kernels_available` warns
+once and returns False and the mixer keeps its layout-generic path.
+
+For backward the mixer's scan (:func:`selective_scan_recompute_tm`) keeps neither its input ``u`` nor
+``delta``: it recomputes ``u`` from the conv input and ``delta`` from the low-rank ``dt``.
 
 float32 and float64 inputs are computed in their own precision (sums over batch, time or channels
 in float64); other floating dtypes are computed in float32 and the results cast back.
@@ -15,14 +18,13 @@ in float64); other floating dtypes are computed in float32 and the results cast 
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from vimtune.ops.scan_cpu import _CFLAGS, _cpu_tag
+from vimtune.ops._build import load_cpu_extension
 
 if TYPE_CHECKING:
     from vimtune.models.mamba import BiMambaMixer
@@ -33,26 +35,12 @@ _SOURCE = Path(__file__).parent / "csrc" / "mixer_cpu.cpp"
 @functools.cache
 def _ops() -> object | None:
     """Build (or load from the cache) the extension; its ``torch.ops`` namespace, or None on failure."""
-    try:
-        from torch.utils.cpp_extension import load
-
-        load(
-            name=f"vimtune_mixer_cpu_{_cpu_tag()}",
-            sources=[str(_SOURCE)],
-            extra_cflags=_CFLAGS,
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-        )
-        return torch.ops.vimtune_mixer_cpu
-    except Exception as exc:  # any build or load failure means: use the other path
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        warnings.warn(
-            f"vimtune: the C++ CPU mixer kernels could not be built or loaded ({reason}); "
-            "the mixer uses its generic path.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
+    return load_cpu_extension(
+        "vimtune_mixer_cpu",
+        _SOURCE,
+        what="C++ CPU mixer kernels",
+        fallback="the mixer uses its generic path.",
+    )
 
 
 def mixer_kernels_available() -> bool:
@@ -81,6 +69,12 @@ def _cast_back(grads: tuple[Tensor, ...], meta: tuple[tuple[torch.dtype, torch.S
     return tuple(g.to(dtype).view(shape) for g, (dtype, shape) in zip(grads, meta, strict=True))
 
 
+def _conv_work(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The conv kernel's inputs in its compute dtype (views of x, weight and bias when they already fit)."""
+    work = _compute_dtype(x, weight, bias)
+    return _lanes(x, work), _lanes(weight, work), _lanes(bias, work)
+
+
 class _ConvSiLU(torch.autograd.Function):
     """Autograd wrapper of the conv kernel; the backward recomputes the pre-activations from ``x``."""
 
@@ -88,8 +82,7 @@ class _ConvSiLU(torch.autograd.Function):
     def forward(
         ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, reverse: bool
     ) -> Tensor:
-        work = _compute_dtype(x, weight, bias)
-        x_w, weight_w, bias_w = (_lanes(t, work) for t in (x, weight, bias))
+        x_w, weight_w, bias_w = _conv_work(x, weight, bias)
         ctx.save_for_backward(x_w, weight_w, bias_w)
         ctx.meta = _meta(x, weight, bias)
         ctx.reverse = reverse
@@ -170,6 +163,80 @@ def selective_scan_tm(
     return _SelectiveScanTM.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 
+class _SelectiveScanRecomputeTM(torch.autograd.Function):
+    """The time-major scan with ``delta = dt @ dt_weight^T`` formed inside it; saves neither u nor delta.
+
+    The backward recomputes ``delta`` from the low-rank ``dt`` and ``u`` from the conv input with the
+    conv forward kernel (bit-identical to the forward's ``u``), so the (B, T, E) tensors kept for it
+    are only the conv input ``x`` and ``z``: column slices of ``in_proj``'s output, which the conv
+    keeps alive anyway.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, u: Tensor, dt: Tensor, dt_weight: Tensor, A: Tensor, B: Tensor,
+        C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor, conv_x: Tensor, conv_weight: Tensor, conv_bias: Tensor,
+        delta_softplus: bool, reverse: bool,
+    ) -> Tensor:
+        delta = dt @ dt_weight.t()  # (B, T, E), freed on return
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        work = _compute_dtype(*inputs)
+        ctx.save_for_backward(dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias)
+        ctx.meta = _meta(*inputs)
+        ctx.work = work
+        ctx.flags = (delta_softplus, reverse)
+        return _ops().scan_fwd(*(_lanes(t, work) for t in inputs), delta_softplus, reverse).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
+        dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias = ctx.saved_tensors
+        u_dtype = ctx.meta[0][0]
+        work, (_, reverse) = ctx.work, ctx.flags
+        u = _ops().conv_fwd(*_conv_work(conv_x, conv_weight, conv_bias), reverse).to(u_dtype)  # as in forward
+        delta = dt @ dt_weight.t()
+        work_inputs = tuple(_lanes(t, work) for t in (u, delta, A, B, C, D, z, delta_bias))
+        del u, delta
+        du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(*work_inputs, *ctx.flags, _lanes(dout, work))
+        del work_inputs
+        du, ddelta, dA, dB, dC, dD, dz, dbias = _cast_back((du, ddelta, dA, dB, dC, dD, dz, dbias), ctx.meta)
+        # The gradients autograd gives ``dt @ dt_weight.t()`` (matmul folds (B, T) into rows: mm).
+        ddelta_rows, dt_rows = ddelta.flatten(0, -2), dt.flatten(0, -2)
+        d_dt = (ddelta_rows @ dt_weight).view(dt.shape) if ctx.needs_input_grad[1] else None
+        d_weight = ddelta_rows.t() @ dt_rows if ctx.needs_input_grad[2] else None
+        return du, d_dt, d_weight, dA, dB, dC, dD, dz, dbias, None, None, None, None, None
+
+
+def selective_scan_recompute_tm(
+    u: Tensor, dt: Tensor, dt_weight: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+    delta_bias: Tensor, conv_x: Tensor, conv_weight: Tensor, conv_bias: Tensor,
+    delta_softplus: bool = True, reverse: bool = False,
+) -> Tensor:
+    """:func:`selective_scan_tm` with ``delta = dt @ dt_weight^T``, keeping neither ``u`` nor ``delta`` for backward.
+
+    ``u`` must be ``causal_conv1d_silu(conv_x, conv_weight, conv_bias, reverse)``: the backward
+    recomputes it from those (and ``delta`` from ``dt``, ``dt_weight``) instead of saving two (B, T, E)
+    tensors. Gradients flow to ``u`` (and from there through the conv to ``conv_x``, ``conv_weight``,
+    ``conv_bias``), ``dt``, ``dt_weight`` and the other scan inputs; none go directly to ``conv_x``,
+    ``conv_weight`` or ``conv_bias``.
+
+    Args:
+        u, z: (B, T, E). dt: (B, T, R), e.g. a column slice of ``x_proj``'s output (kept, not copied).
+            dt_weight: (E, R), ``dt_proj.weight`` (a parametrized weight gets its gradient through
+            autograd). A: (E, N). B, C: (B, T, N). D, delta_bias: (E,). conv_x: (B, T, E), the conv
+            input (e.g. a column slice of ``in_proj``'s output). conv_weight: (E, 1, K) or (E, K).
+            conv_bias: (E,). Activations may have any strides over B and T (unit stride over the
+            last dimension avoids a copy).
+        delta_softplus: apply softplus (threshold 20) to ``delta + delta_bias``.
+        reverse: direction of both the conv that made ``u`` and the scan.
+
+    Returns:
+        out (B, T, E), contiguous, in the dtype of ``u``.
+    """
+    return _SelectiveScanRecomputeTM.apply(
+        u, dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias, delta_softplus, reverse
+    )
+
+
 def _direction_tm(
     mixer: BiMambaMixer, x: Tensor, z: Tensor, reverse: bool, conv: torch.nn.Conv1d, x_proj: torch.nn.Module,
     dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor,
@@ -177,9 +244,13 @@ def _direction_tm(
     """One direction of the mixer. x, z: (B, T, E) -> y (B, T, E), in original time order."""
     u = causal_conv1d_silu(x, conv.weight, conv.bias, reverse)
     dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)  # column slices
-    delta = dt @ dt_proj.weight.t()  # (B, T, E); its bias is added in the scan
     A = -torch.exp(A_log.to(_compute_dtype(x, A_log)))
-    return selective_scan_tm(u, delta, A, Bm, Cm, D, z, dt_proj.bias, delta_softplus=True, reverse=reverse)
+    # delta = dt @ dt_proj.weight^T is formed inside the scan (its bias is added by the kernel); u and
+    # delta are recomputed in the backward rather than kept.
+    return selective_scan_recompute_tm(
+        u, dt, dt_proj.weight, A, Bm, Cm, D, z, dt_proj.bias, x, conv.weight, conv.bias,
+        delta_softplus=True, reverse=reverse,
+    )
 
 
 def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor) -> Tensor:
