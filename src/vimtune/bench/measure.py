@@ -35,6 +35,21 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def warm_up_libraries() -> None:
+    """Import and load what every model uses lazily (timm, vimtune, oneDNN, OpenMP threads, vimtune kernels)."""
+    import timm  # noqa: F401
+
+    import vimtune.methods  # noqa: F401
+    import vimtune.models  # noqa: F401
+    from vimtune.ops.mixer_cpu import mixer_kernels_available
+    from vimtune.ops.scan_cpu import cpu_kernel_available
+
+    torch.nn.functional.conv2d(torch.randn(1, 3, 32, 32), torch.randn(8, 3, 4, 4), stride=4)
+    torch.randn(64, 64) @ torch.randn(64, 64)
+    cpu_kernel_available()
+    mixer_kernels_available()
+
+
 def build(spec: dict[str, Any]) -> torch.nn.Module:
     """The model named in ``spec``, with the method attached when one is named."""
     import timm
@@ -47,6 +62,10 @@ def build(spec: dict[str, Any]) -> torch.nn.Module:
 
         method = build_method(spec["method"], **spec.get("method_options", {}))
         model = method.attach(model, num_classes=spec.get("model_kwargs", {}).get("num_classes"))
+    if spec.get("fused_attn") is False:
+        for module in model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = False
     return model
 
 
@@ -81,6 +100,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the measurement described by ``spec`` in this process; returns times and memory."""
     torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
     torch.manual_seed(0)
+    warm_up_libraries()
     baseline = current_rss_bytes()
     model = build(spec)
     size = int(spec["img_size"])

@@ -12,56 +12,70 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vimtune.bench.runner import machine_description, machine_line, run_measurement
+from vimtune.bench.runner import LIVE_MEMORY_ENV, machine_description, machine_line, run_measurement
 
 METHODS = ["full", "linear", "bias", "vpt-deep", "lora", "adapter", "svp"]
 
 
 def measure_methods(model: str, img_size: int, batch: int, methods: list[str], repeats: int,
-                    infer_batch: int, num_classes: int) -> list[dict[str, Any]]:
+                    infer_batch: int, infer_repeats: int, num_classes: int) -> list[dict[str, Any]]:
     """One row per method: train-step seconds and peak extra memory, inference seconds."""
-    base = {"model": model, "model_kwargs": {"img_size": img_size, "num_classes": num_classes},
-            "img_size": img_size, "repeats": repeats, "warmup": 1}
+    base = {"model": model, "model_kwargs": {"img_size": img_size, "num_classes": num_classes}, "img_size": img_size}
+    train = base | {"mode": "train", "batch": batch, "repeats": repeats, "warmup": 1}
+    infer = base | {"mode": "infer", "batch": infer_batch, "repeats": infer_repeats, "warmup": 2}
     rows = []
     for method in [None, *methods]:
         row: dict[str, Any] = {"method": method or "backbone (no method)"}
         if method is not None:
-            row["train"] = run_measurement(base | {"method": method, "mode": "train", "batch": batch})
-        row["infer"] = run_measurement(base | {"method": method, "mode": "infer", "batch": infer_batch})
+            row["train"] = run_measurement(train | {"method": method})
+            row["train_live_memory"] = run_measurement(train | {"method": method, "repeats": 1}, env=LIVE_MEMORY_ENV)
+        row["infer"] = run_measurement(infer | {"method": method})
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
+def _ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}x" if base else "-"
+
+
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str, batch: int) -> str:
-    """Table of step time / memory relative to full fine-tuning and inference time relative to the backbone."""
+    """Step time and memory of each method relative to full fine-tuning; inference time relative to the backbone."""
     by_name = {r["method"]: r for r in rows}
-    full = by_name.get("full", {}).get("train", {})
-    backbone = rows[0]["infer"]
+    full = by_name.get("full", {})
+    full_time = full.get("train", {}).get("seconds")
+    full_rss = full.get("train", {}).get("peak_extra_bytes")
+    full_live = full.get("train_live_memory", {}).get("peak_extra_bytes")
+    backbone = rows[0]["infer"].get("seconds")
     lines = [
         f"Machine: {machine_line(machine)}. Command: `{command}`.",
-        f"Training step = forward + backward + AdamW at batch {batch}, best of the timed repeats; memory = peak RSS",
-        "of a fresh process minus its RSS before the model was built.",
+        f"Training step = forward + backward + AdamW at batch {batch}, best of the timed repeats. Memory = peak RSS",
+        "of a fresh process minus its RSS after a library warm-up, before the model was built (weights, gradients,",
+        "optimizer state, activations): `live` in a process where glibc returns every freed block of 128 KiB or",
+        "more to the OS (`MALLOC_MMAP_THRESHOLD_=131072`, so RSS follows the live tensors), `RSS` in the timed",
+        "process with glibc's defaults (freed blocks it keeps for reuse count too). Inference = best of the timed",
+        "passes of the fine-tuned model in eval mode.",
         "",
-        "| method | step s | step vs full | peak MiB | memory vs full | inference s | inference vs backbone |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | step s | step vs full | live MiB | live vs full | RSS MiB | RSS vs full | inference s "
+        "| inference vs backbone |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        train, infer = row.get("train"), row["infer"]
-        if train is None:
-            step = ratio = mem = mem_ratio = "-"
-        elif "error" in train:
-            step, ratio, mem, mem_ratio = "error", "-", "-", "-"
+        cells = ["-"] * 6
+        train, live = row.get("train"), row.get("train_live_memory")
+        if train is not None and "error" in train:
+            cells[:2] = ["error", "-"]
+        elif train is not None:
+            cells[0], cells[1] = f"{train['seconds']:.2f}", _ratio(train["seconds"], full_time)
+            cells[4], cells[5] = f"{train['peak_extra_bytes'] / 2**20:.0f}", _ratio(train["peak_extra_bytes"], full_rss)
+        if live is not None and "error" not in live:
+            cells[2], cells[3] = f"{live['peak_extra_bytes'] / 2**20:.0f}", _ratio(live["peak_extra_bytes"], full_live)
+        infer = row["infer"]
+        if "error" in infer:
+            cells += ["error", "-"]
         else:
-            step, mem = f"{train['seconds']:.2f}", f"{train['peak_extra_bytes'] / 2**20:.0f}"
-            ok = full and "error" not in full
-            ratio = f"{train['seconds'] / full['seconds']:.2f}x" if ok else "-"
-            mem_ratio = f"{train['peak_extra_bytes'] / full['peak_extra_bytes']:.2f}x" if ok else "-"
-        if "error" in infer or "error" in backbone:
-            inf, inf_ratio = "error", "-"
-        else:
-            inf, inf_ratio = f"{infer['seconds']:.3f}", f"{infer['seconds'] / backbone['seconds']:.2f}x"
-        lines.append(f"| {row['method']} | {step} | {ratio} | {mem} | {mem_ratio} | {inf} | {inf_ratio} |")
+            cells += [f"{infer['seconds']:.3f}", _ratio(infer["seconds"], backbone)]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -73,13 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--infer-batch", type=int, default=8)
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--methods", nargs="+", default=METHODS)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed training steps per method")
+    parser.add_argument("--infer-repeats", type=int, default=5, help="timed inference passes per model")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/methods"),
                         help="output stem: writes STEM.md and STEM.json")
     args = parser.parse_args(argv)
     machine = machine_description()
     rows = measure_methods(args.model, args.img_size, args.batch, args.methods, args.repeats, args.infer_batch,
-                           args.num_classes)
+                           args.infer_repeats, args.num_classes)
     command = ("vimtune bench methods " + " ".join(argv or [])).strip()
     markdown = to_markdown(rows, machine, command, args.batch)
     args.out.parent.mkdir(parents=True, exist_ok=True)

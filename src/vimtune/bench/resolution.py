@@ -2,7 +2,9 @@
 
 Both models random-initialised, eval mode, same dtype and thread count; each measurement runs in a
 fresh subprocess (peak RSS), and the two models are measured alternately at every setting so that
-machine drift affects both. Writes a markdown table, a JSON file and a two-panel PNG.
+machine drift affects both. At float32 and batch 1, DeiT-Ti is also measured with timm's fused attention
+turned off (``deit_eager``: the N x N attention matrix is materialised, as in implementations without a
+memory-efficient attention kernel). Writes a markdown table, a JSON file and a two-panel PNG.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from vimtune.bench.runner import machine_description, machine_line, run_measurement
 
-MODELS = {"vim": "vim_tiny_patch16_224", "deit": "deit_tiny_patch16_224"}
+MODELS = {"vim": "vim_tiny_patch16_224", "deit": "deit_tiny_patch16_224", "deit_eager": "deit_tiny_patch16_224"}
 RESOLUTIONS = [224, 512, 640, 738, 1024, 1248]
 
 
@@ -22,63 +24,86 @@ def measure_all(resolutions: list[int], batches: list[int], dtypes: list[str], r
                 threads: int | None, max_batch_pixels: int) -> list[dict[str, Any]]:
     """Rows of (model, resolution, batch, dtype, images/s, peak memory), Vim and DeiT alternately."""
     rows = []
-    for res in resolutions:
-        for batch in batches:
-            if batch > 1 and batch * res * res > max_batch_pixels:
-                continue
-            for dtype in dtypes:
-                for model_key in (("vim", "deit") if len(rows) % 4 == 0 else ("deit", "vim")):
-                    spec = {"model": MODELS[model_key], "model_kwargs": {"img_size": res},
-                            "mode": "infer", "batch": batch, "img_size": res, "dtype": dtype,
-                            "repeats": repeats, "warmup": 1, "threads": threads}
-                    result = run_measurement(spec)
-                    rows.append({"model": model_key, "resolution": res, "batch": batch, "dtype": dtype, **result})
-                    print(json.dumps(rows[-1]), flush=True)
+    settings = [(res, batch, dtype) for res in resolutions for batch in batches for dtype in dtypes
+                if batch == 1 or batch * res * res <= max_batch_pixels]
+    for index, (res, batch, dtype) in enumerate(settings):
+        order = ["vim", "deit"] if index % 2 == 0 else ["deit", "vim"]
+        if dtype == "float32" and batch == 1:
+            order.append("deit_eager")
+        for model_key in order:
+            spec = {"model": MODELS[model_key], "model_kwargs": {"img_size": res},
+                    "mode": "infer", "batch": batch, "img_size": res, "dtype": dtype,
+                    "repeats": repeats, "warmup": 1, "threads": threads,
+                    "fused_attn": model_key != "deit_eager"}
+            result = run_measurement(spec)
+            rows.append({"model": model_key, "resolution": res, "batch": batch, "dtype": dtype, **result})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def _pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    index = {(r["model"], r["resolution"], r["batch"], r["dtype"]): r for r in rows}
-    keys = sorted({(r["resolution"], r["batch"], r["dtype"]) for r in rows}, key=lambda k: (k[2], k[1], k[0]))
-    return [(index[("vim", *k)], index[("deit", *k)]) for k in keys if ("vim", *k) in index and ("deit", *k) in index]
+def _settings(rows: list[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """Per (resolution, batch, dtype) with both Vim and DeiT measured: {model key: row}, sorted for the table."""
+    grouped: dict[tuple[int, int, str], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault((row["resolution"], row["batch"], row["dtype"]), {})[row["model"]] = row
+    keys = sorted(grouped, key=lambda k: (k[2], k[1], k[0]))
+    return [grouped[k] for k in keys if "vim" in grouped[k] and "deit" in grouped[k]]
 
 
-def _fmt(row: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
+def _fmt(row: dict[str, Any] | None, key: str, scale: float = 1.0, digits: int = 2) -> str:
+    if row is None:
+        return "-"
     return "error" if "error" in row else f"{row[key] / scale:.{digits}f}"
+
+
+def _ratio(num: dict[str, Any] | None, den: dict[str, Any] | None, key: str) -> str:
+    if num is None or den is None or "error" in num or "error" in den:
+        return "-"
+    return f"{num[key] / den[key]:.2f}x"
 
 
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
     """Table with images/s and peak extra memory per model, plus the Vim/DeiT ratios."""
     lines = [
         f"Machine: {machine_line(machine)}. Command: `{command}`.",
-        "Peak memory = peak RSS of a fresh process minus its RSS before the model was built (weights +",
-        "activations + workspace). Speed = best of the timed repeats.",
+        "Peak memory = peak RSS of a fresh process minus its RSS after a library warm-up, before the model was",
+        "built (weights + activations + workspace). Speed = best of the timed repeats. DeiT uses PyTorch's fused",
+        "attention (no N x N matrix on CPU); `DeiT eager` = the same model with fused attention off",
+        "(float32, batch 1 only).",
         "",
-        "| dtype | batch | px | Vim img/s | DeiT img/s | Vim/DeiT speed | Vim MiB | DeiT MiB | Vim/DeiT memory |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| dtype | batch | px | Vim img/s | DeiT img/s | Vim/DeiT speed | Vim MiB | DeiT MiB | Vim/DeiT memory "
+        "| DeiT eager img/s | DeiT eager MiB | Vim/eager speed | Vim/eager memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for vim, deit in _pairs(rows):
-        ok = "error" not in vim and "error" not in deit
-        speed = f"{vim['images_per_s'] / deit['images_per_s']:.2f}x" if ok else "-"
-        memory = f"{vim['peak_extra_bytes'] / deit['peak_extra_bytes']:.2f}x" if ok else "-"
+    for models in _settings(rows):
+        vim, deit, eager = models["vim"], models["deit"], models.get("deit_eager")
+        mib = 2**20
         lines.append(
             f"| {vim['dtype']} | {vim['batch']} | {vim['resolution']} | {_fmt(vim, 'images_per_s', digits=3)} | "
-            f"{_fmt(deit, 'images_per_s', digits=3)} | {speed} | {_fmt(vim, 'peak_extra_bytes', 2**20, 0)} | "
-            f"{_fmt(deit, 'peak_extra_bytes', 2**20, 0)} | {memory} |"
+            f"{_fmt(deit, 'images_per_s', digits=3)} | {_ratio(vim, deit, 'images_per_s')} | "
+            f"{_fmt(vim, 'peak_extra_bytes', mib, 0)} | {_fmt(deit, 'peak_extra_bytes', mib, 0)} | "
+            f"{_ratio(vim, deit, 'peak_extra_bytes')} | {_fmt(eager, 'images_per_s', digits=3)} | "
+            f"{_fmt(eager, 'peak_extra_bytes', mib, 0)} | {_ratio(vim, eager, 'images_per_s')} | "
+            f"{_ratio(vim, eager, 'peak_extra_bytes')} |"
         )
     lines += ["", crossover_sentence(rows)]
     return "\n".join(lines) + "\n"
 
 
 def crossover_sentence(rows: list[dict[str, Any]]) -> str:
-    """Where Vim first becomes faster / lighter than DeiT (float32, batch 1)."""
-    pairs = [(v, d) for v, d in _pairs(rows) if v["dtype"] == "float32" and v["batch"] == 1
-             and "error" not in v and "error" not in d]
-    faster = [v["resolution"] for v, d in pairs if v["images_per_s"] > d["images_per_s"]]
-    lighter = [v["resolution"] for v, d in pairs if v["peak_extra_bytes"] < d["peak_extra_bytes"]]
-    speed = f"from {min(faster)} px" if faster else "at none of the measured resolutions"
-    memory = f"from {min(lighter)} px" if lighter else "at none of the measured resolutions"
-    return f"Crossover (float32, batch 1): Vim faster than DeiT {speed}; lighter {memory}."
+    """Where Vim first becomes faster / lighter than DeiT (float32, batch 1), for fused and eager attention."""
+    parts = []
+    for key, name in (("deit", "DeiT"), ("deit_eager", "DeiT eager")):
+        pairs = [(m["vim"], m[key]) for m in _settings(rows) if key in m and m["vim"]["dtype"] == "float32"
+                 and m["vim"]["batch"] == 1 and "error" not in m["vim"] and "error" not in m[key]]
+        if not pairs:
+            continue
+        faster = [v["resolution"] for v, d in pairs if v["images_per_s"] > d["images_per_s"]]
+        lighter = [v["resolution"] for v, d in pairs if v["peak_extra_bytes"] < d["peak_extra_bytes"]]
+        speed = f"from {min(faster)} px" if faster else "at none of the measured resolutions"
+        memory = f"from {min(lighter)} px" if lighter else "at none of the measured resolutions"
+        parts.append(f"Vim faster than {name} {speed}, lighter {memory}")
+    return "Crossover (float32, batch 1): " + "; ".join(parts) + "."
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -89,13 +114,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(11, 4))
-    for model, color in (("vim", "tab:red"), ("deit", "tab:blue")):
+    names = {"vim": ("Vim-Ti", "tab:red"), "deit": ("DeiT-Ti", "tab:blue"),
+             "deit_eager": ("DeiT-Ti eager", "tab:green")}
+    for model, (name, color) in names.items():
         for dtype, style in (("float32", "-"), ("bfloat16", "--")):
             sel = sorted((r for r in rows if r["model"] == model and r["dtype"] == dtype and r["batch"] == 1
                           and "error" not in r), key=lambda r: r["resolution"])
             if not sel:
                 continue
-            label = f"{'Vim-Ti' if model == 'vim' else 'DeiT-Ti'} {dtype}"
+            label = f"{name} {dtype}"
             res = [r["resolution"] for r in sel]
             ax_speed.plot(res, [r["images_per_s"] for r in sel], style, color=color, marker="o", label=label)
             ax_mem.plot(res, [r["peak_extra_bytes"] / 2**30 for r in sel], style, color=color, marker="o", label=label)

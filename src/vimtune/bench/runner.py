@@ -11,12 +11,17 @@ from typing import Any
 
 import torch
 
+# glibc malloc with a fixed mmap threshold: every block of 128 KiB or more is its own mapping and goes
+# back to the OS when freed, so the RSS follows the live tensors instead of the allocator's free lists
+# (slower: fresh pages fault in on every large allocation, so never used for timing).
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
-def run_measurement(spec: dict[str, Any], timeout_s: float = 1800) -> dict[str, Any]:
-    """One measurement in a fresh Python process (so its peak RSS is its own)."""
+
+def run_measurement(spec: dict[str, Any], timeout_s: float = 1800, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One measurement in a fresh Python process (so its peak RSS is its own), with ``env`` added."""
     proc = subprocess.run(
         [sys.executable, "-m", "vimtune.bench.measure", json.dumps(spec)],
-        capture_output=True, text=True, timeout=timeout_s, check=False,
+        capture_output=True, text=True, timeout=timeout_s, check=False, env=os.environ | (env or {}),
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:

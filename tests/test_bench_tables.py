@@ -1,0 +1,79 @@
+"""The efficiency benchmarks' measurement worker and table builders (no timing assertions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from vimtune.bench import measure, methods, resolution
+
+MACHINE = {"cpu": "test CPU", "cores": 2, "memory_gib": 1.0, "torch": "x", "threads": 2, "bf16_matmul_isa": set()}
+
+
+def _row(model: str, res: int, speed: float, mib: float, dtype: str = "float32", batch: int = 1) -> dict[str, Any]:
+    return {"model": model, "resolution": res, "batch": batch, "dtype": dtype, "images_per_s": speed,
+            "peak_extra_bytes": mib * 2**20}
+
+
+def test_resolution_table_ratios_and_crossover() -> None:
+    rows = [
+        _row("vim", 224, 10.0, 100), _row("deit", 224, 20.0, 50), _row("deit_eager", 224, 18.0, 60),
+        _row("vim", 1024, 2.0, 200), _row("deit", 1024, 1.0, 250), _row("deit_eager", 1024, 0.5, 800),
+        _row("vim", 1024, 3.0, 150, dtype="bfloat16"), _row("deit", 1024, 1.5, 120, dtype="bfloat16"),
+    ]
+    table = resolution.to_markdown(rows, MACHINE, "vimtune bench resolution")
+    line_1024 = next(line for line in table.splitlines() if line.startswith("| float32 | 1 | 1024 |"))
+    cells = [c.strip() for c in line_1024.strip("|").split("|")]
+    assert cells[5] == "2.00x"  # Vim/DeiT speed
+    assert cells[8] == "0.80x"  # Vim/DeiT memory
+    assert cells[11] == "4.00x" and cells[12] == "0.25x"  # against eager attention
+    bf16 = next(line for line in table.splitlines() if line.startswith("| bfloat16 | 1 | 1024 |"))
+    assert bf16.rstrip().endswith("| - | - | - | - |")  # eager DeiT is measured at float32 only
+    assert "Vim faster than DeiT from 1024 px, lighter from 1024 px" in table
+    assert "Vim faster than DeiT eager from 1024 px, lighter from 1024 px" in table
+
+
+def test_resolution_crossover_reports_none_when_vim_never_wins() -> None:
+    rows = [_row("vim", 224, 1.0, 300), _row("deit", 224, 2.0, 100)]
+    assert "at none of the measured resolutions" in resolution.crossover_sentence(rows)
+
+
+def test_methods_table_is_relative_to_full_and_backbone() -> None:
+    mib = 2**20
+    rows = [
+        {"method": "backbone (no method)", "infer": {"seconds": 0.5}},
+        {"method": "full", "train": {"seconds": 4.0, "peak_extra_bytes": 1000 * mib},
+         "train_live_memory": {"peak_extra_bytes": 800 * mib}, "infer": {"seconds": 0.5}},
+        {"method": "svp", "train": {"seconds": 3.0, "peak_extra_bytes": 900 * mib},
+         "train_live_memory": {"peak_extra_bytes": 400 * mib}, "infer": {"seconds": 0.6}},
+        {"method": "lora", "train": {"error": "exit 1: boom"}, "train_live_memory": {"error": "exit 1: boom"},
+         "infer": {"seconds": 0.5}},
+    ]
+    table = methods.to_markdown(rows, MACHINE, "vimtune bench methods", batch=32)
+    assert "| svp | 3.00 | 0.75x | 400 | 0.50x | 900 | 0.90x | 0.600 | 1.20x |" in table
+    assert "| lora | error | - | - | - | - | - | 0.500 | 1.00x |" in table
+    assert "| backbone (no method) | - | - | - | - | - | - | 0.500 | 1.00x |" in table
+
+
+def test_measure_builds_eager_attention_when_asked() -> None:
+    spec = {"model": "deit_tiny_patch16_224", "model_kwargs": {"img_size": 32, "num_classes": 3}, "fused_attn": False}
+    attention = [m for m in measure.build(spec).modules() if hasattr(m, "fused_attn")]
+    assert attention and not any(m.fused_attn for m in attention)
+    default = [m for m in measure.build(spec | {"fused_attn": None}).modules() if hasattr(m, "fused_attn")]
+    assert all(m.fused_attn for m in default)  # timm's default on this torch: fused attention
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_measure_reports_consistent_numbers(mode: str) -> None:
+    spec = {"model": "vim_nano_patch4_32", "model_kwargs": {"num_classes": 4}, "method": "svp", "mode": mode,
+            "batch": 2, "img_size": 32, "repeats": 2, "warmup": 1, "threads": 1}
+    threads = torch.get_num_threads()
+    try:
+        result = measure.measure(spec)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(result["seconds_all"]) == 2 and result["seconds"] == min(result["seconds_all"]) > 0
+    assert result["images_per_s"] == pytest.approx(2 / result["seconds"])
+    assert result["peak_rss_bytes"] >= result["peak_extra_bytes"] >= 0
