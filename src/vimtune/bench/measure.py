@@ -21,13 +21,23 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def current_rss_bytes() -> int:
-    """Resident-set size of this process now (Linux ``/proc/self/status``)."""
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of Linux ``/proc/self/status`` (e.g. ``VmRSS``), in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found in /proc/self/status")
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def current_rss_bytes() -> int:
+    """Resident-set size of this process now."""
+    return _status_bytes("VmRSS")
+
+
+def high_water_rss_bytes() -> int:
+    """Peak resident-set size since start or since the last reset (``echo 5 > /proc/self/clear_refs``)."""
+    return _status_bytes("VmHWM")
 
 
 def peak_rss_bytes() -> int:

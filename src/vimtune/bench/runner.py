@@ -17,17 +17,24 @@ import torch
 LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
-def run_measurement(spec: dict[str, Any], timeout_s: float = 1800, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """One measurement in a fresh Python process (so its peak RSS is its own), with ``env`` added."""
+def run_json_worker(args: list[str], timeout_s: float | None = None, env: dict[str, str] | None = None
+                    ) -> dict[str, Any]:
+    """Run ``python ARGS`` in a fresh process (``env`` added) and return the last JSON line it printed,
+    or ``{"error": ...}`` with the exit code and the end of its output when it failed."""
     proc = subprocess.run(
-        [sys.executable, "-m", "vimtune.bench.measure", json.dumps(spec)],
-        capture_output=True, text=True, timeout=timeout_s, check=False, env=os.environ | (env or {}),
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout_s, check=False,
+        env=os.environ | (env or {}),
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"error": f"exit {proc.returncode}: {' | '.join(tail)}"[:500]}
     return json.loads(lines[-1])
+
+
+def run_measurement(spec: dict[str, Any], timeout_s: float = 1800, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One :mod:`vimtune.bench.measure` run in a fresh Python process (so its peak RSS is its own)."""
+    return run_json_worker(["-m", "vimtune.bench.measure", json.dumps(spec)], timeout_s, env)
 
 
 def machine_description() -> dict[str, Any]:

@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vimtune.bench.runner import machine_description, machine_line
+from vimtune.bench.measure import current_rss_bytes, high_water_rss_bytes
+from vimtune.bench.runner import machine_description, machine_line, run_json_worker
 from vimtune.ops.scan_chunked import DEFAULT_CHUNK, selective_scan_chunked
 from vimtune.ops.scan_reference import gate_output, prepare_delta, selective_scan_reference
 
@@ -153,16 +153,6 @@ def time_steps(steps: dict[str, Callable[[], None]], repeats: int, budget_s: flo
     return results
 
 
-def _current_rss() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-
-
-def _peak_rss() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-
-
 def memory_probe(backend: str, shape: tuple[int, int, int, int], threads: int) -> dict[str, Any]:
     """Peak extra RSS of one forward+backward in this (fresh) process; see the module docstring."""
     torch.set_num_threads(threads)
@@ -172,22 +162,17 @@ def memory_probe(backend: str, shape: tuple[int, int, int, int], threads: int) -
     step = step_fn(fn, inputs, "fwd+bwd")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset VmHWM to the current RSS
-    before = _current_rss()
+    before = current_rss_bytes()
     step()
     input_bytes = sum(t.numel() * t.element_size() for t in inputs.values())
-    extra = _peak_rss() - before
+    extra = high_water_rss_bytes() - before
     return {"peak_extra_bytes": extra, "input_bytes": input_bytes, "ratio_to_inputs": extra / input_bytes}
 
 
 def measure_memory(backend: str, shape_name: str, threads: int) -> dict[str, Any]:
     """Runs :func:`memory_probe` in a fresh interpreter."""
     spec = json.dumps({"backend": backend, "shape": shape_name, "threads": threads})
-    proc = subprocess.run([sys.executable, "-m", "vimtune.bench.scan", "--memory-probe", spec],
-                          capture_output=True, text=True, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
-    return json.loads(lines[-1])
+    return run_json_worker(["-m", "vimtune.bench.scan", "--memory-probe", spec])
 
 
 def floor_seconds(shape: tuple[int, int, int, int], mode: str, machine: dict[str, Any]) -> float:

@@ -75,6 +75,22 @@ def _conv_work(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor,
     return _lanes(x, work), _lanes(weight, work), _lanes(bias, work)
 
 
+def _scan_work(*inputs: Tensor) -> tuple[Tensor, ...]:
+    """The scan kernel's inputs (u, delta, A, B, C, D, z, delta_bias) in its compute dtype, unit stride last."""
+    work = _compute_dtype(*inputs)
+    return tuple(_lanes(t, work) for t in inputs)
+
+
+def _scan_grads(
+    work_inputs: tuple[Tensor, ...], flags: tuple[bool, bool], dout: Tensor,
+    meta: tuple[tuple[torch.dtype, torch.Size], ...],
+) -> tuple[Tensor, ...]:
+    """The scan kernel's backward: gradients of (u, delta, A, B, C, D, z, delta_bias) in that order, each in
+    its input's dtype and shape (``meta``). ``flags`` = (delta_softplus, reverse); dout (B, T, E)."""
+    du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(*work_inputs, *flags, _lanes(dout, work_inputs[0].dtype))
+    return _cast_back((du, ddelta, dA, dB, dC, dD, dz, dbias), meta)
+
+
 class _ConvSiLU(torch.autograd.Function):
     """Autograd wrapper of the conv kernel; the backward recomputes the pre-activations from ``x``."""
 
@@ -124,8 +140,7 @@ class _SelectiveScanTM(torch.autograd.Function):
         D: Tensor, z: Tensor, delta_bias: Tensor, delta_softplus: bool, reverse: bool,
     ) -> Tensor:
         inputs = (u, delta, A, B, C, D, z, delta_bias)
-        work = _compute_dtype(*inputs)
-        work_inputs = tuple(_lanes(t, work) for t in inputs)
+        work_inputs = _scan_work(*inputs)
         ctx.save_for_backward(*work_inputs)
         ctx.meta = _meta(*inputs)
         ctx.flags = (delta_softplus, reverse)
@@ -133,12 +148,7 @@ class _SelectiveScanTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(
-            u, delta, A, B, C, D, z, delta_bias, *ctx.flags, _lanes(dout, u.dtype)
-        )
-        grads = _cast_back((du, ddelta, dA, dB, dC, dD, dz, dbias), ctx.meta)
-        return (*grads, None, None)
+        return (*_scan_grads(ctx.saved_tensors, ctx.flags, dout, ctx.meta), None, None)
 
 
 def selective_scan_tm(
@@ -180,25 +190,20 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
     ) -> Tensor:
         delta = dt @ dt_weight.t()  # (B, T, E), freed on return
         inputs = (u, delta, A, B, C, D, z, delta_bias)
-        work = _compute_dtype(*inputs)
         ctx.save_for_backward(dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias)
         ctx.meta = _meta(*inputs)
-        ctx.work = work
         ctx.flags = (delta_softplus, reverse)
-        return _ops().scan_fwd(*(_lanes(t, work) for t in inputs), delta_softplus, reverse).to(u.dtype)
+        return _ops().scan_fwd(*_scan_work(*inputs), delta_softplus, reverse).to(u.dtype)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
         dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias = ctx.saved_tensors
-        u_dtype = ctx.meta[0][0]
-        work, (_, reverse) = ctx.work, ctx.flags
+        u_dtype, reverse = ctx.meta[0][0], ctx.flags[1]
         u = _ops().conv_fwd(*_conv_work(conv_x, conv_weight, conv_bias), reverse).to(u_dtype)  # as in forward
-        delta = dt @ dt_weight.t()
-        work_inputs = tuple(_lanes(t, work) for t in (u, delta, A, B, C, D, z, delta_bias))
-        del u, delta
-        du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(*work_inputs, *ctx.flags, _lanes(dout, work))
+        work_inputs = _scan_work(u, dt @ dt_weight.t(), A, B, C, D, z, delta_bias)
+        del u
+        du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_grads(work_inputs, ctx.flags, dout, ctx.meta)
         del work_inputs
-        du, ddelta, dA, dB, dC, dD, dz, dbias = _cast_back((du, ddelta, dA, dB, dC, dD, dz, dbias), ctx.meta)
         # The gradients autograd gives ``dt @ dt_weight.t()`` (matmul folds (B, T) into rows: mm).
         ddelta_rows, dt_rows = ddelta.flatten(0, -2), dt.flatten(0, -2)
         d_dt = (ddelta_rows @ dt_weight).view(dt.shape) if ctx.needs_input_grad[1] else None
