@@ -13,6 +13,7 @@ import vimtune.bench.transfer.grid as grid_module
 from test_demo import TINY, TINY_ARGS
 from test_engine_support import make_vtab_task
 from vimtune.bench.transfer import main
+from vimtune.bench.transfer.grid import ResultsFile
 from vimtune.bench.transfer.report import TransferTable, agreement
 
 SHARED_VTAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vtab-mini"
@@ -61,6 +62,25 @@ def _cell(task: str, method: str, test: float, val: float, params: int, seed: in
     record = {"epoch": 1, "test_acc": test, "val_acc": val}
     return {"task": task, "method": method, "seed": seed, "trainable_params": params, "total_params": 1000,
             "protocols": {"val": record, "last": record}}
+
+
+def test_results_file_merges_cells_saved_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "transfer.json"
+    header = {"fingerprint": "abc", "protocol": {}, "backbone": {}}
+    first, second = ResultsFile.open(path, header, False), ResultsFile.open(path, header, False)
+    first.cells["a/svp/0"] = {"task": "a"}
+    first.save()
+    second.cells["b/svp/0"] = {"task": "b"}
+    second.save()  # opened before ``first`` saved: must not drop its cell
+    assert sorted(json.loads(path.read_text())["cells"]) == ["a/svp/0", "b/svp/0"]
+    assert sorted(second.cells) == ["a/svp/0", "b/svp/0"]
+
+    other = ResultsFile.open(path, {**header, "fingerprint": "new"}, fresh=True)
+    other.cells["c/svp/0"] = {"task": "c"}
+    other.save()  # --fresh: the old cells are gone, not merged back
+    assert sorted(json.loads(path.read_text())["cells"]) == ["c/svp/0"]
+    with pytest.raises(ValueError, match="another protocol"):
+        ResultsFile.open(path, header, False)
 
 
 def test_agreement_and_best_baseline_follow_the_numbers() -> None:

@@ -21,7 +21,7 @@ from vimtune.demo import METHOD_VARIANTS, Protocol, check_methods, resolve_backb
 from vimtune.demo.options import add_backbone_options, add_protocol_options, backbone_from_args, protocol_from_args
 from vimtune.viz import plot_accuracy_vs_params
 
-DEFAULT_PROTOCOL = Protocol(epochs=20, batch_size=32, lr=1e-3, full_lr=1e-4, warmup_epochs=2)
+DEFAULT_PROTOCOL = Protocol(epochs=8, batch_size=32, lr=1e-3, full_lr=1e-4, warmup_epochs=1)
 DEFAULT_DATA_ROOT = Path("../shared/data/vtab-mini")
 
 

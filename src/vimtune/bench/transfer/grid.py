@@ -3,10 +3,13 @@
 A finished cell is stored in the results JSON under ``"task/method/seed"`` and never run again
 while the file's fingerprint (protocol + backbone) is unchanged. A cell interrupted mid-run
 resumes from its engine run folder (``WORK_DIR/<fingerprint>/<task>/<method>-s<seed>``).
+Several processes may fill one file at once (e.g. one per ``--tasks`` subset): every save merges
+the cells already on disk under an exclusive lock, so none is lost.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -60,7 +63,9 @@ class ResultsFile:
             ValueError: the file holds results of another protocol or backbone (the message
                 shows both), and ``fresh`` was not given.
         """
-        if fresh or not path.is_file():
+        if fresh:
+            path.unlink(missing_ok=True)  # or a later save would merge its cells back
+        if not path.is_file():
             return cls(path, header, {})
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("fingerprint") != header["fingerprint"]:
@@ -72,9 +77,20 @@ class ResultsFile:
         return cls(path, header, data.get("cells", {}))
 
     def save(self) -> None:
-        """Write the header and cells (atomically)."""
+        """Write the header and cells atomically, first adding the cells another process saved meanwhile.
+
+        Cells on disk are merged only while the file's fingerprint is this one's (a ``--fresh`` run
+        replaces a file of another protocol or backbone); this process's own cells win on a clash.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps({**self.header, "cells": self.cells}, indent=1))
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if self.path.is_file():
+                on_disk = json.loads(self.path.read_text(encoding="utf-8"))
+                if on_disk.get("fingerprint") == self.header["fingerprint"]:
+                    self.cells = {**on_disk.get("cells", {}), **self.cells}
+            atomic_write_text(self.path, json.dumps({**self.header, "cells": self.cells}, indent=1))
 
 
 @dataclass
