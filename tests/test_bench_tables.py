@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from vimtune.bench import measure, methods, resolution
+from vimtune.bench import measure, methods, prompt, resolution
 
 MACHINE = {"cpu": "test CPU", "cores": 2, "memory_gib": 1.0, "torch": "x", "threads": 2, "bf16_matmul_isa": set()}
 
@@ -57,6 +57,26 @@ def test_methods_table_is_relative_to_full_and_backbone() -> None:
     assert "| backbone (no method) | - | - | - | - | - | - | 0.500 | 1.00x |" in table
 
 
+def test_methods_rounds_visit_every_method_in_turn_and_keep_the_fastest(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str | None, str]] = []
+    train_seconds = iter([5.0, 4.0, 3.0, 4.5])  # round 0: full, svp; round 1: full, svp
+
+    def fake_measurement(spec: dict, env: dict | None = None) -> dict:
+        calls.append((spec.get("method"), spec["mode"] if env is None else "live"))
+        if spec["mode"] == "train" and env is None:
+            return {"seconds": next(train_seconds), "peak_extra_bytes": 1}
+        return {"seconds": 1.0, "peak_extra_bytes": 1}
+
+    monkeypatch.setattr(methods, "run_measurement", fake_measurement)
+    rows = methods.measure_methods("m", 32, 4, ["full", "svp"], repeats=1, rounds=2, infer_batch=1,
+                                   infer_repeats=1, num_classes=3)
+    assert calls[:4] == [("full", "train"), ("svp", "train"), ("full", "train"), ("svp", "train")]
+    by_name = {r["method"]: r for r in rows}
+    assert by_name["full"]["train"]["seconds"] == 3.0 and by_name["svp"]["train"]["seconds"] == 4.0
+    assert [r["seconds"] for r in by_name["svp"]["train_rounds"]] == [4.0, 4.5]
+    assert "train" not in by_name["backbone (no method)"] and by_name["backbone (no method)"]["infer"]
+
+
 def test_measure_builds_eager_attention_when_asked() -> None:
     spec = {"model": "deit_tiny_patch16_224", "model_kwargs": {"img_size": 32, "num_classes": 3}, "fused_attn": False}
     attention = [m for m in measure.build(spec).modules() if hasattr(m, "fused_attn")]
@@ -77,3 +97,13 @@ def test_measure_reports_consistent_numbers(mode: str) -> None:
     assert len(result["seconds_all"]) == 2 and result["seconds"] == min(result["seconds_all"]) > 0
     assert result["images_per_s"] == pytest.approx(2 / result["seconds"])
     assert result["peak_rss_bytes"] >= result["peak_extra_bytes"] >= 0
+
+
+def test_prompt_bench_times_both_implementations_in_turns_and_reports_the_speed_up() -> None:
+    results = prompt.measure(batch=2, tokens=5, dim=4, repeats=3)
+    assert set(results) == {"plain ops", "fused (PromptUpdate)"}
+    for result in results.values():
+        assert len(result["seconds_all"]) == 3 and result["seconds"] == min(result["seconds_all"]) > 0
+    table = prompt.to_markdown({"plain ops": {"seconds": 0.04}, "fused (PromptUpdate)": {"seconds": 0.02}},
+                               MACHINE, "vimtune bench prompt", (32, 197, 384))
+    assert "| plain ops | 40.00 | 1.00x |" in table and "| fused (PromptUpdate) | 20.00 | 2.00x |" in table

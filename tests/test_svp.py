@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import vimtune.models  # noqa: F401 - registers the model names with timm
 from vimtune.cli import main
 from vimtune.methods import SelectivePrompts, build, from_svp_release, load_adapter, simam
-from vimtune.methods.scaled_silu import scaled_silu
+from vimtune.methods.prompt_update import prompt_update, prompt_update_reference
 from vimtune.models import CheckpointError
 
 TINY = dict(depth=4, embed_dim=32, img_size=32, patch_size=8)
@@ -336,50 +336,68 @@ def test_paper_prompter_keeps_the_cls_token_bitwise_and_accepts_a_non_contiguous
     torch.testing.assert_close(got, expected)
 
 
-# ---------------------------------------------------------------- the fused scaled SiLU
-def test_scaled_silu_matches_the_plain_product_in_float64() -> None:
-    gen = torch.Generator().manual_seed(0)
-    h = (3 * torch.randn(3, 5, 6, dtype=torch.float64, generator=gen)).requires_grad_()
-    scale = torch.randn(6, dtype=torch.float64, generator=gen, requires_grad=True)
-    upstream = torch.randn(3, 5, 6, dtype=torch.float64, generator=gen)
-    got, expected = scaled_silu(h, scale), scale * F.silu(h)
+# ---------------------------------------------------------------- the fused prompt update
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("paths", [1, 2])
+@pytest.mark.parametrize("keep", [None, 0, 2])
+def test_prompt_update_matches_the_plain_ops_in_float64(seed: int, paths: int, keep: int | None) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    batch, length, dim = (int(n) for n in torch.randint(1, 6, (3,), generator=gen))
+    shape = (batch, length + 3, dim)
+    h = torch.randn(shape, dtype=torch.float64, generator=gen).requires_grad_()
+    pairs = []
+    for _ in range(paths):
+        pairs += [(3 * torch.randn(shape, dtype=torch.float64, generator=gen)).requires_grad_(),
+                  torch.randn(dim, dtype=torch.float64, generator=gen, requires_grad=True)]
+    upstream = torch.randn(shape, dtype=torch.float64, generator=gen)
+    got, expected = prompt_update(h, keep, *pairs), prompt_update_reference(h, keep, *pairs)
     torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
-    grads = torch.autograd.grad(got, (h, scale), upstream)
-    for g, r in zip(grads, torch.autograd.grad(expected, (h, scale), upstream), strict=True):
+    if keep is not None:
+        assert torch.equal(got[:, keep], h[:, keep])
+    inputs = (h, *pairs)
+    for g, r in zip(torch.autograd.grad(got, inputs, upstream), torch.autograd.grad(expected, inputs, upstream),
+                    strict=True):
         torch.testing.assert_close(g, r, rtol=1e-13, atol=1e-13)
-    assert torch.autograd.gradcheck(scaled_silu, (h, scale))
-    assert torch.autograd.gradcheck(scaled_silu, (h[0, 0].detach().requires_grad_(), scale))  # h of shape (D,)
+    assert torch.autograd.gradcheck(lambda *x: prompt_update(x[0], keep, *x[1:]), inputs)
 
 
-def test_scaled_silu_computes_only_the_gradients_asked_for() -> None:
-    h, scale = torch.randn(4, 3, requires_grad=True), torch.randn(3)
-    scaled_silu(h, scale).sum().backward()
-    assert h.grad is not None and scale.grad is None
-    h, scale = torch.randn(4, 3), torch.randn(3, requires_grad=True)
-    scaled_silu(h, scale).sum().backward()
-    torch.testing.assert_close(scale.grad, F.silu(h).sum(0))
-    with pytest.raises(ValueError, match=r"scale must be \(D,\)"):
-        scaled_silu(torch.randn(4, 3), torch.randn(4))
+def test_prompt_update_computes_only_the_gradients_asked_for() -> None:
+    h, pre, scale = torch.randn(2, 4, 3), torch.randn(2, 4, 3, requires_grad=True), torch.randn(3)
+    prompt_update(h, 1, pre, scale).sum().backward()
+    assert pre.grad is not None and h.grad is None and scale.grad is None
+    assert torch.all(pre.grad[:, 1] == 0) and torch.all(pre.grad[:, 0] != 0)  # the kept token sends nothing
+    h, pre, scale = torch.randn(2, 4, 3, requires_grad=True), torch.randn(2, 4, 3), torch.randn(3, requires_grad=True)
+    prompt_update(h, 1, pre, scale).sum().backward()
+    assert torch.equal(h.grad, torch.ones_like(h))
+    torch.testing.assert_close(scale.grad, F.silu(pre[:, [0, 2, 3]]).sum((0, 1)))
+    with pytest.raises(ValueError, match="every scale"):
+        prompt_update(torch.randn(2, 4, 3), None, torch.randn(2, 4, 3), torch.randn(4))
+    with pytest.raises(ValueError, match=r"h must be \(B, T, D\)"):
+        prompt_update(torch.randn(4, 3), 0, torch.randn(4, 3), torch.randn(3))
 
 
-@pytest.mark.parametrize("h_dtype, scale_dtype", [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
-                                                  (torch.float32, torch.float32)])
-def test_scaled_silu_low_precision_dtypes(h_dtype: torch.dtype, scale_dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("h_dtype, pre_dtype, scale_dtype", [
+    (torch.float32, torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+    (torch.bfloat16, torch.bfloat16, torch.float32), (torch.float32, torch.float32, torch.float32)])
+def test_prompt_update_low_precision_dtypes(h_dtype: torch.dtype, pre_dtype: torch.dtype,
+                                            scale_dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(0)
-    h32, s32 = 2 * torch.randn(8, 16, generator=gen), torch.randn(16, generator=gen)
-    h = h32.to(h_dtype).requires_grad_()
-    scale = s32.to(scale_dtype).requires_grad_()
-    out = scaled_silu(h, scale)
-    assert out.dtype == (scale * F.silu(h)).dtype  # the dtype of the plain product
+    h32, pre32, s32 = torch.randn(2, 5, 16, generator=gen), 2 * torch.randn(2, 5, 16, generator=gen), \
+        torch.randn(16, generator=gen)
+    h, pre, scale = (t.to(d).requires_grad_() for t, d in ((h32, h_dtype), (pre32, pre_dtype), (s32, scale_dtype)))
+    out = prompt_update(h, 3, pre, scale)
+    assert out.dtype == prompt_update_reference(h, 3, pre, scale).dtype  # the dtype of the plain expression
+    assert torch.equal(out[:, 3], h[:, 3].to(out.dtype))
     out.float().square().sum().backward()
-    assert h.grad.dtype == h_dtype and scale.grad.dtype == scale_dtype
-    hr, sr = h.detach().double().requires_grad_(), scale.detach().double().requires_grad_()
-    ref = sr * F.silu(hr)
+    assert (h.grad.dtype, pre.grad.dtype, scale.grad.dtype) == (h_dtype, pre_dtype, scale_dtype)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (h, pre, scale)]
+    ref = prompt_update_reference(ref_inputs[0], 3, *ref_inputs[1:])
     ref.square().sum().backward()
-    tol = dict(rtol=2e-2, atol=2e-2) if torch.bfloat16 in (h_dtype, scale_dtype) else dict(rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.double(), ref, **tol)
-    torch.testing.assert_close(h.grad.double(), hr.grad, **tol)
-    torch.testing.assert_close(scale.grad.double(), sr.grad, rtol=3e-2, atol=3e-2)
+    low = torch.bfloat16 in (h_dtype, pre_dtype, scale_dtype)
+    tol = dict(rtol=3e-2, atol=3e-2) if low else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), ref.detach(), **tol)
+    for got, expected in zip((h.grad, pre.grad, scale.grad), (t.grad for t in ref_inputs), strict=True):
+        torch.testing.assert_close(got.double(), expected, **(dict(rtol=5e-2, atol=5e-2) if low else tol))
 
 
 def test_prompter_under_autocast_matches_the_plain_formula() -> None:

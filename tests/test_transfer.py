@@ -13,8 +13,8 @@ import vimtune.bench.transfer.grid as grid_module
 from test_demo import TINY, TINY_ARGS
 from test_engine_support import make_vtab_task
 from vimtune.bench.transfer import main
-from vimtune.bench.transfer.grid import ResultsFile
-from vimtune.bench.transfer.report import TransferTable, agreement
+from vimtune.bench.transfer.grid import Grid, ResultsFile
+from vimtune.bench.transfer.report import TransferTable, accuracy_table, agreement
 
 SHARED_VTAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vtab-mini"
 
@@ -58,10 +58,10 @@ def test_transfer_runs_caches_and_plots(tmp_path: Path, monkeypatch: pytest.Monk
         main([*argv, "--epochs", "2"])
 
 
-def _cell(task: str, method: str, test: float, val: float, params: int, seed: int = 0) -> dict:
+def _cell(task: str, method: str, test: float, val: float, params: int, seed: int = 0, seconds: float = 60) -> dict:
     record = {"epoch": 1, "test_acc": test, "val_acc": val}
     return {"task": task, "method": method, "seed": seed, "trainable_params": params, "total_params": 1000,
-            "protocols": {"val": record, "last": record}}
+            "protocols": {"val": record, "last": record}, "seconds": seconds}
 
 
 def test_results_file_merges_cells_saved_by_another_process(tmp_path: Path) -> None:
@@ -83,12 +83,35 @@ def test_results_file_merges_cells_saved_by_another_process(tmp_path: Path) -> N
         ResultsFile.open(path, header, False)
 
 
+def test_grid_skips_a_cell_that_another_process_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "transfer.json"
+    header = {"fingerprint": "abc", "protocol": {}, "backbone": {}}
+    ran: list[str] = []
+
+    def fake_run_cell(task_dir: Path, run_dir: Path, method: str, seed: int, *args: object, **kwargs: object) -> dict:
+        ran.append(method)
+        other = ResultsFile.open(path, header, False)  # another process finishes "b" meanwhile
+        other.cells["t/b/0"] = {"task": "t", "by": "other"}
+        other.save()
+        return {"seconds": 1.0, "protocols": {}}
+
+    monkeypatch.setattr(grid_module, "run_cell", fake_run_cell)
+    results = ResultsFile.open(path, header, False)
+    Grid(tmp_path, tmp_path / "runs", None, None, results, log=lambda _: None).run(
+        [("t", "a", 0), ("t", "b", 0), ("t", "c", 0)])
+    assert ran == ["a", "c"]
+    cells = json.loads(path.read_text())["cells"]
+    assert sorted(cells) == ["t/a/0", "t/b/0", "t/c/0"] and cells["t/b/0"]["by"] == "other"
+
+
 def test_agreement_and_best_baseline_follow_the_numbers() -> None:
     paper_like = [_cell(t, "full", 0.90, 0.9, 1000) for t in ("a", "b")] + [
         _cell(t, "linear", 0.70, 0.95, 10) for t in ("a", "b")] + [
         _cell(t, "vpt-deep", 0.80, 0.8, 50) for t in ("a", "b")] + [
-        _cell("a", "svp", 0.895, 0.9, 100), _cell("b", "svp", 0.905, 0.9, 100), _cell("a", "svp", 0.9, 0.9, 100, 1)]
+        _cell("a", "svp", 0.895, 0.9, 100), _cell("b", "svp", 0.905, 0.9, 100, seconds=120),
+        _cell("a", "svp", 0.9, 0.9, 100, 1, seconds=150)]
     table = TransferTable(paper_like)
+    assert "| svp | 100 | 10.00% | 1.8 | 89.8 ± 0.4 (2) | 90.5 | 90.1 |" in accuracy_table(table, "val")
     lines = "\n".join(agreement(table))
     assert lines.count("-> agrees") == 3 and "does NOT" not in lines
     assert "10.0% of its trainable parameters" in lines

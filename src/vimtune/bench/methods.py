@@ -17,29 +17,39 @@ from vimtune.bench.runner import LIVE_MEMORY_ENV, machine_description, machine_l
 METHODS = ["full", "linear", "bias", "vpt-deep", "lora", "adapter", "svp"]
 
 
-def measure_methods(model: str, img_size: int, batch: int, methods: list[str], repeats: int,
+def measure_methods(model: str, img_size: int, batch: int, methods: list[str], repeats: int, rounds: int,
                     infer_batch: int, infer_repeats: int, num_classes: int) -> list[dict[str, Any]]:
-    """One row per method: train-step seconds and peak extra memory, inference seconds."""
+    """One row per method: train-step seconds and peak extra memory, inference seconds.
+
+    The training steps are measured in ``rounds`` passes over all methods in turn (a fresh process
+    each time), so that a slow drift of the machine hits every method alike; a row's ``train`` is
+    its fastest round, ``train_rounds`` keeps them all.
+    """
     base = {"model": model, "model_kwargs": {"img_size": img_size, "num_classes": num_classes}, "img_size": img_size}
     train = base | {"mode": "train", "batch": batch, "repeats": repeats, "warmup": 1}
     infer = base | {"mode": "infer", "batch": infer_batch, "repeats": infer_repeats, "warmup": 2}
-    rows = []
-    for method in [None, *methods]:
-        row: dict[str, Any] = {"method": method or "backbone (no method)"}
+    rows = {method: {"method": method or "backbone (no method)"} for method in [None, *methods]}
+    for round_index in range(rounds):
+        for method in methods:
+            result = run_measurement(train | {"method": method})
+            rows[method].setdefault("train_rounds", []).append(result)
+            print(json.dumps({"round": round_index, "method": method, "train": result}), flush=True)
+    for method, row in rows.items():
         if method is not None:
-            row["train"] = run_measurement(train | {"method": method})
+            finished = [r for r in row["train_rounds"] if "error" not in r]
+            row["train"] = min(finished, key=lambda r: r["seconds"]) if finished else row["train_rounds"][0]
             row["train_live_memory"] = run_measurement(train | {"method": method, "repeats": 1}, env=LIVE_MEMORY_ENV)
         row["infer"] = run_measurement(infer | {"method": method})
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+        print(json.dumps({k: v for k, v in row.items() if k != "train_rounds"}), flush=True)
+    return list(rows.values())
 
 
 def _ratio(value: float, base: float | None) -> str:
     return f"{value / base:.2f}x" if base else "-"
 
 
-def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str, batch: int) -> str:
+def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str, batch: int,
+                rounds: int = 1) -> str:
     """Step time and memory of each method relative to full fine-tuning; inference time relative to the backbone."""
     by_name = {r["method"]: r for r in rows}
     full = by_name.get("full", {})
@@ -49,7 +59,9 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
     backbone = rows[0]["infer"].get("seconds")
     lines = [
         f"Machine: {machine_line(machine)}. Command: `{command}`.",
-        f"Training step = forward + backward + AdamW at batch {batch}, best of the timed repeats. Memory = peak RSS",
+        f"Training step = forward + backward + AdamW at batch {batch}, the fastest timed step of {rounds} round(s)",
+        "over all methods in turn (a fresh process per method and round, so drift hits every method alike).",
+        "Memory = peak RSS",
         "of a fresh process minus its RSS after a library warm-up, before the model was built (weights, gradients,",
         "optimizer state, activations): `live` in a process where glibc returns every freed block of 128 KiB or",
         "more to the OS (`MALLOC_MMAP_THRESHOLD_=131072`, so RSS follows the live tensors), `RSS` in the timed",
@@ -88,15 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--repeats", type=int, default=3, help="timed training steps per method")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="passes over all methods for the training-step times (default 2)")
     parser.add_argument("--infer-repeats", type=int, default=5, help="timed inference passes per model")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/methods"),
                         help="output stem: writes STEM.md and STEM.json")
     args = parser.parse_args(argv)
     machine = machine_description()
-    rows = measure_methods(args.model, args.img_size, args.batch, args.methods, args.repeats, args.infer_batch,
-                           args.infer_repeats, args.num_classes)
+    rows = measure_methods(args.model, args.img_size, args.batch, args.methods, args.repeats, args.rounds,
+                           args.infer_batch, args.infer_repeats, args.num_classes)
     command = ("vimtune bench methods " + " ".join(argv or [])).strip()
-    markdown = to_markdown(rows, machine, command, args.batch)
+    markdown = to_markdown(rows, machine, command, args.batch, args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(markdown)
     args.out.with_suffix(".json").write_text(json.dumps(

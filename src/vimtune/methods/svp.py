@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from vimtune.methods.base import Method, param_names, place_like
-from vimtune.methods.scaled_silu import scaled_silu
+from vimtune.methods.prompt_update import prompt_update
 from vimtune.methods.simam import add_simam
 from vimtune.models.vim import VisionMamba
 
@@ -120,18 +120,20 @@ class SelectivePrompts(nn.Module):
     def extra_repr(self) -> str:
         return f"depth={self.depth}, group_size={self.group_size}, variant={self.variant!r}"
 
-    def delta(self, inner_input: Tensor, cross_input: Tensor, layer: int) -> Tensor:
-        """``beta_l * inner_l(inner_input) + alpha_g * cross_g(cross_input)``; inputs (B, n, D) -> (B, n, D).
+    def update(self, hidden: Tensor, inner_input: Tensor, cross_input: Tensor, layer: int,
+               keep_token: int | None = None) -> Tensor:
+        """``hidden + beta_l * inner_l(inner_input) + alpha_g * cross_g(cross_input)``, all (B, n, D).
 
-        Pass the same tensor as both inputs where they agree: both generators then save one copy.
+        Token ``keep_token`` (dim 1), when given, is left as in ``hidden``. Pass the same tensor
+        as both inputs where they agree: both generators then save one copy.
         """
-        terms = []
+        pairs = []
         if self.inner is not None:
-            terms.append(scaled_silu(self.inner[layer](inner_input), self.beta[layer]))
+            pairs += [self.inner[layer](inner_input), self.beta[layer]]
         if self.cross is not None:
             group = layer // self.group_size
-            terms.append(scaled_silu(self.cross[group](cross_input), self.alpha[group]))
-        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+            pairs += [self.cross[group](cross_input), self.alpha[group]]
+        return prompt_update(hidden, keep_token, *pairs)
 
     def forward(self, hidden: Tensor, cls_index: int, layer: int) -> Tensor:
         """Prompt every token of ``hidden`` (B, T, D) but the cls token at ``cls_index`` for ``layer``."""
@@ -139,20 +141,16 @@ class SelectivePrompts(nn.Module):
             return self._forward_release(hidden, cls_index, layer)
         # paper: every token's own value feeds both paths, so the generators run on the whole
         # contiguous sequence at once (down and cross save the same input, nothing is sliced or
-        # concatenated) and the cls token is put back by a (T, 1) mask. ``where`` saves only
-        # the mask and keeps the cls token bitwise as it came.
+        # concatenated) and the update leaves the cls token bitwise as it came.
         hidden = hidden.contiguous()
-        prompted = hidden + self.delta(hidden, hidden, layer)
-        keep = torch.ones(hidden.shape[1], 1, dtype=torch.bool, device=hidden.device)
-        keep[cls_index] = False
-        return torch.where(keep, prompted, hidden)
+        return self.update(hidden, hidden, hidden, layer, keep_token=cls_index)
 
     def _forward_release(self, hidden: Tensor, cls_index: int, layer: int) -> Tensor:
         """The ``release`` variant (module docstring): pre-cls tokens first, then the post-cls ones."""
         pre = hidden[:, :cls_index].contiguous()  # one copy shared by the inner and cross paths
         cls, post = hidden[:, cls_index:cls_index + 1], hidden[:, cls_index + 1:].contiguous()
-        pre = pre + self.delta(pre, pre, layer)
-        post = post + self.delta(post, release_cross_input(pre, post), layer)
+        pre = self.update(pre, pre, pre, layer)
+        post = self.update(post, post, release_cross_input(pre, post), layer)
         return torch.cat([pre, cls, post], dim=1)
 
 

@@ -4,15 +4,17 @@ A finished cell is stored in the results JSON under ``"task/method/seed"`` and n
 while the file's fingerprint (protocol + backbone) is unchanged. A cell interrupted mid-run
 resumes from its engine run folder (``WORK_DIR/<fingerprint>/<task>/<method>-s<seed>``).
 Several processes may fill one file at once (e.g. one per ``--tasks`` subset): every save merges
-the cells already on disk under an exclusive lock, so none is lost.
+the cells already on disk under an exclusive lock, so none is lost, and a cell that another
+process finished is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,20 +78,30 @@ class ResultsFile:
                 f"  now:  {json.dumps(ours)}\nuse --fresh to replace them, or --out for another file")
         return cls(path, header, data.get("cells", {}))
 
-    def save(self) -> None:
-        """Write the header and cells atomically, first adding the cells another process saved meanwhile.
+    @contextlib.contextmanager
+    def _merged(self) -> Iterator[None]:
+        """Holds the file's lock with the cells on disk merged in (this process's own win on a clash).
 
         Cells on disk are merged only while the file's fingerprint is this one's (a ``--fresh`` run
-        replaces a file of another protocol or backbone); this process's own cells win on a clash.
+        replaces a file of another protocol or backbone).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        with open(lock_path, "a") as lock:
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             if self.path.is_file():
                 on_disk = json.loads(self.path.read_text(encoding="utf-8"))
                 if on_disk.get("fingerprint") == self.header["fingerprint"]:
                     self.cells = {**on_disk.get("cells", {}), **self.cells}
+            yield
+
+    def refresh(self) -> None:
+        """Add the cells other processes saved since this one opened or saved the file."""
+        with self._merged():
+            pass
+
+    def save(self) -> None:
+        """Write the header and cells atomically, first adding the cells another process saved meanwhile."""
+        with self._merged():
             atomic_write_text(self.path, json.dumps({**self.header, "cells": self.cells}, indent=1))
 
 
@@ -105,10 +117,18 @@ class Grid:
     log: Callable[[str], None] = print
 
     def run(self, cells: Iterable[Cell]) -> None:
-        """Run every cell not cached yet, saving the results file after each one."""
+        """Run every cell not cached yet, saving the results file after each one.
+
+        Before each cell the file is read again, so a cell that another process finished meanwhile
+        is skipped (processes that share a file should walk the cells in different orders).
+        """
         todo = [c for c in cells if cell_key(*c) not in self.results.cells]
         root = self.work_dir / self.results.header["fingerprint"]
         for n, (task, method, seed) in enumerate(todo, 1):
+            self.results.refresh()
+            if cell_key(task, method, seed) in self.results.cells:
+                self.log(f"[{n}/{len(todo)}] {task} / {method} / seed {seed}: finished by another process")
+                continue
             run_dir = root / task / f"{method}-s{seed}"
             self.log(f"[{n}/{len(todo)}] {task} / {method} / seed {seed} -> {run_dir}")
             record = run_cell(self.data_root / task, run_dir, method, seed, self.protocol, self.backbone,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vimtune.demo import METHOD_VARIANTS
@@ -86,6 +87,10 @@ class TransferTable:
             rows.append(MethodSummary(method, params, statistics.fmean(per_task.values()), per_task))
         return rows
 
+    def minutes_per_cell(self, method: str) -> float:
+        """Mean wall-clock minutes of ``method``'s cells (training, validation and both test passes)."""
+        return statistics.fmean(c["seconds"] for t in self.tasks for c in self._by.get((t, method), [])) / 60
+
     def best_baseline(self) -> str | None:
         """The baseline with the best mean *val* accuracy (protocol ``val``) over its tasks."""
         scores = {}
@@ -102,10 +107,10 @@ class TransferTable:
 
 
 def accuracy_table(table: TransferTable, protocol: str) -> list[str]:
-    """Markdown rows: method, trainable parameters, share of full, accuracy per task, mean."""
+    """Markdown rows: method, trainable parameters, share of full, minutes per cell, accuracy per task, mean."""
     summary = {s.method: s for s in table.summary(protocol)}
     full = summary.get("full")
-    head = ["method", "trainable params", "vs full", *table.tasks, "mean"]
+    head = ["method", "trainable params", "vs full", "min/cell", *table.tasks, "mean"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for method in table.methods:
         params = sorted({table.params(t, method) for t in table.tasks if table.stat(t, method, protocol)})
@@ -113,7 +118,8 @@ def accuracy_table(table: TransferTable, protocol: str) -> list[str]:
         ratio = f"{summary[method].params / full.params:.2%}" if full and method in summary else "-"
         accs = [s.text() if (s := table.stat(t, method, protocol)) else "-" for t in table.tasks]
         mean = f"{100 * summary[method].accuracy:.1f}" if method in summary else "-"
-        lines.append("| " + " | ".join([method, shown, ratio, *accs, mean]) + " |")
+        minutes = f"{table.minutes_per_cell(method):.1f}"
+        lines.append("| " + " | ".join([method, shown, ratio, minutes, *accs, mean]) + " |")
     return lines
 
 
@@ -161,17 +167,17 @@ def agreement(table: TransferTable) -> list[str]:
 
 
 def to_markdown(header: dict[str, Any], table: TransferTable, plot_name: str | None) -> str:
-    """The whole ``transfer.md``."""
+    """The whole ``transfer.md``: headings are bold lines, so that the README can include the file as it is."""
     backbone, protocol = header["backbone"], header["protocol"]
-    weights = (f"`{backbone['weights']}` (sha256 {backbone['weights_sha256'][:12]}...)" if backbone["weights"]
-               else "**random initialisation**")
+    options = f" {backbone['kwargs']}" if backbone["kwargs"] else ""
+    weights = "**random initialisation**"
+    if backbone["weights"]:
+        weights = f"`{Path(backbone['weights']).name}` (sha256 {backbone['weights_sha256'][:12]}...)"
     lines = [
-        "# Transfer benchmark: fine-tuning methods on vtab-mini",
+        f"Written by `{header['command']}` (run from the repository root; it regenerates this file, and the cells "
+        "cached in the JSON beside it are not run again).",
         "",
-        f"Written by `{header['command']}`; `vimtune bench transfer` (from the repository root) regenerates the "
-        "whole benchmark. Finished cells are cached in the JSON beside this file and are not run again.",
-        "",
-        f"- Backbone: `{backbone['name']}` {backbone['kwargs'] or ''} from {weights}; every run gets a fresh head.",
+        f"- Backbone: `{backbone['name']}`{options} from {weights}; every run gets a fresh head.",
         f"- Protocol: train on `train800.txt` for {protocol['epochs']} epoch(s) (batch {protocol['batch_size']}, "
         f"AdamW lr {protocol['lr']} ({protocol['full_lr']} for full), weight decay {protocol['weight_decay']}, "
         f"{protocol['warmup_epochs']} warmup epoch(s) then cosine, no augmentation, images resized to the "
@@ -184,9 +190,9 @@ def to_markdown(header: dict[str, Any], table: TransferTable, plot_name: str | N
     if backbone.get("warning"):
         lines += ["", f"**{backbone['warning']}**"]
     for name, title in PROTOCOL_TITLES.items():
-        lines += ["", f"## Test accuracy, {title}", "", *accuracy_table(table, name)]
-    lines += ["", "## Seed spread", "", *spread_table(table), "", "## Agreement with the SVP paper", "",
+        lines += ["", f"**Test accuracy, {title}**", "", *accuracy_table(table, name)]
+    lines += ["", "**Seed spread**", "", *spread_table(table), "", "**Agreement with the SVP paper**", "",
               *agreement(table)]
     if plot_name:
-        lines += ["", f"![accuracy vs trainable parameters]({plot_name})"]
+        lines += ["", f"Plot of mean accuracy against trainable parameters: `{plot_name}` beside this file."]
     return "\n".join(lines) + "\n"
