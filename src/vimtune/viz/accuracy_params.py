@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -9,6 +10,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+
+def labels_below(coords: Sequence[tuple[float, float]], decades: float = 0.2, points: float = 4.0) -> list[bool]:
+    """For each (parameters, accuracy %) point, whether its label goes below it rather than above.
+
+    A label goes below when a nearby point (less than ``decades`` apart on the log axis) is at most
+    ``points`` higher, whose label, above it, would otherwise cover this one.
+    """
+    return [any(j != i and abs(math.log10(x2 / x)) < decades and 0 < y2 - y <= points
+                for j, (x2, y2) in enumerate(coords)) for i, (x, y) in enumerate(coords)]
 
 
 def plot_accuracy_vs_params(
@@ -35,9 +46,11 @@ def plot_accuracy_vs_params(
     for task, task_points in (per_task or {}).items():
         xs, ys = zip(*task_points, strict=True)
         ax.scatter(xs, [100 * y for y in ys], s=14, alpha=0.35, label=task)
-    for label, params, accuracy in points:
+    below = labels_below([(params, 100 * accuracy) for _, params, accuracy in points])
+    for (label, params, accuracy), down in zip(points, below, strict=True):
         ax.scatter(params, 100 * accuracy, s=60, color="black", zorder=3)
-        ax.annotate(label, (params, 100 * accuracy), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(label, (params, 100 * accuracy), textcoords="offset points", xytext=(5, -11 if down else 4),
+                    fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("test accuracy (%)")
