@@ -17,7 +17,7 @@ def test_a_label_moves_below_when_a_slightly_higher_point_is_close() -> None:
     assert labels_below([(1e4, 70.0), (1.1e4, 70.0)]) == [False, False]  # same height: side by side
 
 
-def test_plot_writes_a_png_and_refuses_nothing(tmp_path: Path) -> None:
+def test_plot_writes_a_png_and_refuses_an_empty_list(tmp_path: Path) -> None:
     out = plot_accuracy_vs_params([("svp", 2e5, 0.78), ("full", 1.6e6, 0.84)], tmp_path / "sub" / "plot.png",
                                   title="t", per_task={"a": [(2e5, 0.7), (1.6e6, 0.8)]})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

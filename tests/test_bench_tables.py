@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from vimtune.bench import measure, methods, prompt, resolution
+from vimtune.bench.runner import write_results
 
 MACHINE = {"cpu": "test CPU", "cores": 2, "memory_gib": 1.0, "torch": "x", "threads": 2, "bf16_matmul_isa": set()}
 
@@ -107,3 +110,14 @@ def test_prompt_bench_times_both_implementations_in_turns_and_reports_the_speed_
     table = prompt.to_markdown({"plain ops": {"seconds": 0.04}, "fused (PromptUpdate)": {"seconds": 0.02}},
                                MACHINE, "vimtune bench prompt", (32, 197, 384))
     assert "| plain ops | 40.00 | 1.00x |" in table and "| fused (PromptUpdate) | 20.00 | 2.00x |" in table
+
+
+def test_write_results_writes_both_files_with_sets_as_sorted_lists(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    machine = MACHINE | {"bf16_matmul_isa": {"amx_bf16", "avx512_bf16"}}
+    write_results(tmp_path / "sub" / "bench", "| table |\n", machine, "vimtune bench x", rows=[1, 2])
+    assert (tmp_path / "sub" / "bench.md").read_text() == "| table |\n"
+    data = json.loads((tmp_path / "sub" / "bench.json").read_text())
+    assert data["machine"]["bf16_matmul_isa"] == ["amx_bf16", "avx512_bf16"]
+    assert data["command"] == "vimtune bench x" and data["rows"] == [1, 2]
+    assert "| table |" in capsys.readouterr().out

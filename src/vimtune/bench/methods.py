@@ -12,7 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vimtune.bench.runner import LIVE_MEMORY_ENV, machine_description, machine_line, run_measurement
+from vimtune.bench.runner import (
+    LIVE_MEMORY_ENV,
+    machine_description,
+    machine_line,
+    run_measurement,
+    write_results,
+)
 
 METHODS = ["full", "linear", "bias", "vpt-deep", "lora", "adapter", "svp"]
 
@@ -111,10 +117,5 @@ def main(argv: list[str] | None = None) -> int:
                            args.infer_batch, args.infer_repeats, args.num_classes)
     command = ("vimtune bench methods " + " ".join(argv or [])).strip()
     markdown = to_markdown(rows, machine, command, args.batch, args.rounds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(markdown)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"machine": machine | {"bf16_matmul_isa": sorted(machine["bf16_matmul_isa"])}, "command": command,
-         "rows": rows}, indent=1))
-    print(markdown)
+    write_results(args.out, markdown, machine, command, rows=rows)
     return 0

@@ -10,7 +10,6 @@ best of ``--repeats`` calls after a warm-up. Writes ``STEM.md`` and ``STEM.json`
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vimtune.bench.runner import machine_description, machine_line
+from vimtune.bench.runner import machine_description, machine_line, write_results
 from vimtune.methods.prompt_update import prompt_update, prompt_update_reference
 
 IMPLEMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {
@@ -86,10 +85,5 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(*shape, args.repeats)
     command = ("vimtune bench prompt " + " ".join(argv or [])).strip()
     markdown = to_markdown(results, machine, command, shape)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(markdown)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"machine": machine | {"bf16_matmul_isa": sorted(machine["bf16_matmul_isa"])}, "command": command,
-         "shape": shape, "results": results}, indent=1))
-    print(markdown)
+    write_results(args.out, markdown, machine, command, shape=shape, results=results)
     return 0

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vimtune.bench.runner import machine_description, machine_line, run_measurement
+from vimtune.bench.runner import machine_description, machine_line, run_measurement, write_results
 
 MODELS = {"vim": "vim_tiny_patch16_224", "deit": "deit_tiny_patch16_224", "deit_eager": "deit_tiny_patch16_224"}
 RESOLUTIONS = [224, 512, 640, 738, 1024, 1248]
@@ -152,12 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description()
     rows = measure_all(args.resolutions, args.batches, args.dtypes, args.repeats, args.threads,
                        args.max_batch_pixels)
-    command = "vimtune bench resolution " + " ".join(argv or [])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(rows, machine, command.strip())
-    args.out.with_suffix(".md").write_text(markdown)
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": machine | {"bf16_matmul_isa": sorted(
-        machine["bf16_matmul_isa"])}, "command": command, "rows": rows}, indent=1))
+    command = ("vimtune bench resolution " + " ".join(argv or [])).strip()
+    write_results(args.out, to_markdown(rows, machine, command), machine, command, rows=rows)
     plot(rows, args.out.with_suffix(".png"))
-    print(markdown)
     return 0

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +36,18 @@ def run_json_worker(args: list[str], timeout_s: float | None = None, env: dict[s
 def run_measurement(spec: dict[str, Any], timeout_s: float = 1800, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One :mod:`vimtune.bench.measure` run in a fresh Python process (so its peak RSS is its own)."""
     return run_json_worker(["-m", "vimtune.bench.measure", json.dumps(spec)], timeout_s, env)
+
+
+def write_results(stem: Path, markdown: str, machine: dict[str, Any], command: str, **fields: Any) -> None:
+    """Write ``STEM.md`` (``markdown``) and ``STEM.json`` (machine, command and ``fields``); print the markdown.
+
+    Sets in ``machine`` (the bf16 ISA flags) are written as sorted lists.
+    """
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(markdown)
+    machine = {k: sorted(v) if isinstance(v, set) else v for k, v in machine.items()}
+    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": command, **fields}, indent=1))
+    print(markdown)
 
 
 def machine_description() -> dict[str, Any]:

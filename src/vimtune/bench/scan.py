@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from vimtune.bench.measure import current_rss_bytes, high_water_rss_bytes
-from vimtune.bench.runner import machine_description, machine_line, run_json_worker
+from vimtune.bench.runner import machine_description, machine_line, run_json_worker, write_results
 from vimtune.ops.scan_chunked import DEFAULT_CHUNK, selective_scan_chunked
 from vimtune.ops.scan_reference import gate_output, prepare_delta, selective_scan_reference
 
@@ -185,7 +185,6 @@ def floor_seconds(shape: tuple[int, int, int, int], mode: str, machine: dict[str
 def describe_machine() -> dict[str, Any]:
     """:func:`machine_description` plus clock (``cpu MHz``) and float32 vector lanes from /proc/cpuinfo."""
     machine = machine_description()
-    machine["bf16_matmul_isa"] = sorted(machine["bf16_matmul_isa"])
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
     flags = next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), [])
@@ -330,11 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = check_accuracy(backends(args.backends), SHAPES[error_shape])
     command = ("vimtune bench scan " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     markdown = to_markdown(rows, machine, command, errors, f"{error_shape} {SHAPES[error_shape]}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(markdown)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"machine": machine, "command": command, "rows": rows, "max_error_vs_float64": errors}, indent=1))
-    print(markdown)
+    write_results(args.out, markdown, machine, command, rows=rows, max_error_vs_float64=errors)
     return 0
 
 
