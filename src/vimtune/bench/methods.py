@@ -71,8 +71,8 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
         "of a fresh process minus its RSS after a library warm-up, before the model was built (weights, gradients,",
         "optimizer state, activations): `live` in a process where glibc returns every freed block of 128 KiB or",
         "more to the OS (`MALLOC_MMAP_THRESHOLD_=131072`, so RSS follows the live tensors), `RSS` in the timed",
-        "process with glibc's defaults (freed blocks it keeps for reuse count too). Inference = best of the timed",
-        "passes of the fine-tuned model in eval mode.",
+        "process, which keeps freed blocks for reuse as the vimtune command does (`vimtune.allocator`), so they",
+        "count too. Inference = best of the timed passes of the fine-tuned model in eval mode.",
         "",
         "| method | step s | step vs full | live MiB | live vs full | RSS MiB | RSS vs full | inference s "
         "| inference vs backbone |",

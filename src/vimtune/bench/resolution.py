@@ -67,7 +67,8 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
     lines = [
         f"Machine: {machine_line(machine)}. Command: `{command}`.",
         "Peak memory = peak RSS of a fresh process minus its RSS after a library warm-up, before the model was",
-        "built (weights + activations + workspace). Speed = best of the timed repeats. DeiT uses PyTorch's fused",
+        "built (weights + activations + workspace); the process keeps freed blocks for reuse, as the vimtune command",
+        "does (`vimtune.allocator`). Speed = best of the timed repeats. DeiT uses PyTorch's fused",
         "attention (no N x N matrix on CPU); `DeiT eager` = the same model with fused attention off",
         "(float32, batch 1 only).",
         "",

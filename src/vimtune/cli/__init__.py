@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 from vimtune import __version__
+from vimtune.allocator import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    keep_freed_memory()
     try:
         status = args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
