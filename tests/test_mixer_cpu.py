@@ -263,16 +263,90 @@ def test_scan_recompute_skips_unneeded_low_rank_grads(frozen: str) -> None:
         _close(g, w, 1e-10, f"d{name}")
 
 
-def test_bfloat16_inputs_are_accepted() -> None:
-    leaves = _scan_leaves(2, 33, 20, 16, seed=4)
-    conv = _conv_leaves(2, 33, 20, 4, seed=4)
-    low = {k: v.to(torch.bfloat16).requires_grad_() for k, v in {**leaves, "w": conv["weight"]}.items()}
-    u = causal_conv1d_silu(low["xz"][..., :20], low["w"], low["D"], reverse=True)
-    out = selective_scan_tm(u, low["delta"], low["A"], low["dbl"][..., 3:19], low["dbl"][..., 19:], low["D"],
-                            low["xz"][..., 20:], low["delta_bias"], True, True)
-    assert u.dtype == out.dtype == torch.bfloat16
-    grads = torch.autograd.grad(out.float().sum(), list(low.values()))
-    assert all(g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all() for g in grads)
+def _bfloat16_matches_float32_cast(fn, leaves: dict, seed: int) -> None:
+    """fn on bfloat16 leaves equals, bit for bit, fn on the same values in float32 cast to bfloat16:
+    the output and the gradient of every leaf (a cotangent with bfloat16 values)."""
+    low = {k: v.detach().to(torch.bfloat16).requires_grad_() for k, v in leaves.items()}
+    high = {k: v.detach().float().requires_grad_() for k, v in low.items()}
+    out_low, out_high = fn(**low), fn(**high)
+    assert out_low.dtype == torch.bfloat16 and out_high.dtype == torch.float32
+    assert torch.equal(out_low, out_high.to(torch.bfloat16)), "out"
+    cot = torch.randn(out_low.shape, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16).float()
+    grads_low = torch.autograd.grad((out_low.float() * cot).sum(), list(low.values()))
+    grads_high = torch.autograd.grad((out_high * cot).sum(), list(high.values()))
+    for name, g_low, g_high in zip(low, grads_low, grads_high, strict=True):
+        assert g_low.dtype == torch.bfloat16
+        assert torch.equal(g_low, g_high.to(torch.bfloat16)), f"d{name}"
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_conv_bfloat16_is_the_float32_kernel_rounded(case: tuple, reverse: bool) -> None:
+    batch, length, channels, taps = case
+    fast, _ = _conv_fns(channels, reverse)
+    _bfloat16_matches_float32_cast(fast, _conv_leaves(batch, length, channels, taps, seed=length), seed=1)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("case", SCAN_CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-d{c[4]}")
+def test_scan_bfloat16_is_the_float32_kernel_rounded(case: tuple, reverse: bool) -> None:
+    batch, length, channels, state, scale = case
+    fast, _ = _scan_fns(channels, state, reverse)
+    leaves = _scan_leaves(batch, length, channels, state, seed=length, scale=scale)
+    _bfloat16_matches_float32_cast(fast, leaves, seed=2)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_recompute_bfloat16_follows_float32(reverse: bool) -> None:
+    """Conv + recomputing scan on bfloat16 values against the same values in float32. Not bitwise: u and
+    delta are rounded to bfloat16 between the kernels (the kernels themselves are, tests above)."""
+    channels, state, rank = 33, 16, 3
+    fast, _ = _recompute_fns(channels, state, rank, reverse)
+    leaves = _recompute_leaves(2, 150, channels, state, rank, seed=5)
+    low = {k: v.detach().to(torch.bfloat16).requires_grad_() for k, v in leaves.items()}
+    high = {k: v.detach().float().requires_grad_() for k, v in low.items()}
+    (out_low, _), (out_high, _) = fast(**low), fast(**high)
+    assert out_low.dtype == torch.bfloat16
+    _close(out_low, out_high.detach(), 3e-2, "out")
+    cot = torch.randn(out_low.shape, generator=torch.Generator().manual_seed(3))
+    grads_low = torch.autograd.grad((out_low.float() * cot).sum(), list(low.values()))
+    grads_high = torch.autograd.grad((out_high * cot).sum(), list(high.values()))
+    for name, g_low, g_high in zip(low, grads_low, grads_high, strict=True):
+        assert g_low.dtype == torch.bfloat16
+        _close(g_low, g_high, 3e-2, f"d{name}")
+
+
+def test_bfloat16_activations_are_not_copied_to_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels get the bfloat16 activations themselves (column slices stay views); parameters in float32."""
+    seen = []
+    real = mixer_cpu._ops()
+
+    class Spy:
+        def __getattr__(self, name: str):
+            def call(*args):
+                seen.append([a for a in args if isinstance(a, torch.Tensor)])
+                return getattr(real, name)(*args)
+
+            return call
+
+    monkeypatch.setattr(mixer_cpu, "_ops", lambda: Spy())
+    leaves = {k: v.to(torch.bfloat16) for k, v in _scan_leaves(2, 9, 8, 4, seed=0).items()}
+    xz, dbl = leaves["xz"], leaves["dbl"]
+    selective_scan_tm(xz[..., :8], leaves["delta"], leaves["A"], dbl[..., 3:7], dbl[..., 7:], leaves["D"],
+                      xz[..., 8:], leaves["delta_bias"], True, False)
+    u, delta, A, B, C, D, z, delta_bias = seen[0]
+    assert [t.dtype for t in (u, delta, B, C, z)] == [torch.bfloat16] * 5
+    assert [t.dtype for t in (A, D, delta_bias)] == [torch.float32] * 3
+    assert u.data_ptr() == xz.data_ptr() and z.data_ptr() == xz[..., 8:].data_ptr()
+
+
+def test_mixed_activation_dtypes_compute_in_float32() -> None:
+    """bfloat16 u with a float32 delta: nothing is rounded to bfloat16 before the kernel."""
+    leaves = _scan_leaves(1, 7, 8, 4, seed=2)
+    fast, _ = _scan_fns(8, 4, reverse=False)
+    mixed = {k: v.float() for k, v in leaves.items()} | {"xz": leaves["xz"].to(torch.bfloat16)}
+    same = {k: v.float() for k, v in mixed.items()}
+    assert torch.equal(fast(**mixed).float(), fast(**same).to(torch.bfloat16).float())
 
 
 def test_build_failure_warns_once_and_reports_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -397,3 +471,26 @@ def test_vision_mamba_logits_match_on_both_paths() -> None:
             layer.mixer.scan_backend = "reference"
         ref = model(images)
     _close(fast, ref, 1e-5, "logits")
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="C++ CPU scan backend unavailable")
+def test_training_step_under_bfloat16_autocast_follows_float32() -> None:
+    """Forward and backward of the whole model under CPU bf16 autocast (the recomputing scan forms delta
+    in backward under the forward's autocast state): loss and gradients near the float32 ones."""
+    torch.manual_seed(0)
+    model = timm.create_model("vim_nano_patch4_32", scan_backend="cpu", num_classes=5)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    results = []
+    for bf16 in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss32, grads32), (loss16, grads16) = results
+    torch.testing.assert_close(loss16.float(), loss32, rtol=2e-2, atol=2e-2)
+    for name, g32 in grads32.items():
+        g16 = grads16[name]
+        assert g16.dtype == torch.float32 and torch.isfinite(g16).all(), name
+        error = (g16 - g32).norm() / g32.norm().clamp(min=1e-12)
+        assert error < 0.1, f"d{name}: relative error {error:.3f}"

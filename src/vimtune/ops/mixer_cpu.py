@@ -12,7 +12,10 @@ For backward the mixer's scan (:func:`selective_scan_recompute_tm`) keeps neithe
 ``delta``: it recomputes ``u`` from the conv input and ``delta`` from the low-rank ``dt``.
 
 float32 and float64 inputs are computed in their own precision (sums over batch, time or channels
-in float64); other floating dtypes are computed in float32 and the results cast back.
+in float64); other floating dtypes are computed in float32 and the results cast back. bfloat16
+activations (as under CPU autocast) are read and written by the kernels in bfloat16, with float32
+parameters: no float32 copies of them are made, and the results are bit for bit those of the float32
+kernels on the same values, cast to bfloat16.
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _storage_dtype(activations: tuple[Tensor, ...], work: torch.dtype) -> torch.dtype:
+    """The dtype the kernels read and write the activations in: bfloat16 when all of them are bfloat16
+    and the compute dtype is float32, else the compute dtype."""
+    if work == torch.float32 and all(t.dtype == torch.bfloat16 for t in activations):
+        return torch.bfloat16
+    return work
+
+
 def _lanes(t: Tensor, dtype: torch.dtype) -> Tensor:
     """``t`` in ``dtype`` with unit stride over its last dimension (a view when it already is one)."""
     t = t.detach().to(dtype)
@@ -70,15 +81,21 @@ def _cast_back(grads: tuple[Tensor, ...], meta: tuple[tuple[torch.dtype, torch.S
 
 
 def _conv_work(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The conv kernel's inputs in its compute dtype (views of x, weight and bias when they already fit)."""
+    """The conv kernel's inputs: x in its storage dtype, weight and bias in the compute dtype (views when
+    they already fit)."""
     work = _compute_dtype(x, weight, bias)
-    return _lanes(x, work), _lanes(weight, work), _lanes(bias, work)
+    return _lanes(x, _storage_dtype((x,), work)), _lanes(weight, work), _lanes(bias, work)
+
+
+_SCAN_ACTIVATION = (True, True, False, True, True, False, True, False)  # u, delta, A, B, C, D, z, delta_bias
 
 
 def _scan_work(*inputs: Tensor) -> tuple[Tensor, ...]:
-    """The scan kernel's inputs (u, delta, A, B, C, D, z, delta_bias) in its compute dtype, unit stride last."""
+    """The scan kernel's inputs (u, delta, A, B, C, D, z, delta_bias), unit stride last: the activations
+    (u, delta, B, C, z) in their storage dtype, the parameters (A, D, delta_bias) in the compute dtype."""
     work = _compute_dtype(*inputs)
-    return tuple(_lanes(t, work) for t in inputs)
+    store = _storage_dtype(tuple(t for t, act in zip(inputs, _SCAN_ACTIVATION, strict=True) if act), work)
+    return tuple(_lanes(t, store if act else work) for t, act in zip(inputs, _SCAN_ACTIVATION, strict=True))
 
 
 def _scan_grads(
@@ -183,6 +200,7 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(
         ctx: torch.autograd.function.FunctionCtx, u: Tensor, dt: Tensor, dt_weight: Tensor, A: Tensor, B: Tensor,
         C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor, conv_x: Tensor, conv_weight: Tensor, conv_bias: Tensor,
@@ -196,6 +214,7 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
         return _ops().scan_fwd(*_scan_work(*inputs), delta_softplus, reverse).to(u.dtype)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")  # under the forward's autocast state: delta recomputed alike
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
         dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias = ctx.saved_tensors
         u_dtype, reverse = ctx.meta[0][0], ctx.flags[1]

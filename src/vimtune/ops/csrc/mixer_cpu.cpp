@@ -1,4 +1,4 @@
-// Time-major CPU kernels of Vim's bidirectional mixer, float32 or float64, forward and backward:
+// Time-major CPU kernels of Vim's bidirectional mixer, forward and backward:
 //
 //   conv_silu:  u[t] = silu(bias + sum_k w[k] x[t + shift(k)])      (depthwise, K taps, zero padding)
 //               shift(k) = k - (K - 1) for the forward direction (causal), (K - 1) - k for the reverse
@@ -11,6 +11,12 @@
 // Activations are (B, T, X) tensors with unit stride over X and any stride over B and T, so column
 // slices of a wider tensor (x and z of in_proj's output, B and C of x_proj's output) are read in
 // place. Parameters: conv weight (E, K) (the (E, 1, K) Conv1d weight), A (E, N), bias and D (E,).
+//
+// Types: the compute type S (float or double) is the parameters' dtype; activations, their gradients and
+// the outputs are stored in V, which is S or, for float compute, bfloat16. bfloat16 values are read
+// exactly into float and written rounded to nearest even (as Tensor.to(torch.bfloat16) rounds), so a
+// bfloat16 call gives bit for bit the float call on the same values with its outputs cast to bfloat16,
+// without the float copies of its inputs and outputs.
 //
 // A task owns one batch row and one block of W channels (or, in the scan backward, a group of
 // blocks); the W channels are the vector lanes, so every inner loop runs over lanes (`omp simd`
@@ -33,14 +39,17 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "fast_math.h"
@@ -54,6 +63,21 @@ constexpr int64_t kFlush = 32;     // steps summed in the compute dtype before a
 constexpr int64_t kAhead = 4;      // steps between a row's prefetch and its use
 
 // ---------------------------------------------------------------- shared plumbing
+
+// A stored activation as a compute value: bfloat16 is the upper half of a float's bits.
+template <typename V>
+inline V lane(V v) { return v; }
+inline float lane(c10::BFloat16 v) { return std::bit_cast<float>(uint32_t(v.x) << 16); }
+
+// A compute value in the activation storage type V.
+template <typename V, typename S>
+inline V stored(S v) {
+  if constexpr (std::is_same_v<V, c10::BFloat16>) {
+    return c10::BFloat16(v);  // round to nearest even; NaN stays NaN
+  } else {
+    return v;
+  }
+}
 
 // A (B, T, X) tensor with unit stride over X.
 template <typename P>
@@ -70,14 +94,14 @@ struct Rows {
   }
 };
 
-template <typename S>
-Rows<const S> rows_in(const at::Tensor& t) {
-  return {t.const_data_ptr<S>(), t.stride(0), t.stride(1)};
+template <typename V>
+Rows<const V> rows_in(const at::Tensor& t) {
+  return {t.const_data_ptr<V>(), t.stride(0), t.stride(1)};
 }
 
-template <typename S>
-Rows<S> rows_out(const at::Tensor& t) {
-  return {t.mutable_data_ptr<S>(), t.stride(0), t.stride(1)};
+template <typename V>
+Rows<V> rows_out(const at::Tensor& t) {
+  return {t.mutable_data_ptr<V>(), t.stride(0), t.stride(1)};
 }
 
 void check_rows(const at::Tensor& t, at::ScalarType dtype, int64_t batch, int64_t T, int64_t width,
@@ -122,13 +146,18 @@ void dispatch_lanes(const Lanes& lanes, const F& body) {
   }
 }
 
+// Calls body(S{}, V{}) for the compute type S (the parameters' dtype) and the activations' storage type V.
 template <typename F>
-void dispatch_dtype(at::ScalarType dtype, const char* op, const F& body) {
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 only, got ", dtype);
-  if (dtype == at::kFloat) {
-    body(0.0f);
+void dispatch_types(at::ScalarType activations, at::ScalarType params, const char* op, const F& body) {
+  if (params == at::kFloat && activations == at::kFloat) {
+    body(float{}, float{});
+  } else if (params == at::kFloat && activations == at::kBFloat16) {
+    body(float{}, c10::BFloat16{});
+  } else if (params == at::kDouble && activations == at::kDouble) {
+    body(double{}, double{});
   } else {
-    body(0.0);
+    TORCH_CHECK(false, op, ": activations float32 or bfloat16 with float32 parameters, or float64 with float64, got ",
+                activations, " and ", params);
   }
 }
 
@@ -137,20 +166,20 @@ using Partials = std::unique_ptr<double[]>;
 
 Partials partials(int64_t n) { return std::make_unique_for_overwrite<double[]>(n); }
 
-// out[i] = sum_r parts[r * n + i] for i < n, r < rows (float64 sums, written in S).
-template <typename S>
-void sum_rows(const Partials& parts, int64_t rows, int64_t n, S* out) {
+// out[i] = sum_r parts[r * n + i] for i < n, r < rows (float64 sums, written in S, then stored as O).
+template <typename S, typename O>
+void sum_rows(const Partials& parts, int64_t rows, int64_t n, O* out) {
   std::vector<double> acc(n, 0.0);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t i = 0; i < n; ++i) acc[i] += parts[r * n + i];
-  std::copy(acc.begin(), acc.end(), out);
+  for (int64_t i = 0; i < n; ++i) out[i] = stored<O>(S(acc[i]));
 }
 
 // ---------------------------------------------------------------- causal conv + SiLU
 
-template <typename S>
+template <typename S, typename V>
 struct Conv {
-  Rows<const S> x;  // (B, T, E)
+  Rows<const V> x;  // (B, T, E)
   const S* weight;  // (E, K)
   const S* bias;    // (E,)
   int64_t batch, T, E, K;
@@ -180,31 +209,31 @@ struct Conv {
     for (int64_t k = 0; k < K; ++k) {
       const int64_t j = t + shift(k);
       if (j < 0 || j >= T) continue;
-      const S* __restrict__ xr = x.at(b, j, l.e0);
+      const V* __restrict__ xr = x.at(b, j, l.e0);
       #pragma omp simd
-      for (int64_t w = 0; w < nv; ++w) pre[w] += taps[k][w] * xr[w];
+      for (int64_t w = 0; w < nv; ++w) pre[w] += taps[k][w] * lane(xr[w]);
     }
   }
 };
 
-template <int64_t NV, typename S>
-void conv_forward_block(const Conv<S>& c, const Rows<S>& out, int64_t b, const Lanes& l) {
+template <int64_t NV, typename S, typename V>
+void conv_forward_block(const Conv<S, V>& c, const Rows<V>& out, int64_t b, const Lanes& l) {
   const int64_t nv = NV > 0 ? NV : l.valid;
   S taps[kMaxTaps][W] = {}, lane_bias[W] = {};
   c.load(l, taps, lane_bias);
   for (int64_t t = 0; t < c.T; ++t) {
     S pre[W];
     c.template preactivation<NV>(l, b, t, 1, taps, lane_bias, pre);
-    S* __restrict__ o = out.at(b, t, l.e0);
+    V* __restrict__ o = out.at(b, t, l.e0);
     #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) o[w] = pre[w] * sigmoid(pre[w]);
+    for (int64_t w = 0; w < nv; ++w) o[w] = stored<V>(pre[w] * sigmoid(pre[w]));
   }
 }
 
-template <typename S>
+template <typename V>
 struct ConvGrads {
-  Rows<const S> dout;  // (B, T, E)
-  Rows<S> dx;          // (B, T, E)
+  Rows<const V> dout;  // (B, T, E)
+  Rows<V> dx;          // (B, T, E)
   double* dweight;     // (B, E, K) partial sums per batch row
   double* dbias;       // (B, E)
 };
@@ -212,8 +241,8 @@ struct ConvGrads {
 // Walks time against the convolution's reach (descending for the forward direction, ascending for
 // the reverse one), so that when g(t) = dout * silu'(pre) is known, every g that dx[t] =
 // sum_k w[k] g[t - shift(k)] needs is known too; the last K values of g live in a ring.
-template <int64_t NV, typename S>
-void conv_backward_block(const Conv<S>& c, const ConvGrads<S>& gr, int64_t b, const Lanes& l) {
+template <int64_t NV, typename S, typename V>
+void conv_backward_block(const Conv<S, V>& c, const ConvGrads<V>& gr, int64_t b, const Lanes& l) {
   const int64_t nv = NV > 0 ? NV : l.valid, T = c.T, K = c.K, dir = c.reverse ? 1 : -1;
   S taps[kMaxTaps][W] = {}, lane_bias[W] = {};
   c.load(l, taps, lane_bias);
@@ -225,21 +254,21 @@ void conv_backward_block(const Conv<S>& c, const ConvGrads<S>& gr, int64_t b, co
     S pre[W];
     c.template preactivation<NV>(l, b, t, dir, taps, lane_bias, pre);
     if (step + kAhead < T) gr.dout.prefetch(b, t + dir * kAhead, l.e0);
-    const S* __restrict__ d = gr.dout.at(b, t, l.e0);
+    const V* __restrict__ d = gr.dout.at(b, t, l.e0);
     S* __restrict__ g = ring[t % K];
     #pragma omp simd
     for (int64_t w = 0; w < nv; ++w) {
       const S s = sigmoid(pre[w]);
-      g[w] = d[w] * s * (S(1) + pre[w] * (S(1) - s));
+      g[w] = lane(d[w]) * s * (S(1) + pre[w] * (S(1) - s));
       db_part[w] += g[w];
     }
     S acc[W] = {};
     for (int64_t k = 0; k < K; ++k) {
       const int64_t j = t + c.shift(k);  // x[j] feeds pre[t] through tap k
       if (j >= 0 && j < T) {
-        const S* __restrict__ xr = c.x.at(b, j, l.e0);
+        const V* __restrict__ xr = c.x.at(b, j, l.e0);
         #pragma omp simd
-        for (int64_t w = 0; w < nv; ++w) dw_part[k][w] += g[w] * xr[w];
+        for (int64_t w = 0; w < nv; ++w) dw_part[k][w] += g[w] * lane(xr[w]);
       }
       const int64_t src = t - c.shift(k);  // g[src] reaches x[t] through tap k
       if (src >= 0 && src < T) {
@@ -248,9 +277,9 @@ void conv_backward_block(const Conv<S>& c, const ConvGrads<S>& gr, int64_t b, co
         for (int64_t w = 0; w < nv; ++w) acc[w] += taps[k][w] * gs[w];
       }
     }
-    S* __restrict__ dxr = gr.dx.at(b, t, l.e0);
+    V* __restrict__ dxr = gr.dx.at(b, t, l.e0);
     #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) dxr[w] = acc[w];
+    for (int64_t w = 0; w < nv; ++w) dxr[w] = stored<V>(acc[w]);
     if ((step + 1) % kFlush == 0 || step + 1 == T) {
       for (int64_t k = 0; k < K; ++k) {
         #pragma omp simd
@@ -273,25 +302,26 @@ void conv_backward_block(const Conv<S>& c, const ConvGrads<S>& gr, int64_t b, co
   }
 }
 
-template <typename S>
-Conv<S> make_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool reverse) {
+template <typename S, typename V>
+Conv<S, V> make_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool reverse) {
   TORCH_CHECK(x.dim() == 3, "conv_silu: x must be (B, T, E)");
   const int64_t batch = x.size(0), T = x.size(1), E = x.size(2);
   TORCH_CHECK(T >= 1 && E > 0 && weight.numel() % E == 0, "conv_silu: T >= 1 and E * K weights needed");
   const int64_t K = weight.numel() / E;
   TORCH_CHECK(K >= 1 && K <= kMaxTaps, "conv_silu: kernel size must be in [1, ", kMaxTaps, "]");
   check_rows(x, x.scalar_type(), batch, T, E, "x");
-  check_param(weight, x.scalar_type(), E * K, "weight");
-  check_param(bias, x.scalar_type(), E, "bias");
-  return Conv<S>{rows_in<S>(x), weight.const_data_ptr<S>(), bias.const_data_ptr<S>(), batch, T, E, K, reverse};
+  check_param(weight, weight.scalar_type(), E * K, "weight");
+  check_param(bias, weight.scalar_type(), E, "bias");
+  return Conv<S, V>{rows_in<V>(x), weight.const_data_ptr<S>(), bias.const_data_ptr<S>(), batch, T, E, K, reverse};
 }
 
 at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool reverse) {
   at::Tensor out = at::empty(x.sizes(), x.options());
-  dispatch_dtype(x.scalar_type(), "conv_silu", [&](auto zero) {
-    using S = decltype(zero);
-    const Conv<S> c = make_conv<S>(x, weight, bias, reverse);
-    const Rows<S> o = rows_out<S>(out);
+  dispatch_types(x.scalar_type(), weight.scalar_type(), "conv_silu", [&](auto s, auto v) {
+    using S = decltype(s);
+    using V = decltype(v);
+    const Conv<S, V> c = make_conv<S, V>(x, weight, bias, reverse);
+    const Rows<V> o = rows_out<V>(out);
     const int64_t n_cb = (c.E + W - 1) / W;
     struct None {};
     for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
@@ -309,30 +339,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& x, con
   at::Tensor dx = at::empty(x.sizes(), x.options());
   at::Tensor dweight = at::empty(weight.sizes(), weight.options());
   at::Tensor dbias = at::empty(bias.sizes(), bias.options());
-  dispatch_dtype(x.scalar_type(), "conv_silu", [&](auto zero) {
-    using S = decltype(zero);
-    const Conv<S> c = make_conv<S>(x, weight, bias, reverse);
+  dispatch_types(x.scalar_type(), weight.scalar_type(), "conv_silu", [&](auto s, auto v) {
+    using S = decltype(s);
+    using V = decltype(v);
+    const Conv<S, V> c = make_conv<S, V>(x, weight, bias, reverse);
     check_rows(dout, x.scalar_type(), c.batch, c.T, c.E, "dout");
     const Partials dw_rows = partials(c.batch * c.E * c.K), db_rows = partials(c.batch * c.E);
-    const ConvGrads<S> gr{rows_in<S>(dout), rows_out<S>(dx), dw_rows.get(), db_rows.get()};
+    const ConvGrads<V> gr{rows_in<V>(dout), rows_out<V>(dx), dw_rows.get(), db_rows.get()};
     const int64_t n_cb = (c.E + W - 1) / W;
     struct None {};
     for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
       dispatch_lanes(block_lanes(i % n_cb, c.E),
                      [&]<int64_t NV>(const Lanes& l) { conv_backward_block<NV>(c, gr, i / n_cb, l); });
     });
-    sum_rows(dw_rows, c.batch, c.E * c.K, dweight.mutable_data_ptr<S>());
-    sum_rows(db_rows, c.batch, c.E, dbias.mutable_data_ptr<S>());
+    sum_rows<S>(dw_rows, c.batch, c.E * c.K, dweight.mutable_data_ptr<S>());
+    sum_rows<S>(db_rows, c.batch, c.E, dbias.mutable_data_ptr<S>());
   });
   return {dx, dweight, dbias};
 }
 
 // ---------------------------------------------------------------- selective scan
 
-template <typename S>
+template <typename S, typename V>
 struct Scan {
-  Rows<const S> u, delta, z;  // (B, T, E)
-  Rows<const S> Bm, Cm;       // (B, T, N)
+  Rows<const V> u, delta, z;  // (B, T, E)
+  Rows<const V> Bm, Cm;       // (B, T, N)
   const S* A;                 // (E, N)
   const S* D;                 // (E,)
   const S* bias;              // (E,)
@@ -349,7 +380,8 @@ struct ScanParams {
   std::vector<S> A_scaled, A;
   S D[W] = {}, bias[W] = {};
 
-  ScanParams(const Scan<S>& p, const Lanes& l) : A_scaled(p.N * W, S(0)), A(p.N * W, S(0)) {
+  template <typename V>
+  ScanParams(const Scan<S, V>& p, const Lanes& l) : A_scaled(p.N * W, S(0)), A(p.N * W, S(0)) {
     for (int64_t w = 0; w < l.valid; ++w) {
       for (int64_t n = 0; n < p.N; ++n) {
         A[n * W + w] = p.A[(l.e0 + w) * p.N + n];
@@ -362,36 +394,36 @@ struct ScanParams {
 };
 
 // Step sizes at time t: dt = softplus(delta + bias) (or delta + bias), slope = d dt / d delta; dtu = dt u.
-template <int64_t NV, typename S>
-inline void step_sizes(const Scan<S>& p, const ScanParams<S>& prm, const Lanes& l, int64_t b, int64_t t,
+template <int64_t NV, typename S, typename V>
+inline void step_sizes(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& l, int64_t b, int64_t t,
                        S* __restrict__ dt, S* __restrict__ slope, S* __restrict__ dtu) {
   const int64_t nv = NV > 0 ? NV : l.valid;
-  const S* __restrict__ d = p.delta.at(b, t, l.e0);
-  const S* __restrict__ u = p.u.at(b, t, l.e0);
+  const V* __restrict__ d = p.delta.at(b, t, l.e0);
+  const V* __restrict__ u = p.u.at(b, t, l.e0);
   if (p.softplus) {
     #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) softplus(d[w] + prm.bias[w], dt[w], slope[w]);
+    for (int64_t w = 0; w < nv; ++w) softplus(lane(d[w]) + prm.bias[w], dt[w], slope[w]);
   } else {
     #pragma omp simd
     for (int64_t w = 0; w < nv; ++w) {
-      dt[w] = d[w] + prm.bias[w];
+      dt[w] = lane(d[w]) + prm.bias[w];
       slope[w] = S(1);
     }
   }
   #pragma omp simd
-  for (int64_t w = 0; w < nv; ++w) dtu[w] = dt[w] * u[w];
+  for (int64_t w = 0; w < nv; ++w) dtu[w] = dt[w] * lane(u[w]);
 }
 
 // One step of the recurrence at time t: h_out[n] = a[n] h_in[n] + dtu B_t[n] with a[n] = exp(dt A[n])
 // (kept in decay[n] when kKeepDecay); acc += C_t . h_out. h_in may be h_out.
-template <int64_t NV, bool kKeepDecay, typename S>
-inline void advance(const Scan<S>& p, const ScanParams<S>& prm, const Lanes& l, int64_t b, int64_t t,
+template <int64_t NV, bool kKeepDecay, typename S, typename V>
+inline void advance(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& l, int64_t b, int64_t t,
                     const S* dt, const S* dtu, const S* h_in, S* h_out, S* decay, S* __restrict__ acc) {
   const int64_t nv = NV > 0 ? NV : l.valid;
-  const S* __restrict__ Bt = p.Bm.at(b, t, 0);
-  const S* __restrict__ Ct = p.Cm.at(b, t, 0);
+  const V* __restrict__ Bt = p.Bm.at(b, t, 0);
+  const V* __restrict__ Ct = p.Cm.at(b, t, 0);
   for (int64_t n = 0; n < p.N; ++n) {
-    const S bn = Bt[n], cn = Ct[n];
+    const S bn = lane(Bt[n]), cn = lane(Ct[n]);
     const S* As = prm.A_scaled.data() + n * W;
     const S* hi = h_in + n * W;
     S* ho = h_out + n * W;
@@ -407,8 +439,8 @@ inline void advance(const Scan<S>& p, const ScanParams<S>& prm, const Lanes& l, 
   }
 }
 
-template <int64_t NV, typename S>
-void scan_forward_block(const Scan<S>& p, const Rows<S>& out, int64_t b, const Lanes& l, std::vector<S>& h) {
+template <int64_t NV, typename S, typename V>
+void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, const Lanes& l, std::vector<S>& h) {
   const int64_t nv = NV > 0 ? NV : l.valid;
   const ScanParams<S> prm(p, l);
   h.assign(p.N * W, S(0));
@@ -416,21 +448,24 @@ void scan_forward_block(const Scan<S>& p, const Rows<S>& out, int64_t b, const L
     const int64_t t = p.time(s);
     S dt[W], slope[W], dtu[W], acc[W];
     step_sizes<NV>(p, prm, l, b, t, dt, slope, dtu);
-    const S* __restrict__ u = p.u.at(b, t, l.e0);
+    const V* __restrict__ u = p.u.at(b, t, l.e0);
     #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) acc[w] = prm.D[w] * u[w];
+    for (int64_t w = 0; w < nv; ++w) acc[w] = prm.D[w] * lane(u[w]);
     advance<NV, false>(p, prm, l, b, t, dt, dtu, h.data(), h.data(), static_cast<S*>(nullptr), acc);
-    const S* __restrict__ z = p.z.at(b, t, l.e0);
-    S* __restrict__ o = out.at(b, t, l.e0);
+    const V* __restrict__ z = p.z.at(b, t, l.e0);
+    V* __restrict__ o = out.at(b, t, l.e0);
     #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) o[w] = acc[w] * z[w] * sigmoid(z[w]);
+    for (int64_t w = 0; w < nv; ++w) {
+      const S zw = lane(z[w]);
+      o[w] = stored<V>(acc[w] * zw * sigmoid(zw));
+    }
   }
 }
 
-template <typename S>
+template <typename V>
 struct ScanGrads {
-  Rows<const S> dout;         // (B, T, E)
-  Rows<S> du, ddelta, dz;     // (B, T, E)
+  Rows<const V> dout;         // (B, T, E)
+  Rows<V> du, ddelta, dz;     // (B, T, E)
   double* dA;                 // (B, E, N) partial sums per batch row
   double* dD;                 // (B, E)
   double* dbias;              // (B, E)
@@ -462,8 +497,8 @@ struct ScanWork {
 
 // Recomputes steps [s0, s0 + len) from the state in ws.hs row 0: states, decays, step sizes and
 // dL/dy; writes dz, adds dL/dC lanes into ws.dC and dL/dD into dD.
-template <int64_t NV, typename S>
-void scan_recompute(const Scan<S>& p, const ScanGrads<S>& gr, const ScanParams<S>& prm, int64_t b,
+template <int64_t NV, typename S, typename V>
+void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<S>& prm, int64_t b,
                     const Lanes& l, int64_t s0, int64_t len, ScanWork<S>& ws, double (&dD)[W]) {
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
   for (int64_t i = 0; i < len; ++i) {
@@ -472,21 +507,21 @@ void scan_recompute(const Scan<S>& p, const ScanGrads<S>& gr, const ScanParams<S
     S* __restrict__ dyi = ws.dy.data() + i * W;
     S dtu[W], y[W];
     step_sizes<NV>(p, prm, l, b, t, dti, ws.slope.data() + i * W, dtu);
-    const S* __restrict__ u = p.u.at(b, t, l.e0);
+    const V* __restrict__ u = p.u.at(b, t, l.e0);
     #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) y[w] = prm.D[w] * u[w];
+    for (int64_t w = 0; w < nv; ++w) y[w] = prm.D[w] * lane(u[w]);
     const S* h_prev = ws.hs.data() + i * NW;
     S* h = ws.hs.data() + (i + 1) * NW;
     advance<NV, true>(p, prm, l, b, t, dti, dtu, h_prev, h, ws.decay.data() + i * NW, y);
-    const S* __restrict__ z = p.z.at(b, t, l.e0);
-    const S* __restrict__ g = gr.dout.at(b, t, l.e0);
-    S* __restrict__ dz = gr.dz.at(b, t, l.e0);
+    const V* __restrict__ z = p.z.at(b, t, l.e0);
+    const V* __restrict__ g = gr.dout.at(b, t, l.e0);
+    V* __restrict__ dz = gr.dz.at(b, t, l.e0);
     #pragma omp simd
     for (int64_t w = 0; w < nv; ++w) {
-      const S sz = sigmoid(z[w]);
-      dyi[w] = g[w] * z[w] * sz;
-      dz[w] = g[w] * y[w] * sz * (S(1) + z[w] * (S(1) - sz));
-      dD[w] += double(dyi[w] * u[w]);
+      const S zw = lane(z[w]), gw = lane(g[w]), sz = sigmoid(zw);
+      dyi[w] = gw * zw * sz;
+      dz[w] = stored<V>(gw * y[w] * sz * (S(1) + zw * (S(1) - sz)));
+      dD[w] += double(dyi[w] * lane(u[w]));
     }
     for (int64_t n = 0; n < N; ++n) {
       const S* __restrict__ hn = h + n * W;
@@ -499,22 +534,25 @@ void scan_recompute(const Scan<S>& p, const ScanGrads<S>& gr, const ScanParams<S
 
 // Walks steps [s0, s0 + len) backwards after scan_recompute: carries dL/dh in ws.carry, adds dL/dB
 // lanes into ws.dB and dL/dA into ws.dA_part, writes du and ddelta, adds d delta_bias into dbias.
-template <int64_t NV, typename S>
-void scan_reverse(const Scan<S>& p, const ScanGrads<S>& gr, const ScanParams<S>& prm, int64_t b,
+template <int64_t NV, typename S, typename V>
+void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<S>& prm, int64_t b,
                   const Lanes& l, int64_t s0, int64_t len, ScanWork<S>& ws, double (&dbias)[W]) {
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
   for (int64_t i = len - 1; i >= 0; --i) {
     const int64_t s = s0 + i, t = p.time(s);
-    const S* __restrict__ u = p.u.at(b, t, l.e0);
+    const V* __restrict__ u = p.u.at(b, t, l.e0);
     const S* __restrict__ dti = ws.dt.data() + i * W;
     const S* __restrict__ dyi = ws.dy.data() + i * W;
-    const S* __restrict__ Bt = p.Bm.at(b, t, 0);
-    const S* __restrict__ Ct = p.Cm.at(b, t, 0);
-    S dtu[W], sb[W] = {}, dd[W] = {};
+    const V* __restrict__ Bt = p.Bm.at(b, t, 0);
+    const V* __restrict__ Ct = p.Cm.at(b, t, 0);
+    S uw[W], dtu[W], sb[W] = {}, dd[W] = {};
     #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) dtu[w] = dti[w] * u[w];
+    for (int64_t w = 0; w < nv; ++w) {
+      uw[w] = lane(u[w]);
+      dtu[w] = dti[w] * uw[w];
+    }
     for (int64_t n = 0; n < N; ++n) {
-      const S bn = Bt[n], cn = Ct[n];
+      const S bn = lane(Bt[n]), cn = lane(Ct[n]);
       const S* __restrict__ An = prm.A.data() + n * W;
       const S* __restrict__ h_prev = ws.hs.data() + i * NW + n * W;
       const S* __restrict__ a = ws.decay.data() + i * NW + n * W;
@@ -533,13 +571,14 @@ void scan_reverse(const Scan<S>& p, const ScanGrads<S>& gr, const ScanParams<S>&
       }
     }
     const S* __restrict__ sl = ws.slope.data() + i * W;
-    S* __restrict__ du = gr.du.at(b, t, l.e0);
-    S* __restrict__ ddelta = gr.ddelta.at(b, t, l.e0);
+    V* __restrict__ du = gr.du.at(b, t, l.e0);
+    V* __restrict__ ddelta = gr.ddelta.at(b, t, l.e0);
     #pragma omp simd
     for (int64_t w = 0; w < nv; ++w) {
-      du[w] = dyi[w] * prm.D[w] + sb[w] * dti[w];
-      ddelta[w] = (dd[w] + sb[w] * u[w]) * sl[w];
-      dbias[w] += double(ddelta[w]);
+      const S dd_w = (dd[w] + sb[w] * uw[w]) * sl[w];
+      du[w] = stored<V>(dyi[w] * prm.D[w] + sb[w] * dti[w]);
+      ddelta[w] = stored<V>(dd_w);
+      dbias[w] += double(dd_w);
     }
     if ((len - i) % kFlush == 0 || i == 0) {
       #pragma omp simd
@@ -552,8 +591,8 @@ void scan_reverse(const Scan<S>& p, const ScanGrads<S>& gr, const ScanParams<S>&
 }
 
 // Backward of one channel block of row b.
-template <int64_t NV, typename S>
-void scan_backward_block(const Scan<S>& p, const ScanGrads<S>& gr, int64_t b, const Lanes& l, ScanWork<S>& ws) {
+template <int64_t NV, typename S, typename V>
+void scan_backward_block(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b, const Lanes& l, ScanWork<S>& ws) {
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W, chunk = gr.chunk;
   const int64_t n_chunks = (p.T + chunk - 1) / chunk;
   const ScanParams<S> prm(p, l);
@@ -588,12 +627,12 @@ void scan_backward_block(const Scan<S>& p, const ScanGrads<S>& gr, int64_t b, co
   }
 }
 
-template <typename S>
-Scan<S> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
+template <typename S, typename V>
+Scan<S, V> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                   const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
                   bool softplus, bool reverse) {
   TORCH_CHECK(u.dim() == 3 && A.dim() == 2, "scan: u must be (B, T, E) and A (E, N)");
-  const at::ScalarType dtype = u.scalar_type();
+  const at::ScalarType dtype = u.scalar_type(), param_dtype = A.scalar_type();
   const int64_t batch = u.size(0), T = u.size(1), E = u.size(2), N = A.size(1);
   TORCH_CHECK(A.size(0) == E && T >= 1 && E >= 1, "scan: A must be (E, N), T >= 1 and E >= 1");
   check_rows(u, dtype, batch, T, E, "u");
@@ -601,10 +640,10 @@ Scan<S> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   check_rows(z, dtype, batch, T, E, "z");
   check_rows(Bm, dtype, batch, T, N, "B");
   check_rows(Cm, dtype, batch, T, N, "C");
-  check_param(A, dtype, E * N, "A");
-  check_param(D, dtype, E, "D");
-  check_param(bias, dtype, E, "delta_bias");
-  return Scan<S>{rows_in<S>(u), rows_in<S>(delta), rows_in<S>(z), rows_in<S>(Bm), rows_in<S>(Cm),
+  check_param(A, param_dtype, E * N, "A");
+  check_param(D, param_dtype, E, "D");
+  check_param(bias, param_dtype, E, "delta_bias");
+  return Scan<S, V>{rows_in<V>(u), rows_in<V>(delta), rows_in<V>(z), rows_in<V>(Bm), rows_in<V>(Cm),
                  A.const_data_ptr<S>(), D.const_data_ptr<S>(), bias.const_data_ptr<S>(),
                  batch, T, E, N, softplus, reverse};
 }
@@ -613,10 +652,11 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
                     const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
                     bool softplus, bool reverse) {
   at::Tensor out = at::empty(u.sizes(), u.options());
-  dispatch_dtype(u.scalar_type(), "scan", [&](auto zero) {
-    using S = decltype(zero);
-    const Scan<S> p = make_scan<S>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
-    const Rows<S> o = rows_out<S>(out);
+  dispatch_types(u.scalar_type(), A.scalar_type(), "scan", [&](auto s, auto v) {
+    using S = decltype(s);
+    using V = decltype(v);
+    const Scan<S, V> p = make_scan<S, V>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
+    const Rows<V> o = rows_out<V>(out);
     const int64_t n_cb = (p.E + W - 1) / W;
     for_each_task<std::vector<S>>(p.batch * n_cb, [&](int64_t i, std::vector<S>& h) {
       dispatch_lanes(block_lanes(i % n_cb, p.E),
@@ -636,9 +676,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dA = at::empty(A.sizes(), A.options()), dD = at::empty(D.sizes(), D.options());
   at::Tensor dbias = at::empty(bias.sizes(), bias.options());
   at::Tensor dB = at::empty(Bm.sizes(), Bm.options()), dC = at::empty(Cm.sizes(), Cm.options());
-  dispatch_dtype(u.scalar_type(), "scan", [&](auto zero) {
-    using S = decltype(zero);
-    const Scan<S> p = make_scan<S>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
+  dispatch_types(u.scalar_type(), A.scalar_type(), "scan", [&](auto s, auto v) {
+    using S = decltype(s);
+    using V = decltype(v);
+    const Scan<S, V> p = make_scan<S, V>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
     const int64_t batch = p.batch, T = p.T, E = p.E, N = p.N, n_cb = (E + W - 1) / W;
     check_rows(dout, u.scalar_type(), batch, T, E, "dout");
     // Channel groups per row: enough tasks for about four per thread.
@@ -647,7 +688,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t n_chunks = (T + kMaxChunk - 1) / kMaxChunk, chunk = (T + n_chunks - 1) / n_chunks;
     const Partials dA_rows = partials(batch * E * N), dD_rows = partials(batch * E), dbias_rows = partials(batch * E);
     const Partials dB_groups = partials(groups * batch * T * N), dC_groups = partials(groups * batch * T * N);
-    const ScanGrads<S> gr{rows_in<S>(dout), rows_out<S>(du), rows_out<S>(ddelta), rows_out<S>(dz),
+    const ScanGrads<V> gr{rows_in<V>(dout), rows_out<V>(du), rows_out<V>(ddelta), rows_out<V>(dz),
                           dA_rows.get(), dD_rows.get(), dbias_rows.get(), dB_groups.get(), dC_groups.get(),
                           groups, chunk};
     for_each_task<ScanWork<S>>(batch * groups, [&](int64_t i, ScanWork<S>& ws) {
@@ -675,11 +716,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         }
       }
     });
-    sum_rows(dA_rows, batch, E * N, dA.mutable_data_ptr<S>());
-    sum_rows(dD_rows, batch, E, dD.mutable_data_ptr<S>());
-    sum_rows(dbias_rows, batch, E, dbias.mutable_data_ptr<S>());
-    sum_rows(dB_groups, groups, batch * T * N, dB.mutable_data_ptr<S>());
-    sum_rows(dC_groups, groups, batch * T * N, dC.mutable_data_ptr<S>());
+    sum_rows<S>(dA_rows, batch, E * N, dA.mutable_data_ptr<S>());
+    sum_rows<S>(dD_rows, batch, E, dD.mutable_data_ptr<S>());
+    sum_rows<S>(dbias_rows, batch, E, dbias.mutable_data_ptr<S>());
+    sum_rows<S>(dB_groups, groups, batch * T * N, dB.mutable_data_ptr<V>());
+    sum_rows<S>(dC_groups, groups, batch * T * N, dC.mutable_data_ptr<V>());
   });
   return {du, ddelta, dz, dA, dB, dC, dD, dbias};
 }
