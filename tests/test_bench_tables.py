@@ -38,6 +38,34 @@ def test_resolution_table_ratios_and_crossover() -> None:
     assert "Vim faster than DeiT eager from 1024 px, lighter from 1024 px" in table
 
 
+def test_resolution_memory_comes_from_a_live_memory_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Speed from the timed process; peak memory from a one-pass process with glibc returning freed blocks."""
+    calls = []
+
+    def fake_run(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+        calls.append((spec, env))
+        live = env == resolution.LIVE_MEMORY_ENV
+        return {"images_per_s": 1.0 if live else 5.0, "peak_extra_bytes": 100 if live else 300}
+
+    monkeypatch.setattr(resolution, "run_measurement", fake_run)
+    rows = resolution.measure_all([224], [1], ["bfloat16"], repeats=3, threads=2, max_batch_pixels=0)
+    assert [r["model"] for r in rows] == ["vim", "deit"]
+    assert all(r["images_per_s"] == 5.0 and r["peak_extra_bytes"] == 100 and r["timed_peak_extra_bytes"] == 300
+               for r in rows)
+    timed, live = calls[0][0], calls[1][0]
+    assert calls[0][1] is None and timed["repeats"] == 3
+    assert calls[1][1] == resolution.LIVE_MEMORY_ENV and live["repeats"] == 1 and live["warmup"] == 0
+
+
+def test_resolution_row_is_an_error_when_the_memory_process_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_run(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+        return {"error": "exit 137: killed"} if env else {"images_per_s": 5.0, "peak_extra_bytes": 300}
+
+    monkeypatch.setattr(resolution, "run_measurement", fake_run)
+    rows = resolution.measure_all([224], [1], ["float32"], repeats=1, threads=2, max_batch_pixels=0)
+    assert all(r["error"] == "exit 137: killed" for r in rows)
+
+
 def test_resolution_crossover_reports_none_when_vim_never_wins() -> None:
     rows = [_row("vim", 224, 1.0, 300), _row("deit", 224, 2.0, 100)]
     assert "at none of the measured resolutions" in resolution.crossover_sentence(rows)

@@ -1,10 +1,13 @@
 """``vimtune bench resolution``: Vim-Ti vs DeiT-Ti inference speed and peak memory across resolutions.
 
 Both models random-initialised, eval mode, same dtype and thread count; each measurement runs in a
-fresh subprocess (peak RSS), and the two models are measured alternately at every setting so that
-machine drift affects both. At float32 and batch 1, DeiT-Ti is also measured with timm's fused attention
-turned off (``deit_eager``: the N x N attention matrix is materialised, as in implementations without a
-memory-efficient attention kernel). Writes a markdown table, a JSON file and a two-panel PNG.
+fresh subprocess, and the two models are measured alternately at every setting so that machine drift
+affects both. Speed comes from a process with vimtune's allocator setting (freed blocks kept for
+reuse), peak memory from a second process that runs one pass with glibc returning freed blocks to
+the OS, so that its peak RSS follows the live tensors. At float32 and batch 1, DeiT-Ti is also
+measured with timm's fused attention turned off (``deit_eager``: the N x N attention matrix is
+materialised, as in implementations without a memory-efficient attention kernel). Writes a markdown
+table, a JSON file and a two-panel PNG.
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vimtune.bench.runner import machine_description, machine_line, run_measurement, write_results
+from vimtune.bench.runner import (
+    LIVE_MEMORY_ENV,
+    machine_description,
+    machine_line,
+    run_measurement,
+    write_results,
+)
 
 MODELS = {"vim": "vim_tiny_patch16_224", "deit": "deit_tiny_patch16_224", "deit_eager": "deit_tiny_patch16_224"}
 RESOLUTIONS = [224, 512, 640, 738, 1024, 1248]
@@ -22,7 +31,11 @@ RESOLUTIONS = [224, 512, 640, 738, 1024, 1248]
 
 def measure_all(resolutions: list[int], batches: list[int], dtypes: list[str], repeats: int,
                 threads: int | None, max_batch_pixels: int) -> list[dict[str, Any]]:
-    """Rows of (model, resolution, batch, dtype, images/s, peak memory), Vim and DeiT alternately."""
+    """Rows of (model, resolution, batch, dtype, images/s, peak memory), Vim and DeiT alternately.
+
+    A row has the timed process's fields (``peak_extra_bytes`` replaced by the live-memory process's;
+    the timed process's is kept as ``timed_peak_extra_bytes``), or ``error`` when either process failed.
+    """
     rows = []
     settings = [(res, batch, dtype) for res in resolutions for batch in batches for dtype in dtypes
                 if batch == 1 or batch * res * res <= max_batch_pixels]
@@ -36,6 +49,12 @@ def measure_all(resolutions: list[int], batches: list[int], dtypes: list[str], r
                     "repeats": repeats, "warmup": 1, "threads": threads,
                     "fused_attn": model_key != "deit_eager"}
             result = run_measurement(spec)
+            memory = run_measurement(spec | {"repeats": 1, "warmup": 0}, env=LIVE_MEMORY_ENV)
+            if "error" not in result and "error" not in memory:
+                result |= {"timed_peak_extra_bytes": result["peak_extra_bytes"],
+                           "peak_extra_bytes": memory["peak_extra_bytes"]}
+            elif "error" in memory:
+                result = memory
             rows.append({"model": model_key, "resolution": res, "batch": batch, "dtype": dtype, **result})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -66,9 +85,11 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
     """Table with images/s and peak extra memory per model, plus the Vim/DeiT ratios."""
     lines = [
         f"Machine: {machine_line(machine)}. Command: `{command}`.",
-        "Peak memory = peak RSS of a fresh process minus its RSS after a library warm-up, before the model was",
-        "built (weights + activations + workspace); the process keeps freed blocks for reuse, as the vimtune command",
-        "does (`vimtune.allocator`). Speed = best of the timed repeats. DeiT uses PyTorch's fused",
+        "Peak memory = peak RSS of a fresh process running one pass, minus its RSS after a library warm-up, before",
+        "the model was built (weights + activations + workspace), with glibc returning every freed block of 128 KiB",
+        "or more to the OS (`MALLOC_MMAP_THRESHOLD_=131072`, so RSS follows the live tensors). Speed = best of the",
+        "timed repeats in another fresh process that keeps freed blocks for reuse, as the vimtune command does",
+        "(`vimtune.allocator`). DeiT uses PyTorch's fused",
         "attention (no N x N matrix on CPU); `DeiT eager` = the same model with fused attention off",
         "(float32, batch 1 only).",
         "",
