@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from vimtune.bench import measure, methods, prompt, resolution
+from vimtune.bench import allocator, measure, methods, prompt, resolution
 from vimtune.bench.runner import write_results
 
 MACHINE = {"cpu": "test CPU", "cores": 2, "memory_gib": 1.0, "torch": "x", "threads": 2, "bf16_matmul_isa": set()}
@@ -128,6 +128,7 @@ def test_measure_reports_consistent_numbers(mode: str) -> None:
     assert len(result["seconds_all"]) == 2 and result["seconds"] == min(result["seconds_all"]) > 0
     assert result["images_per_s"] == pytest.approx(2 / result["seconds"])
     assert result["peak_rss_bytes"] >= result["peak_extra_bytes"] >= 0
+    assert result["minor_faults_per_step"] >= 0 and 0 <= result["kernel_cpu_share"] <= 1
 
 
 def test_prompt_bench_times_both_implementations_in_turns_and_reports_the_speed_up() -> None:
@@ -149,3 +150,25 @@ def test_write_results_writes_both_files_with_sets_as_sorted_lists(tmp_path: Pat
     assert data["machine"]["bf16_matmul_isa"] == ["amx_bf16", "avx512_bf16"]
     assert data["command"] == "vimtune bench x" and data["rows"] == [1, 2]
     assert "| table |" in capsys.readouterr().out
+
+
+def test_allocator_bench_alternates_settings_and_tabulates_the_fastest_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_run(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+        calls.append(env[allocator.SWITCH])
+        kept = env[allocator.SWITCH] == "1"
+        seconds = (1.0 if kept else 2.0) + 0.1 * (len(calls) > 2)  # the second round is slower
+        return {"seconds": seconds, "minor_faults_per_step": 10.0 if kept else 5000.0,
+                "kernel_cpu_share": 0.02 if kept else 0.4, "peak_extra_bytes": (120 if kept else 100) * 2**20}
+
+    monkeypatch.setattr(allocator, "run_measurement", fake_run)
+    rows = allocator.measure_all({"w": {"model": "m"}}, rounds=2)
+    assert calls == ["0", "1", "1", "0"]  # the settings take turns
+    table = allocator.to_markdown(rows, MACHINE, "vimtune bench allocator", rounds=2)
+    assert "| w | 2.000 | 1.000 | 2.00x | 5,000 | 10 | 40% | 2% | 100 | 120 |" in table
+
+
+def test_allocator_bench_marks_a_failed_workload() -> None:
+    rows = [{"workload": "w", "glibc defaults": [{"error": "exit 1"}], "freed blocks kept": [{"error": "exit 1"}]}]
+    assert "| w | error | error |" in allocator.to_markdown(rows, MACHINE, "vimtune bench allocator", rounds=1)

@@ -121,14 +121,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     for _ in range(int(spec.get("warmup", 1))):
         step()
     times = []
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(int(spec.get("repeats", 3))):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
     best = min(times)
     return {
         "seconds": best,
         "seconds_all": times,
+        "minor_faults_per_step": (usage.ru_minflt - usage_before.ru_minflt) / len(times),
+        "kernel_cpu_share": (usage.ru_stime - usage_before.ru_stime) / cpu_seconds if cpu_seconds > 0 else 0.0,
         "images_per_s": int(spec["batch"]) / best,
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_extra_bytes": peak_rss_bytes() - baseline,
