@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vimtune.allocator import SWITCH
-from vimtune.bench.runner import machine_description, machine_line, run_measurement, write_results
+from vimtune.bench.runner import fastest, machine_description, machine_line, run_measurement, write_results
 
 SETTINGS = {"glibc defaults": {SWITCH: "0"}, "freed blocks kept": {SWITCH: "1"}}
 _VIM_TINY_1248 = {"model": "vim_tiny_patch16_224", "model_kwargs": {"img_size": 1248}, "img_size": 1248,
@@ -43,11 +43,6 @@ def measure_all(workloads: dict[str, dict[str, Any]], rounds: int) -> list[dict[
     return list(rows.values())
 
 
-def _fastest(results: list[dict[str, Any]]) -> dict[str, Any] | None:
-    finished = [r for r in results if "error" not in r]
-    return min(finished, key=lambda r: r["seconds"]) if finished else None
-
-
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str, rounds: int) -> str:
     """Step time, page faults, kernel CPU share and peak RSS under both settings, per workload."""
     default, kept = SETTINGS
@@ -63,8 +58,8 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        a, b = _fastest(row.get(default, [])), _fastest(row.get(kept, []))
-        if a is None or b is None:
+        a, b = fastest(row[default]), fastest(row[kept])
+        if "error" in a or "error" in b:
             lines.append(f"| {row['workload']} | error | error | - | - | - | - | - | - | - |")
             continue
         lines.append(

@@ -14,6 +14,7 @@ from typing import Any
 
 from vimtune.bench.runner import (
     LIVE_MEMORY_ENV,
+    fastest,
     machine_description,
     machine_line,
     run_measurement,
@@ -42,8 +43,7 @@ def measure_methods(model: str, img_size: int, batch: int, methods: list[str], r
             print(json.dumps({"round": round_index, "method": method, "train": result}), flush=True)
     for method, row in rows.items():
         if method is not None:
-            finished = [r for r in row["train_rounds"] if "error" not in r]
-            row["train"] = min(finished, key=lambda r: r["seconds"]) if finished else row["train_rounds"][0]
+            row["train"] = fastest(row["train_rounds"])
             row["train_live_memory"] = run_measurement(train | {"method": method, "repeats": 1}, env=LIVE_MEMORY_ENV)
         row["infer"] = run_measurement(infer | {"method": method})
         print(json.dumps({k: v for k, v in row.items() if k != "train_rounds"}), flush=True)

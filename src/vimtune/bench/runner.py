@@ -38,6 +38,13 @@ def run_measurement(spec: dict[str, Any], timeout_s: float = 1800, env: dict[str
     return run_json_worker(["-m", "vimtune.bench.measure", json.dumps(spec)], timeout_s, env)
 
 
+def fastest(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result with the fewest ``seconds`` among those without an ``error``; the first one (an error)
+    when every run failed."""
+    finished = [r for r in results if "error" not in r]
+    return min(finished, key=lambda r: r["seconds"]) if finished else results[0]
+
+
 def write_results(stem: Path, markdown: str, machine: dict[str, Any], command: str, **fields: Any) -> None:
     """Write ``STEM.md`` (``markdown``) and ``STEM.json`` (machine, command and ``fields``); print the markdown.
 
