@@ -263,6 +263,42 @@ def test_scan_recompute_skips_unneeded_low_rank_grads(frozen: str) -> None:
         _close(g, w, 1e-10, f"d{name}")
 
 
+def _grads_bitwise_equal_when_frozen(fn, leaves: dict, frozen: set[str]) -> None:
+    """fn's gradients of the trainable leaves are bit for bit the same whether ``frozen`` leaves require grad
+    (the kernels then compute their gradients too) or not (the kernels skip them)."""
+    results = []
+    for with_frozen in (True, False):
+        args = {k: v.float().requires_grad_(with_frozen or k not in frozen) for k, v in leaves.items()}
+        out = fn(**args)
+        cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
+        wanted = [k for k in args if k not in frozen]
+        results.append(torch.autograd.grad((out * cot).sum(), [args[k] for k in wanted]))
+    for name, g_all, g_skip in zip(wanted, *results, strict=True):
+        assert torch.equal(g_all, g_skip), f"d{name}"
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_frozen_conv_skips_its_parameter_grads(reverse: bool) -> None:
+    """Weight and bias frozen: the kernel returns empty parameter gradients and the same dx."""
+    fast, _ = _conv_fns(20, reverse)
+    _grads_bitwise_equal_when_frozen(fast, _conv_leaves(2, 150, 20, 4, seed=5), {"weight", "bias"})
+    x, weight, bias = torch.randn(1, 9, 16), torch.randn(16, 4), torch.randn(16)
+    _, dweight, dbias = mixer_cpu._ops().conv_bwd(x, weight, bias, reverse, torch.randn(1, 9, 16), False)
+    assert dweight.numel() == 0 and dbias.numel() == 0
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_frozen_state_matrix_skips_its_grad(reverse: bool) -> None:
+    """A frozen: the scan kernel returns an empty dA and every other gradient unchanged, bit for bit."""
+    fast, _ = _scan_fns(20, 16, reverse)
+    _grads_bitwise_equal_when_frozen(fast, _scan_leaves(2, 150, 20, 16, seed=4), {"A"})
+    u, z, delta, dout = (torch.randn(1, 5, 16) for _ in range(4))
+    B, C = torch.randn(1, 5, 4), torch.randn(1, 5, 4)
+    A, D, bias = -torch.rand(16, 4), torch.randn(16), torch.randn(16)
+    grads = mixer_cpu._ops().scan_bwd(u, delta, A, B, C, D, z, bias, True, reverse, dout, False)
+    assert grads[3].numel() == 0
+
+
 def _bfloat16_matches_float32_cast(fn, leaves: dict, seed: int) -> None:
     """fn on bfloat16 leaves equals, bit for bit, fn on the same values in float32 cast to bfloat16:
     the output and the gradient of every leaf (a cotangent with bfloat16 values)."""

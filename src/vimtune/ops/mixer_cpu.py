@@ -75,9 +75,11 @@ def _meta(*inputs: Tensor) -> tuple[tuple[torch.dtype, torch.Size], ...]:
     return tuple((t.dtype, t.shape) for t in inputs)
 
 
-def _cast_back(grads: tuple[Tensor, ...], meta: tuple[tuple[torch.dtype, torch.Size], ...]) -> tuple[Tensor, ...]:
-    """Each gradient in its input's dtype and shape."""
-    return tuple(g.to(dtype).view(shape) for g, (dtype, shape) in zip(grads, meta, strict=True))
+def _cast_back(
+    grads: tuple[Tensor | None, ...], meta: tuple[tuple[torch.dtype, torch.Size], ...]
+) -> tuple[Tensor | None, ...]:
+    """Each gradient in its input's dtype and shape (None, for one not computed, stays None)."""
+    return tuple(None if g is None else g.to(dtype).view(shape) for g, (dtype, shape) in zip(grads, meta, strict=True))
 
 
 def _conv_work(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -100,12 +102,15 @@ def _scan_work(*inputs: Tensor) -> tuple[Tensor, ...]:
 
 def _scan_grads(
     work_inputs: tuple[Tensor, ...], flags: tuple[bool, bool], dout: Tensor,
-    meta: tuple[tuple[torch.dtype, torch.Size], ...],
-) -> tuple[Tensor, ...]:
+    meta: tuple[tuple[torch.dtype, torch.Size], ...], need_A: bool,
+) -> tuple[Tensor | None, ...]:
     """The scan kernel's backward: gradients of (u, delta, A, B, C, D, z, delta_bias) in that order, each in
-    its input's dtype and shape (``meta``). ``flags`` = (delta_softplus, reverse); dout (B, T, E)."""
-    du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(*work_inputs, *flags, _lanes(dout, work_inputs[0].dtype))
-    return _cast_back((du, ddelta, dA, dB, dC, dD, dz, dbias), meta)
+    its input's dtype and shape (``meta``). ``flags`` = (delta_softplus, reverse); dout (B, T, E). Without
+    ``need_A`` (a frozen A) the kernel skips dA and its slot is None."""
+    du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(
+        *work_inputs, *flags, _lanes(dout, work_inputs[0].dtype), need_A
+    )
+    return _cast_back((du, ddelta, dA if need_A else None, dB, dC, dD, dz, dbias), meta)
 
 
 class _ConvSiLU(torch.autograd.Function):
@@ -124,8 +129,11 @@ class _ConvSiLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
         x_w, weight_w, bias_w = ctx.saved_tensors
-        grads = _ops().conv_bwd(x_w, weight_w, bias_w, ctx.reverse, _lanes(dout, x_w.dtype))
-        return (*_cast_back(grads, ctx.meta), None)
+        param_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]  # skipped for a frozen conv
+        dx, dweight, dbias = _ops().conv_bwd(x_w, weight_w, bias_w, ctx.reverse, _lanes(dout, x_w.dtype), param_grads)
+        if not param_grads:
+            dweight = dbias = None  # empty tensors from the kernel
+        return (*_cast_back((dx, dweight, dbias), ctx.meta), None)
 
 
 def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool = False) -> Tensor:
@@ -165,7 +173,7 @@ class _SelectiveScanTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        return (*_scan_grads(ctx.saved_tensors, ctx.flags, dout, ctx.meta), None, None)
+        return (*_scan_grads(ctx.saved_tensors, ctx.flags, dout, ctx.meta, ctx.needs_input_grad[2]), None, None)
 
 
 def selective_scan_tm(
@@ -221,7 +229,8 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
         u = _ops().conv_fwd(*_conv_work(conv_x, conv_weight, conv_bias), reverse).to(u_dtype)  # as in forward
         work_inputs = _scan_work(u, dt @ dt_weight.t(), A, B, C, D, z, delta_bias)
         del u
-        du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_grads(work_inputs, ctx.flags, dout, ctx.meta)
+        du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_grads(work_inputs, ctx.flags, dout, ctx.meta,
+                                                            ctx.needs_input_grad[3])
         del work_inputs
         # The gradients autograd gives ``dt @ dt_weight.t()`` (matmul folds (B, T) into rows: mm).
         ddelta_rows, dt_rows = ddelta.flatten(0, -2), dt.flatten(0, -2)

@@ -161,6 +161,21 @@ void dispatch_types(at::ScalarType activations, at::ScalarType params, const cha
   }
 }
 
+// Calls body.template operator()<flag>() with the runtime flag as a compile-time one.
+template <typename F>
+void dispatch_flag(bool flag, const F& body) {
+  if (flag) {
+    body.template operator()<true>();
+  } else {
+    body.template operator()<false>();
+  }
+}
+
+// An output of shape `sizes`, or an empty (0-element) tensor when it is not wanted.
+at::Tensor wanted(bool want, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return want ? at::empty(sizes, options) : at::empty({0}, options);
+}
+
 // Uninitialised float64 buffer for per-task partial sums (every entry is written by one task).
 using Partials = std::unique_ptr<double[]>;
 
@@ -240,8 +255,9 @@ struct ConvGrads {
 
 // Walks time against the convolution's reach (descending for the forward direction, ascending for
 // the reverse one), so that when g(t) = dout * silu'(pre) is known, every g that dx[t] =
-// sum_k w[k] g[t - shift(k)] needs is known too; the last K values of g live in a ring.
-template <int64_t NV, typename S, typename V>
+// sum_k w[k] g[t - shift(k)] needs is known too; the last K values of g live in a ring. Without
+// kParamGrads (frozen weight and bias) only dx is computed.
+template <int64_t NV, bool kParamGrads, typename S, typename V>
 void conv_backward_block(const Conv<S, V>& c, const ConvGrads<V>& gr, int64_t b, const Lanes& l) {
   const int64_t nv = NV > 0 ? NV : l.valid, T = c.T, K = c.K, dir = c.reverse ? 1 : -1;
   S taps[kMaxTaps][W] = {}, lane_bias[W] = {};
@@ -260,12 +276,12 @@ void conv_backward_block(const Conv<S, V>& c, const ConvGrads<V>& gr, int64_t b,
     for (int64_t w = 0; w < nv; ++w) {
       const S s = sigmoid(pre[w]);
       g[w] = lane(d[w]) * s * (S(1) + pre[w] * (S(1) - s));
-      db_part[w] += g[w];
+      if constexpr (kParamGrads) db_part[w] += g[w];
     }
     S acc[W] = {};
     for (int64_t k = 0; k < K; ++k) {
       const int64_t j = t + c.shift(k);  // x[j] feeds pre[t] through tap k
-      if (j >= 0 && j < T) {
+      if (kParamGrads && j >= 0 && j < T) {
         const V* __restrict__ xr = c.x.at(b, j, l.e0);
         #pragma omp simd
         for (int64_t w = 0; w < nv; ++w) dw_part[k][w] += g[w] * lane(xr[w]);
@@ -280,7 +296,7 @@ void conv_backward_block(const Conv<S, V>& c, const ConvGrads<V>& gr, int64_t b,
     V* __restrict__ dxr = gr.dx.at(b, t, l.e0);
     #pragma omp simd
     for (int64_t w = 0; w < nv; ++w) dxr[w] = stored<V>(acc[w]);
-    if ((step + 1) % kFlush == 0 || step + 1 == T) {
+    if (kParamGrads && ((step + 1) % kFlush == 0 || step + 1 == T)) {
       for (int64_t k = 0; k < K; ++k) {
         #pragma omp simd
         for (int64_t w = 0; w < nv; ++w) {
@@ -295,10 +311,12 @@ void conv_backward_block(const Conv<S, V>& c, const ConvGrads<V>& gr, int64_t b,
       }
     }
   }
-  for (int64_t w = 0; w < nv; ++w) {
-    const int64_t be = b * c.E + l.e0 + w;
-    for (int64_t k = 0; k < K; ++k) gr.dweight[be * K + k] = dw[k][w];
-    gr.dbias[be] = db[w];
+  if constexpr (kParamGrads) {
+    for (int64_t w = 0; w < nv; ++w) {
+      const int64_t be = b * c.E + l.e0 + w;
+      for (int64_t k = 0; k < K; ++k) gr.dweight[be * K + k] = dw[k][w];
+      gr.dbias[be] = db[w];
+    }
   }
 }
 
@@ -332,28 +350,34 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Ten
   return out;
 }
 
-// Returns dx (B, T, E), dweight (E, K), dbias (E,).
+// Returns dx (B, T, E), dweight (E, K), dbias (E,); dweight and dbias are empty without param_grads.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& weight,
                                                         const at::Tensor& bias, bool reverse,
-                                                        const at::Tensor& dout) {
+                                                        const at::Tensor& dout, bool param_grads) {
   at::Tensor dx = at::empty(x.sizes(), x.options());
-  at::Tensor dweight = at::empty(weight.sizes(), weight.options());
-  at::Tensor dbias = at::empty(bias.sizes(), bias.options());
+  at::Tensor dweight = wanted(param_grads, weight.sizes(), weight.options());
+  at::Tensor dbias = wanted(param_grads, bias.sizes(), bias.options());
   dispatch_types(x.scalar_type(), weight.scalar_type(), "conv_silu", [&](auto s, auto v) {
     using S = decltype(s);
     using V = decltype(v);
     const Conv<S, V> c = make_conv<S, V>(x, weight, bias, reverse);
     check_rows(dout, x.scalar_type(), c.batch, c.T, c.E, "dout");
-    const Partials dw_rows = partials(c.batch * c.E * c.K), db_rows = partials(c.batch * c.E);
+    const int64_t param_rows = param_grads ? c.batch : 0;
+    const Partials dw_rows = partials(param_rows * c.E * c.K), db_rows = partials(param_rows * c.E);
     const ConvGrads<V> gr{rows_in<V>(dout), rows_out<V>(dx), dw_rows.get(), db_rows.get()};
     const int64_t n_cb = (c.E + W - 1) / W;
     struct None {};
-    for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
-      dispatch_lanes(block_lanes(i % n_cb, c.E),
-                     [&]<int64_t NV>(const Lanes& l) { conv_backward_block<NV>(c, gr, i / n_cb, l); });
+    dispatch_flag(param_grads, [&]<bool kParamGrads>() {
+      for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
+        dispatch_lanes(block_lanes(i % n_cb, c.E), [&]<int64_t NV>(const Lanes& l) {
+          conv_backward_block<NV, kParamGrads>(c, gr, i / n_cb, l);
+        });
+      });
     });
-    sum_rows<S>(dw_rows, c.batch, c.E * c.K, dweight.mutable_data_ptr<S>());
-    sum_rows<S>(db_rows, c.batch, c.E, dbias.mutable_data_ptr<S>());
+    if (param_grads) {
+      sum_rows<S>(dw_rows, c.batch, c.E * c.K, dweight.mutable_data_ptr<S>());
+      sum_rows<S>(db_rows, c.batch, c.E, dbias.mutable_data_ptr<S>());
+    }
   });
   return {dx, dweight, dbias};
 }
@@ -533,8 +557,9 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
 }
 
 // Walks steps [s0, s0 + len) backwards after scan_recompute: carries dL/dh in ws.carry, adds dL/dB
-// lanes into ws.dB and dL/dA into ws.dA_part, writes du and ddelta, adds d delta_bias into dbias.
-template <int64_t NV, typename S, typename V>
+// lanes into ws.dB and (with kDA) dL/dA into ws.dA_part, writes du and ddelta, adds d delta_bias into
+// dbias.
+template <int64_t NV, bool kDA, typename S, typename V>
 void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<S>& prm, int64_t b,
                   const Lanes& l, int64_t s0, int64_t len, ScanWork<S>& ws, double (&dbias)[W]) {
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
@@ -565,7 +590,7 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
         dBn[w] += gh * dtu[w];
         sb[w] += gh * bn;
         const S ga = gh * h_prev[w] * a[w];  // dL/d(dt A[n])
-        dAn[w] += ga * dti[w];
+        if constexpr (kDA) dAn[w] += ga * dti[w];
         dd[w] += ga * An[w];
         carry[w] = a[w] * gh;
       }
@@ -580,7 +605,7 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
       ddelta[w] = stored<V>(dd_w);
       dbias[w] += double(dd_w);
     }
-    if ((len - i) % kFlush == 0 || i == 0) {
+    if (kDA && ((len - i) % kFlush == 0 || i == 0)) {
       #pragma omp simd
       for (int64_t k = 0; k < NW; ++k) {
         ws.dA[k] += double(ws.dA_part[k]);
@@ -590,8 +615,8 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
   }
 }
 
-// Backward of one channel block of row b.
-template <int64_t NV, typename S, typename V>
+// Backward of one channel block of row b (dA only with kDA).
+template <int64_t NV, bool kDA, typename S, typename V>
 void scan_backward_block(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b, const Lanes& l, ScanWork<S>& ws) {
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W, chunk = gr.chunk;
   const int64_t n_chunks = (p.T + chunk - 1) / chunk;
@@ -617,11 +642,12 @@ void scan_backward_block(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b,
     const int64_t s0 = c * chunk, len = std::min(chunk, p.T - s0);
     std::copy(ws.ckpt.begin() + c * NW, ws.ckpt.begin() + (c + 1) * NW, ws.hs.begin());
     scan_recompute<NV>(p, gr, prm, b, l, s0, len, ws, dD);
-    scan_reverse<NV>(p, gr, prm, b, l, s0, len, ws, dbias);
+    scan_reverse<NV, kDA>(p, gr, prm, b, l, s0, len, ws, dbias);
   }
   for (int64_t w = 0; w < nv; ++w) {
     const int64_t be = b * p.E + l.e0 + w;
-    for (int64_t n = 0; n < N; ++n) gr.dA[be * N + n] = ws.dA[n * W + w];
+    if constexpr (kDA)
+      for (int64_t n = 0; n < N; ++n) gr.dA[be * N + n] = ws.dA[n * W + w];
     gr.dD[be] = dD[w];
     gr.dbias[be] = dbias[w];
   }
@@ -666,14 +692,15 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
   return out;
 }
 
-// Returns du, ddelta, dz (B, T, E), dA (E, N), dB, dC (B, T, N), dD, ddelta_bias (E,).
+// Returns du, ddelta, dz (B, T, E), dA (E, N) (empty without compute_dA: a frozen A saves the reverse
+// walk a multiply-add per state and step), dB, dC (B, T, N), dD, ddelta_bias (E,).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_bwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
     const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias, bool softplus, bool reverse,
-    const at::Tensor& dout) {
+    const at::Tensor& dout, bool compute_dA) {
   at::Tensor du = at::empty(u.sizes(), u.options()), ddelta = at::empty(u.sizes(), u.options());
   at::Tensor dz = at::empty(u.sizes(), u.options());
-  at::Tensor dA = at::empty(A.sizes(), A.options()), dD = at::empty(D.sizes(), D.options());
+  at::Tensor dA = wanted(compute_dA, A.sizes(), A.options()), dD = at::empty(D.sizes(), D.options());
   at::Tensor dbias = at::empty(bias.sizes(), bias.options());
   at::Tensor dB = at::empty(Bm.sizes(), Bm.options()), dC = at::empty(Cm.sizes(), Cm.options());
   dispatch_types(u.scalar_type(), A.scalar_type(), "scan", [&](auto s, auto v) {
@@ -686,7 +713,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t groups = std::clamp<int64_t>((4 * at::get_num_threads() + batch - 1) / std::max<int64_t>(batch, 1),
                                                1, n_cb);
     const int64_t n_chunks = (T + kMaxChunk - 1) / kMaxChunk, chunk = (T + n_chunks - 1) / n_chunks;
-    const Partials dA_rows = partials(batch * E * N), dD_rows = partials(batch * E), dbias_rows = partials(batch * E);
+    const Partials dA_rows = partials(compute_dA ? batch * E * N : 0), dD_rows = partials(batch * E), dbias_rows = partials(batch * E);
     const Partials dB_groups = partials(groups * batch * T * N), dC_groups = partials(groups * batch * T * N);
     const ScanGrads<V> gr{rows_in<V>(dout), rows_out<V>(du), rows_out<V>(ddelta), rows_out<V>(dz),
                           dA_rows.get(), dD_rows.get(), dbias_rows.get(), dB_groups.get(), dC_groups.get(),
@@ -695,8 +722,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const int64_t b = i / groups, g = i % groups;
       ws.reserve(T, N, chunk);
       for (int64_t cb = g * n_cb / groups; cb < (g + 1) * n_cb / groups; ++cb)
-        dispatch_lanes(block_lanes(cb, E),
-                       [&]<int64_t NV>(const Lanes& l) { scan_backward_block<NV>(p, gr, b, l, ws); });
+        dispatch_flag(compute_dA, [&]<bool kDA>() {
+          dispatch_lanes(block_lanes(cb, E),
+                         [&]<int64_t NV>(const Lanes& l) { scan_backward_block<NV, kDA>(p, gr, b, l, ws); });
+        });
       // Sum the lanes into this group's dB, dC at (b, t, n).
       double* dBo = gr.dB + (g * batch + b) * T * N;
       double* dCo = gr.dC + (g * batch + b) * T * N;
@@ -716,7 +745,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         }
       }
     });
-    sum_rows<S>(dA_rows, batch, E * N, dA.mutable_data_ptr<S>());
+    if (compute_dA) sum_rows<S>(dA_rows, batch, E * N, dA.mutable_data_ptr<S>());
     sum_rows<S>(dD_rows, batch, E, dD.mutable_data_ptr<S>());
     sum_rows<S>(dbias_rows, batch, E, dbias.mutable_data_ptr<S>());
     sum_rows<S>(dB_groups, groups, batch * T * N, dB.mutable_data_ptr<V>());
@@ -729,15 +758,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 TORCH_LIBRARY(vimtune_mixer_cpu, m) {
   m.def("conv_fwd(Tensor x, Tensor weight, Tensor bias, bool reverse) -> Tensor", &conv_fwd);
-  m.def("conv_bwd(Tensor x, Tensor weight, Tensor bias, bool reverse, Tensor dout) -> (Tensor, Tensor, Tensor)",
-        &conv_bwd);
+  m.def(
+      "conv_bwd(Tensor x, Tensor weight, Tensor bias, bool reverse, Tensor dout, bool param_grads) -> (Tensor, "
+      "Tensor, Tensor)",
+      &conv_bwd);
   m.def(
       "scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
       "bool delta_softplus, bool reverse) -> Tensor",
       &scan_fwd);
   m.def(
       "scan_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
-      "bool delta_softplus, bool reverse, Tensor dout) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "bool delta_softplus, bool reverse, Tensor dout, bool compute_dA) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, "
       "Tensor)",
       &scan_bwd);
 }
