@@ -9,7 +9,9 @@ cached in torch's extensions directory); when the build fails, :func:`mixer_kern
 once and returns False and the mixer keeps its layout-generic path.
 
 For backward the mixer's scan (:func:`selective_scan_recompute_tm`) keeps neither its input ``u`` nor
-``delta``: it recomputes ``u`` from the conv input and ``delta`` from the low-rank ``dt``.
+``delta``: it recomputes ``u`` from the conv input and ``delta`` from the low-rank ``dt``. The backward
+kernels leave out what a frozen backbone does not need: ``dA`` when ``A`` needs no gradient, the conv's
+weight and bias gradients when neither needs one.
 
 float32 and float64 inputs are computed in their own precision (sums over batch, time or channels
 in float64); other floating dtypes are computed in float32 and the results cast back. bfloat16
