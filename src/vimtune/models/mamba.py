@@ -145,12 +145,20 @@ class Block(nn.Module):
         self.prompter: nn.Module | None = None
         self.residual_hook: nn.Module | None = None
 
-    def forward(self, hidden: Tensor, residual: Tensor | None, cls_index: int) -> tuple[Tensor, Tensor]:
-        """hidden (B, T, D), residual (B, T, D) float32 or None -> (new hidden, new residual)."""
+    def add_residual(self, hidden: Tensor, residual: Tensor | None, cls_index: int) -> Tensor:
+        """The block's first half: hidden (B, T, D), residual (B, T, D) float32 or None -> new residual."""
         if self.prompter is not None:
             hidden = self.prompter(hidden, cls_index)
         residual = _wide(hidden) if residual is None else residual + self.drop_path(hidden).to(residual.dtype)
         if self.residual_hook is not None:
             residual = self.residual_hook(residual, cls_index)
-        hidden = self.mixer(self.norm(residual).to(self.norm.weight.dtype))
-        return hidden, residual
+        return residual
+
+    def mix(self, residual: Tensor) -> Tensor:
+        """The block's second half: residual (B, T, D) -> new hidden ``Mixer(RMSNorm(residual))`` (B, T, D)."""
+        return self.mixer(self.norm(residual).to(self.norm.weight.dtype))
+
+    def forward(self, hidden: Tensor, residual: Tensor | None, cls_index: int) -> tuple[Tensor, Tensor]:
+        """hidden (B, T, D), residual (B, T, D) float32 or None -> (new hidden, new residual)."""
+        residual = self.add_residual(hidden, residual, cls_index)
+        return self.mix(residual), residual

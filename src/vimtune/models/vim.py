@@ -170,10 +170,16 @@ class VisionMamba(nn.Module):
         return tokens, mid
 
     def forward_blocks(self, tokens: Tensor, cls_index: int) -> Tensor:
-        """Embedded tokens (B, T, D) -> normalised tokens after all blocks (B, T, D), in the norm's dtype."""
+        """Embedded tokens (B, T, D) -> normalised tokens after all blocks (B, T, D), in the norm's dtype.
+
+        Each block runs in its two halves so that, while a mixer runs, this loop holds only the residual
+        stream: the previous mixer output and residual are dropped once added (a lower inference peak).
+        """
         hidden, residual = tokens, None
         for layer in self.layers:
-            hidden, residual = layer(hidden, residual, cls_index)
+            residual = layer.add_residual(hidden, residual, cls_index)
+            del hidden  # the previous mixer output, now in the residual stream
+            hidden = layer.mix(residual)
         residual = residual + self.drop_path(hidden).to(residual.dtype)
         return self.norm_f(residual).to(self.norm_f.weight.dtype)
 
