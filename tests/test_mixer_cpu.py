@@ -425,6 +425,56 @@ def test_mixer_fast_path_equals_reference(dtype: torch.dtype, rtol: float) -> No
 
 
 
+# (length, piece): one piece, a last piece of one step, pieces shorter than the conv's reach, many pieces
+PIECE_CASES = [(29, 100), (29, 28), (29, 2), (150, 16)]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("case", PIECE_CASES, ids=lambda c: f"T{c[0]}-piece{c[1]}")
+def test_mixer_inference_in_pieces_equals_whole_sequence(case: tuple, dtype: torch.dtype, rtol: float,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without autograd, a sequence longer than ``piece`` runs piece by piece (the conv never sees more than
+    a piece and its K - 1 step reach) and gives the output of the whole-sequence path."""
+    length, piece = case
+    mixer = _mixer(dtype)
+    hidden = torch.randn(2, length, 24, dtype=dtype)
+    whole = bimamba_forward_tm(mixer, hidden)  # autograd on: the whole-sequence path
+    conv_lengths: list[int] = []
+    conv = mixer_cpu.causal_conv1d_silu
+    monkeypatch.setattr(mixer_cpu, "causal_conv1d_silu", lambda x, *a: conv_lengths.append(x.shape[1]) or conv(x, *a))
+    with torch.inference_mode():
+        pieces = bimamba_forward_tm(mixer, hidden, piece=piece)
+    _close(pieces, whole.detach(), rtol, "out")
+    halo = mixer.d_conv - 1
+    if length > piece:
+        assert max(conv_lengths) <= piece + halo and len(conv_lengths) == 2 * -(-length // piece)
+    else:
+        assert conv_lengths == [length, length]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_state_carries_a_sequence_across_calls(reverse: bool, dtype: torch.dtype) -> None:
+    """The scan kernel run piece by piece with its state carried gives, bit for bit, the single call's output."""
+    g = torch.Generator().manual_seed(3)
+    batch, length, channels, state_size = 2, 70, 40, 16
+    u, delta, z = (torch.randn(batch, length, channels, generator=g).to(dtype) for _ in range(3))
+    B, C = (torch.randn(batch, length, state_size, generator=g).to(dtype) for _ in range(2))
+    param = torch.float64 if dtype == torch.float64 else torch.float32
+    A = -torch.rand(channels, state_size, generator=g).to(param) - 0.1
+    D, bias = (torch.randn(channels, generator=g).to(param) for _ in range(2))
+    ops = mixer_cpu._ops()
+    whole = ops.scan_fwd(u, delta, A, B, C, D, z, bias, True, reverse)
+    state = torch.zeros(batch, channels, state_size, dtype=param)
+    bounds = [(0, 1), (1, 33), (33, 70)]
+    outs = {lo: ops.scan_fwd(u[:, lo:hi], delta[:, lo:hi], A, B[:, lo:hi], C[:, lo:hi], D, z[:, lo:hi], bias,
+                             True, reverse, state)
+            for lo, hi in (reversed(bounds) if reverse else bounds)}
+    assert torch.equal(torch.cat([outs[lo] for lo, _ in bounds], dim=1), whole)
+    with pytest.raises(RuntimeError, match="state"):
+        ops.scan_fwd(u, delta, A, B, C, D, z, bias, True, reverse, torch.zeros(batch, channels, 3, dtype=param))
+
+
 MIXER_PATHS = (bimamba_forward_tm, BiMambaMixer.forward)  # fast path, then the mixer's own (reference)
 
 

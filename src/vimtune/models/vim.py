@@ -170,12 +170,17 @@ class VisionMamba(nn.Module):
         return tokens, mid
 
     def forward_blocks(self, tokens: Tensor, cls_index: int) -> Tensor:
-        """Embedded tokens (B, T, D) -> normalised tokens after all blocks (B, T, D), in the norm's dtype.
+        """Embedded tokens (B, T, D) -> normalised tokens after all blocks (B, T, D), in the norm's dtype."""
+        return self._run_blocks([tokens], cls_index)
+
+    def _run_blocks(self, handed_over: list[Tensor], cls_index: int) -> Tensor:
+        """:meth:`forward_blocks` on the tokens in the one-element list ``handed_over``, which it empties.
 
         Each block runs in its two halves so that, while a mixer runs, this loop holds only the residual
-        stream: the previous mixer output and residual are dropped once added (a lower inference peak).
+        stream: the previous mixer output and residual are dropped once added, and the embedded tokens
+        too when the caller kept no reference to them (a lower inference peak).
         """
-        hidden, residual = tokens, None
+        hidden, residual = handed_over.pop(), None
         for layer in self.layers:
             residual = layer.add_residual(hidden, residual, cls_index)
             del hidden  # the previous mixer output, now in the residual stream
@@ -186,7 +191,9 @@ class VisionMamba(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> all output tokens (B, T, D), the cls token at ``cls_index(M)``."""
         tokens, cls_index = self.embed(x)
-        return self.forward_blocks(tokens, cls_index)
+        handed_over = [tokens]
+        del tokens  # freed once the residual stream has moved past them
+        return self._run_blocks(handed_over, cls_index)
 
     def pool(self, tokens: Tensor) -> Tensor:
         """(B, T, D) -> (B, D): the cls token (``global_pool='token'``) or the mean of all tokens."""

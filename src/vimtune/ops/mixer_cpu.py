@@ -288,18 +288,61 @@ def _direction_tm(
     )
 
 
-def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor) -> Tensor:
+def _direction_in_pieces(
+    mixer: BiMambaMixer, x: Tensor, z: Tensor, reverse: bool, conv: torch.nn.Conv1d, x_proj: torch.nn.Module,
+    dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor, y: Tensor, piece: int,
+) -> None:
+    """One direction of the mixer without autograd, ``piece`` time steps at a time (in scan order), the scan
+    state carried from piece to piece; the output is written into ``y`` (forward direction) or added to it
+    (reverse). x, z, y: (B, T, E). Every step computes what :func:`_direction_tm` computes."""
+    length, halo = x.shape[1], conv.weight.shape[-1] - 1
+    A = -torch.exp(A_log.to(_compute_dtype(x, A_log)))
+    state = torch.zeros(x.shape[0], *A.shape, dtype=A.dtype, device=x.device)  # (B, E, N)
+    starts = range(0, length, piece)
+    for lo in reversed(starts) if reverse else starts:
+        hi = min(lo + piece, length)
+        # the conv reads K - 1 steps before the piece (forward direction) or after it (reverse)
+        first = lo if reverse else max(lo - halo, 0)
+        u = causal_conv1d_silu(x[:, first:min(hi + halo, length) if reverse else hi], conv.weight, conv.bias, reverse)
+        u = u[:, lo - first : hi - first]
+        dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+        work = _scan_work(u, dt @ dt_proj.weight.t(), A, Bm, Cm, D, z[:, lo:hi], dt_proj.bias)
+        out = _ops().scan_fwd(*work, True, reverse, state).to(u.dtype)
+        if reverse:
+            y[:, lo:hi].add_(out)
+        else:
+            y[:, lo:hi].copy_(out)
+
+
+INFERENCE_PIECE = 512
+"""Time steps per piece of the mixer's inference path, used when no gradient is recorded and the
+sequence is longer: the conv output, ``delta`` and the scan output then exist one piece at a time."""
+
+
+def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor, piece: int = INFERENCE_PIECE) -> Tensor:
     """:meth:`BiMambaMixer.forward` computed in time-major layout with the C++ kernels.
+
+    Without autograd (``torch.no_grad`` / ``torch.inference_mode``) and with more than ``piece`` tokens,
+    each direction runs ``piece`` time steps at a time (:func:`_direction_in_pieces`), so that of the
+    (B, T, E) intermediates only ``in_proj``'s output and the summed scan outputs are ever whole.
 
     Args:
         mixer: the mixer whose modules and parameters are used (``in_proj``, ``x_proj``, ``x_proj_b``
             and ``out_proj`` are called as modules, so wrapped ones such as LoRA's work).
         hidden: (B, T, D).
+        piece: time steps per piece of the inference path.
 
     Returns:
         (B, T, D).
     """
     x, z = mixer.in_proj(hidden).split(mixer.d_inner, dim=-1)  # (B, T, E) column slices
+    if not torch.is_grad_enabled() and x.shape[1] > piece:
+        y = torch.empty_like(z, memory_format=torch.contiguous_format)
+        _direction_in_pieces(mixer, x, z, False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D,
+                             y, piece)
+        _direction_in_pieces(mixer, x, z, True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log,
+                             mixer.D_b, y, piece)
+        return mixer.out_proj(y.div_(2))
     y = _direction_tm(mixer, x, z, False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D)
     y_bwd = _direction_tm(mixer, x, z, True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log, mixer.D_b)
     return mixer.out_proj(y.add_(y_bwd).div_(2))  # in place on the fresh scan output: (y_fwd + y_bwd) / 2

@@ -48,6 +48,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -463,11 +464,18 @@ inline void advance(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& 
   }
 }
 
+// The scan of one channel block of row b. With `state` ((B, E, N), or null): starts from the state it
+// holds instead of zero and leaves the state after the last step in it (a sequence scanned in pieces).
 template <int64_t NV, typename S, typename V>
-void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, const Lanes& l, std::vector<S>& h) {
+void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, const Lanes& l, std::vector<S>& h,
+                        S* state) {
   const int64_t nv = NV > 0 ? NV : l.valid;
   const ScanParams<S> prm(p, l);
+  S* lane_state = state ? state + (b * p.E + l.e0) * p.N : nullptr;  // [w][n] of this block
   h.assign(p.N * W, S(0));
+  if (lane_state)
+    for (int64_t w = 0; w < nv; ++w)
+      for (int64_t n = 0; n < p.N; ++n) h[n * W + w] = lane_state[w * p.N + n];
   for (int64_t s = 0; s < p.T; ++s) {
     const int64_t t = p.time(s);
     S dt[W], slope[W], dtu[W], acc[W];
@@ -484,6 +492,9 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, cons
       o[w] = stored<V>(acc[w] * zw * sigmoid(zw));
     }
   }
+  if (lane_state)
+    for (int64_t w = 0; w < nv; ++w)
+      for (int64_t n = 0; n < p.N; ++n) lane_state[w * p.N + n] = h[n * W + w];
 }
 
 template <typename V>
@@ -674,19 +685,29 @@ Scan<S, V> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Ten
                  batch, T, E, N, softplus, reverse};
 }
 
+// Returns out (B, T, E). `state` (B, E, N) in the parameters' dtype, when given, is the state before the
+// first step and is overwritten with the state after the last one.
 at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                     const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
-                    bool softplus, bool reverse) {
+                    bool softplus, bool reverse, const std::optional<at::Tensor>& state) {
   at::Tensor out = at::empty(u.sizes(), u.options());
   dispatch_types(u.scalar_type(), A.scalar_type(), "scan", [&](auto s, auto v) {
     using S = decltype(s);
     using V = decltype(v);
     const Scan<S, V> p = make_scan<S, V>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
+    S* state_data = nullptr;
+    if (state.has_value()) {
+      check_param(*state, A.scalar_type(), p.batch * p.E * p.N, "state");
+      TORCH_CHECK(state->dim() == 3 && state->size(0) == p.batch && state->size(1) == p.E, "state must be (",
+                  p.batch, ", ", p.E, ", ", p.N, "), got ", state->sizes());
+      state_data = state->mutable_data_ptr<S>();
+    }
     const Rows<V> o = rows_out<V>(out);
     const int64_t n_cb = (p.E + W - 1) / W;
     for_each_task<std::vector<S>>(p.batch * n_cb, [&](int64_t i, std::vector<S>& h) {
-      dispatch_lanes(block_lanes(i % n_cb, p.E),
-                     [&]<int64_t NV>(const Lanes& l) { scan_forward_block<NV>(p, o, i / n_cb, l, h); });
+      dispatch_lanes(block_lanes(i % n_cb, p.E), [&]<int64_t NV>(const Lanes& l) {
+        scan_forward_block<NV>(p, o, i / n_cb, l, h, state_data);
+      });
     });
   });
   return out;
@@ -764,7 +785,7 @@ TORCH_LIBRARY(vimtune_mixer_cpu, m) {
       &conv_bwd);
   m.def(
       "scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
-      "bool delta_softplus, bool reverse) -> Tensor",
+      "bool delta_softplus, bool reverse, Tensor(a!)? state=None) -> Tensor",
       &scan_fwd);
   m.def(
       "scan_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
