@@ -445,6 +445,10 @@ def test_mixer_inference_in_pieces_equals_whole_sequence(case: tuple, dtype: tor
     with torch.inference_mode():
         pieces = bimamba_forward_tm(mixer, hidden, piece=piece)
     _close(pieces, whole.detach(), rtol, "out")
+    conv_lengths.clear()
+    monkeypatch.setattr(mixer_cpu, "INFERENCE_PIECE", piece)  # the default, read at each call
+    with torch.inference_mode():
+        torch.testing.assert_close(bimamba_forward_tm(mixer, hidden), pieces, rtol=0, atol=0)
     halo = mixer.d_conv - 1
     if length > piece:
         assert max(conv_lengths) <= piece + halo and len(conv_lengths) == 2 * -(-length // piece)

@@ -316,10 +316,11 @@ def _direction_in_pieces(
 
 INFERENCE_PIECE = 512
 """Time steps per piece of the mixer's inference path, used when no gradient is recorded and the
-sequence is longer: the conv output, ``delta`` and the scan output then exist one piece at a time."""
+sequence is longer: the conv output, ``delta`` and the scan output then exist one piece at a time.
+Smaller pieces use less memory and more calls; set it above any sequence length to turn the pieces off."""
 
 
-def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor, piece: int = INFERENCE_PIECE) -> Tensor:
+def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor, piece: int | None = None) -> Tensor:
     """:meth:`BiMambaMixer.forward` computed in time-major layout with the C++ kernels.
 
     Without autograd (``torch.no_grad`` / ``torch.inference_mode``) and with more than ``piece`` tokens,
@@ -330,11 +331,12 @@ def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor, piece: int = INFEREN
         mixer: the mixer whose modules and parameters are used (``in_proj``, ``x_proj``, ``x_proj_b``
             and ``out_proj`` are called as modules, so wrapped ones such as LoRA's work).
         hidden: (B, T, D).
-        piece: time steps per piece of the inference path.
+        piece: time steps per piece of the inference path (default: :data:`INFERENCE_PIECE`, read at the call).
 
     Returns:
         (B, T, D).
     """
+    piece = INFERENCE_PIECE if piece is None else piece
     x, z = mixer.in_proj(hidden).split(mixer.d_inner, dim=-1)  # (B, T, E) column slices
     if not torch.is_grad_enabled() and x.shape[1] > piece:
         y = torch.empty_like(z, memory_format=torch.contiguous_format)
