@@ -302,9 +302,8 @@ def _direction_in_pieces(
     for lo in reversed(starts) if reverse else starts:
         hi = min(lo + piece, length)
         # the conv reads K - 1 steps before the piece (forward direction) or after it (reverse)
-        first = lo if reverse else max(lo - halo, 0)
-        u = causal_conv1d_silu(x[:, first:min(hi + halo, length) if reverse else hi], conv.weight, conv.bias, reverse)
-        u = u[:, lo - first : hi - first]
+        first, last = (lo, min(hi + halo, length)) if reverse else (max(lo - halo, 0), hi)
+        u = causal_conv1d_silu(x[:, first:last], conv.weight, conv.bias, reverse)[:, lo - first : hi - first]
         dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
         work = _scan_work(u, dt @ dt_proj.weight.t(), A, Bm, Cm, D, z[:, lo:hi], dt_proj.bias)
         out = _ops().scan_fwd(*work, True, reverse, state).to(u.dtype)
