@@ -456,6 +456,17 @@ def test_mixer_inference_in_pieces_equals_whole_sequence(case: tuple, dtype: tor
         assert conv_lengths == [length, length]
 
 
+def test_mixer_inference_in_pieces_under_bfloat16_autocast() -> None:
+    """Under CPU bf16 autocast the pieces give the whole-sequence output (up to bf16 rounding of the
+    matmuls, which now see fewer rows at a time)."""
+    mixer = _mixer(torch.float32)
+    hidden = torch.randn(2, 150, 24)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        whole, pieces = bimamba_forward_tm(mixer, hidden, piece=10**9), bimamba_forward_tm(mixer, hidden, piece=16)
+    assert pieces.dtype == whole.dtype == torch.bfloat16
+    _close(pieces, whole, 2e-2, "out")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_scan_state_carries_a_sequence_across_calls(reverse: bool, dtype: torch.dtype) -> None:
