@@ -127,12 +127,15 @@ struct Lanes {
 
 inline Lanes block_lanes(int64_t cb, int64_t E) { return {cb * W, std::min(W, E - cb * W)}; }
 
-// The channel block that the j-th task of a row (of n_cb) works on: even tasks take the first half of
-// the row, odd ones the second. Tasks are handed out in order, so two threads start on blocks half a
-// row apart rather than on neighbours, whose bfloat16 rows (16 lanes, 32 bytes) share cache lines that
-// both would write step by step (that sharing slowed a 2-thread bfloat16 conv over short sequences by
-// up to 1.7x).
-inline int64_t spread_block(int64_t j, int64_t n_cb) { return j % 2 == 0 ? j / 2 : (n_cb + 1) / 2 + j / 2; }
+// The channel block of task i when each of the tasks [b * n_cb, (b + 1) * n_cb) owns one block of row b
+// (the row is i / n_cb). Within a row, even tasks take the first half of the blocks and odd ones the
+// second: tasks are handed out in order, so two threads start on blocks half a row apart rather than on
+// neighbours, whose bfloat16 rows (16 lanes, 32 bytes) share cache lines that both would write step by
+// step (that sharing slowed a 2-thread bfloat16 conv over short sequences by up to 1.7x).
+inline Lanes task_lanes(int64_t i, int64_t n_cb, int64_t E) {
+  const int64_t j = i % n_cb;
+  return block_lanes(j % 2 == 0 ? j / 2 : (n_cb + 1) / 2 + j / 2, E);
+}
 
 // Runs task(i, workspace) for i in [0, n_tasks) on torch's intra-op threads, one Workspace per thread.
 template <typename Workspace, typename F>
@@ -351,7 +354,7 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Ten
     const int64_t n_cb = (c.E + W - 1) / W;
     struct None {};
     for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
-      dispatch_lanes(block_lanes(spread_block(i % n_cb, n_cb), c.E),
+      dispatch_lanes(task_lanes(i, n_cb, c.E),
                      [&]<int64_t NV>(const Lanes& l) { conv_forward_block<NV>(c, o, i / n_cb, l); });
     });
   });
@@ -377,7 +380,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& x, con
     struct None {};
     dispatch_flag(param_grads, [&]<bool kParamGrads>() {
       for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
-        dispatch_lanes(block_lanes(spread_block(i % n_cb, n_cb), c.E), [&]<int64_t NV>(const Lanes& l) {
+        dispatch_lanes(task_lanes(i, n_cb, c.E), [&]<int64_t NV>(const Lanes& l) {
           conv_backward_block<NV, kParamGrads>(c, gr, i / n_cb, l);
         });
       });
@@ -712,7 +715,7 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
     const Rows<V> o = rows_out<V>(out);
     const int64_t n_cb = (p.E + W - 1) / W;
     for_each_task<std::vector<S>>(p.batch * n_cb, [&](int64_t i, std::vector<S>& h) {
-      dispatch_lanes(block_lanes(spread_block(i % n_cb, n_cb), p.E), [&]<int64_t NV>(const Lanes& l) {
+      dispatch_lanes(task_lanes(i, n_cb, p.E), [&]<int64_t NV>(const Lanes& l) {
         scan_forward_block<NV>(p, o, i / n_cb, l, h, state_data);
       });
     });
