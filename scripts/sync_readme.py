@@ -1,10 +1,13 @@
-"""Copy the committed benchmark results into README.md.
+"""Copy the committed benchmark results into README.md and the pages under docs/.
 
-Every ``<!-- include: PATH -->`` ... ``<!-- /include -->`` block of the README is replaced by the
-current text of PATH (relative to the repository root), so the README's tables are always those
-that the benchmark commands wrote. ``--check`` only reports blocks that are out of date (exit 1).
+Every ``<!-- include: PATH -->`` ... ``<!-- /include -->`` block is replaced by the current text of
+PATH (relative to the repository root), so the tables shown are always those that the benchmark
+commands wrote. ``<!-- include: PATH#HEADING -->`` takes only the part of PATH under the bold line
+``**HEADING**``, up to the next bold heading line (the result files use bold lines as headings), or the
+paragraph that starts with HEADING, so the README's first screen can show one table of a long result file.
+``--check`` only reports blocks that are out of date (exit 1).
 
-    python scripts/sync_readme.py            # rewrite README.md
+    python scripts/sync_readme.py            # rewrite README.md and docs/*.md
     python scripts/sync_readme.py --check    # exit 1 if a block differs from its file
 """
 
@@ -16,34 +19,68 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- include: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /include -->)", re.DOTALL)
+BLOCK = re.compile(
+    r"(<!-- include: (?P<path>[^\s#]+)(?:#(?P<heading>[^>]+?))? -->\n)(?P<body>.*?)(<!-- /include -->)", re.DOTALL
+)
+HEADING_LINE = re.compile(r"^\*\*[^*].*\*\*$")
 
 
-def synced(readme: str, root: Path = ROOT) -> str:
-    """``readme`` with every include block's body replaced by its file's text."""
+def section(text: str, heading: str, source: str) -> str:
+    """The part of ``text`` that ``heading`` names (stripped of blank lines around it).
+
+    Under a bold heading line ``**heading**``: the lines after it, up to the next bold heading line.
+    Else the paragraph (up to the next blank line) whose first line starts with ``heading``.
+    """
+    lines = text.splitlines()
+    marker = f"**{heading}**"
+    if marker in lines:
+        start = lines.index(marker) + 1
+        end = next((i for i in range(start, len(lines)) if HEADING_LINE.match(lines[i])), len(lines))
+    else:
+        start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+        if start is None:
+            raise ValueError(f"{source} has no heading line {marker!r} and no paragraph starting {heading!r}")
+        end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return "\n".join(lines[start:end]).strip("\n")
+
+
+def synced(page: str, root: Path = ROOT) -> str:
+    """``page`` with every include block's body replaced by its file's text (or the named section of it)."""
 
     def replace(match: re.Match[str]) -> str:
         path = root / match["path"]
         if not path.is_file():
-            raise FileNotFoundError(f"README includes {match['path']}, which does not exist under {root}")
-        return match.group(1) + path.read_text().rstrip("\n") + "\n" + match.group(4)
+            raise FileNotFoundError(f"a page includes {match['path']}, which does not exist under {root}")
+        text = path.read_text().rstrip("\n")
+        if match["heading"]:
+            text = section(text, match["heading"].strip(), match["path"])
+        return match.group(1) + text + "\n" + match.group(5)
 
-    return BLOCK.sub(replace, readme)
+    return BLOCK.sub(replace, page)
+
+
+def pages(root: Path = ROOT) -> list[Path]:
+    """README.md and every markdown page under docs/."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="do not write; exit 1 when README.md is out of date")
+    parser.add_argument("--check", action="store_true", help="do not write; exit 1 when a page is out of date")
     args = parser.parse_args()
-    readme_path = ROOT / "README.md"
-    readme = readme_path.read_text()
-    new = synced(readme)
+    stale = []
+    for page_path in pages():
+        page = page_path.read_text()
+        new = synced(page)
+        if new == page:
+            continue
+        stale.append(str(page_path.relative_to(ROOT)))
+        if not args.check:
+            page_path.write_text(new)
     if args.check:
-        pairs = zip(BLOCK.finditer(readme), BLOCK.finditer(new), strict=True)
-        stale = [old["path"] for old, fresh in pairs if old["body"] != fresh["body"]]
-        print("README.md is up to date" if not stale else f"README.md is out of date for: {', '.join(stale)}")
+        print("every page is up to date" if not stale else f"out of date: {', '.join(stale)}")
         return 1 if stale else 0
-    readme_path.write_text(new)
+    print(f"rewrote: {', '.join(stale)}" if stale else "every page was up to date")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The README's benchmark tables are the committed result files (scripts/sync_readme.py)."""
+"""The README's and docs pages' benchmark tables are the committed result files (scripts/sync_readme.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,14 @@ def _sync_module():
     return module
 
 
-def test_readme_tables_match_result_files() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "<!-- include: benchmarks/results/" in readme
-    assert _sync_module().synced(readme) == readme, "run: python scripts/sync_readme.py"
+@pytest.mark.parametrize("page", _sync_module().pages(), ids=lambda p: p.name)
+def test_page_tables_match_result_files(page: Path) -> None:
+    text = page.read_text()
+    assert _sync_module().synced(text) == text, f"{page.name} is stale: run python scripts/sync_readme.py"
+
+
+def test_readme_shows_a_committed_result_table() -> None:
+    assert "<!-- include: benchmarks/results/" in (ROOT / "README.md").read_text()
 
 
 def test_sync_replaces_a_stale_block_and_names_missing_files(tmp_path: Path) -> None:
@@ -31,3 +35,22 @@ def test_sync_replaces_a_stale_block_and_names_missing_files(tmp_path: Path) -> 
     assert sync.synced(stale, tmp_path) == fresh
     with pytest.raises(FileNotFoundError, match="missing.md"):
         sync.synced("<!-- include: missing.md -->\n<!-- /include -->", tmp_path)
+
+
+def test_section_include_takes_one_bold_heading_up_to_the_next(tmp_path: Path) -> None:
+    sync = _sync_module()
+    (tmp_path / "r.md").write_text("intro\n\n**First**\n\n| a |\n| 1 |\n\n**Second**\n\n| b |\n")
+    page = "<!-- include: r.md#First -->\nold\n<!-- /include -->\n"
+    assert sync.synced(page, tmp_path) == "<!-- include: r.md#First -->\n| a |\n| 1 |\n<!-- /include -->\n"
+    last = "<!-- include: r.md#Second -->\n<!-- /include -->"
+    assert sync.synced(last, tmp_path) == "<!-- include: r.md#Second -->\n| b |\n<!-- /include -->"
+    with pytest.raises(ValueError, match="Third"):
+        sync.synced("<!-- include: r.md#Third -->\n<!-- /include -->", tmp_path)
+
+
+def test_section_include_falls_back_to_the_paragraph_starting_with_the_heading(tmp_path: Path) -> None:
+    sync = _sync_module()
+    (tmp_path / "r.md").write_text("| t |\n\nCrossover: at 640 px\nand more.\n\nnext paragraph\n")
+    page = "<!-- include: r.md#Crossover -->\n<!-- /include -->"
+    expected = "<!-- include: r.md#Crossover -->\nCrossover: at 640 px\nand more.\n<!-- /include -->"
+    assert sync.synced(page, tmp_path) == expected
