@@ -88,12 +88,15 @@ def load_weights_file(path: str | Path, cfg: RunConfig, classes: list[str]) -> L
 
 
 @torch.no_grad()
-def predict_images(loaded: LoadedModel, paths: list[str], topk: int = 5) -> list[list[tuple[str, float]]]:
-    """Top-``topk`` ``(class name, probability)`` for each image file, best first."""
+def predict_images(loaded: LoadedModel, paths: list[str], topk: int = 5, batch: int = 64,
+                   ) -> list[list[tuple[str, float]]]:
+    """Top-``topk`` ``(class name, probability)`` for each image file, best first (``batch`` at a time)."""
     transform = build_eval_transform(loaded.cfg.data.augment)
-    images = torch.stack([transform(load_rgb(p)) for p in paths])  # (N, 3, H, W)
-    probabilities = loaded.model(images).float().softmax(dim=1)  # (N, C)
-    values, indices = probabilities.topk(min(topk, len(loaded.classes)), dim=1)
+    chunks = []
+    for start in range(0, len(paths), batch):
+        images = torch.stack([transform(load_rgb(p)) for p in paths[start:start + batch]])  # (b, 3, H, W)
+        chunks.append(loaded.model(images).float().softmax(dim=1))  # (b, C)
+    values, indices = torch.cat(chunks).topk(min(topk, len(loaded.classes)), dim=1)
     return [
         [(loaded.classes[i], float(v)) for v, i in zip(row_v, row_i, strict=True)]
         for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)
