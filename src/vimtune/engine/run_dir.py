@@ -158,7 +158,7 @@ def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool, create: boo
 
     Raises:
         RunDirExistsError: ``path`` holds files and neither ``resume`` nor ``overwrite`` is set.
-        NotARunDirError: ``overwrite`` of a folder that holds files but no vimtune run.
+        NotARunDirError: ``overwrite`` or ``resume`` of a folder that holds files but no vimtune run.
         FileNotFoundError: ``resume`` of a folder that does not exist.
     """
     files = RunFiles(Path(path))
@@ -167,6 +167,8 @@ def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool, create: boo
         raise ValueError("--resume and --overwrite exclude each other")
     if resume and not files.root.is_dir():
         raise FileNotFoundError(f"nothing to resume: run folder '{files.root}' does not exist")
+    if resume and holds_files and not holds_run(files.root):
+        raise NotARunDirError(f"nothing to resume: '{files.root}' holds files but no vimtune run")
     if holds_files and not resume:
         if not overwrite:
             raise RunDirExistsError(

@@ -92,8 +92,10 @@ def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False) 
     files = RunFiles(cfg.run_dir())
     try:
         with ExitStack() as held:
-            if ctx.is_main and files.root.is_dir():
-                held.enter_context(run_lock(files.root))  # a second process on the run stops here
+            if ctx.is_main:
+                prepare_run_dir(files.root, resume, overwrite, create=False)  # writes nothing to a foreign folder
+                if files.root.is_dir():
+                    held.enter_context(run_lock(files.root))  # a second process on the run stops here
             return _run(cfg, ctx, files, resume, overwrite, held)
     except KeyboardInterrupt:
         raise RunInterrupted(interrupted_message(files)) from None
@@ -113,8 +115,6 @@ def interrupted_message(files: RunFiles) -> str:
 
 def _run(cfg: RunConfig, ctx: DistContext, files: RunFiles, resume: bool, overwrite: bool,
          held: ExitStack) -> dict[str, Any]:
-    if ctx.is_main:
-        prepare_run_dir(files.root, resume, overwrite, create=False)
     backbone_file = run_backbone_file(cfg.model, files, resume)
     random_seed(cfg.train.seed)  # the same initial weights on every process
     train_set = build_split(cfg.data, "train")
