@@ -270,6 +270,17 @@ def test_convert_cli_writes_a_loadable_adapter(release_run, tmp_path) -> None:
         assert torch.equal(loaded.eval()(images()), model(images()))
 
 
+def test_convert_cli_infers_the_group_size_and_records_the_backbone(release_run, tmp_path) -> None:
+    model, path = release_run
+    out, weights = tmp_path / "adapter", tmp_path / "backbone.safetensors"
+    assert main(["convert", "--from", "svp-release", str(path), str(out), "--backbone", "vim_nano_patch4_32",
+                 "--rank", "8", "--backbone-weights-out", str(weights)]) == 0
+    loaded, method = load_adapter(out)  # the backbone file is found through adapter.json's record
+    assert method.options.group_size == 2
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(images()), model(images()))
+
+
 # ---------------------------------------------------------------- memory-lean prompter: same numbers
 def plain_prompts(bank: SelectivePrompts, hidden: torch.Tensor, cls: int, layer: int) -> torch.Tensor:
     """The straightforward form (slices, ``beta * F.silu(...)``, cat) of both variants."""

@@ -97,12 +97,12 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(
     data, run = finished_run
 
     def nan_model(*args, **kwargs):
-        model, trainable = build_model(*args, **kwargs)
+        model, trainable = attach_method(*args, **kwargs)
         model.register_forward_hook(lambda module, inputs, out: out * float("nan") if module.training else out)
         return model, trainable
 
-    build_model = runner.build_model
-    monkeypatch.setattr(runner, "build_model", nan_model)
+    attach_method = runner.attach_method
+    monkeypatch.setattr(runner, "attach_method", nan_model)
     before = _saved(run)
     assert main(["train", "--output-dir", str(run), "--resume", "--epochs", "3"]) == 1
     err = capsys.readouterr().err

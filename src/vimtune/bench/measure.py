@@ -141,7 +141,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def run_worker() -> None:
+    """The worker process: measure the spec in ``sys.argv[1]``, print the result as one JSON line."""
     keep_freed_memory()  # as the vimtune command runs (skipped in the live-memory worker: glibc variables set)
     spec = json.loads(sys.argv[1])
     try:
@@ -152,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_worker()

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"vimtune {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # Ctrl-C: one line (a run's names its last checkpoint), no traceback
+        print(f"vimtune {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return 130
     return int(status or 0)
 
 

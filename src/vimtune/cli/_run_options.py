@@ -19,6 +19,7 @@ FLAG_KEYS = {
     "model": "model.name",
     "method": "model.method",
     "backbone_weights": "model.backbone_weights",
+    "random_backbone": "model.random_backbone",
     "data": "data.root",
     "data_kind": "data.kind",
     "batch_size": "data.batch_size",
@@ -62,7 +63,11 @@ def add_run_options(parser: argparse.ArgumentParser, finetune: bool) -> None:
     if finetune:
         model.add_argument("--method", help="PEFT method: svp, linear, full, ... (see vimtune.methods)")
         model.add_argument("--backbone-weights", metavar="PATH",
-                           help="pretrained backbone (.pth release file, state dict or .safetensors)")
+                           help="pretrained backbone (.pth release file, state dict or .safetensors); its "
+                                "source and SHA-256 are recorded in the run's run.json")
+        model.add_argument("--random-backbone", action="store_true", default=None,
+                           help="fine-tune a randomly initialised backbone on purpose (it is stored in the run "
+                                "folder as backbone.safetensors)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", metavar="ROOT", help="dataset folder")
     data.add_argument("--data-kind", choices=DATASET_KINDS, help="dataset layout")

@@ -12,9 +12,11 @@ import pkgutil
 
 
 def _benchmark_names() -> list[str]:
+    """The modules of :mod:`vimtune.bench` that define ``main(argv)`` (helpers such as ``runner`` do not)."""
     import vimtune.bench
 
-    return sorted(m.name for m in pkgutil.iter_modules(vimtune.bench.__path__) if not m.name.startswith("_"))
+    names = sorted(m.name for m in pkgutil.iter_modules(vimtune.bench.__path__) if not m.name.startswith("_"))
+    return [name for name in names if hasattr(importlib.import_module(f"vimtune.bench.{name}"), "main")]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,15 @@ examples:
 """
 
 
+def unused_folder(path: Path) -> Path:
+    """``path``, or when it exists ``path-2``, ``path-3``, ...: the first that does not exist."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
+
+
 def run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     loaded: LoadedModel | None = None
@@ -41,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.checkpoint:
         cfg = build_config(load_recipe(args.config) if args.config else {}, overrides)
         stem = Path(args.checkpoint).stem
-        out_dir = Path(args.output_dir or Path("runs") / f"eval-{stem}")
+        default = Path("runs") / f"eval-{stem}"
+        out_dir = Path(args.output_dir) if args.output_dir else unused_folder(default)
+        if out_dir != default and not args.output_dir:
+            print(f"'{default}' exists (kept): writing to '{out_dir}'", file=sys.stderr)
     else:
         raise ValueError("give a run folder, or --checkpoint PATH with --model and --data")
     ctx = init_distributed(cfg.train.device)
@@ -84,7 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, help="which epoch's weights (default: val, else last)")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="instead of a run: full-model weights (.safetensors/.pth) or an adapter folder")
-    parser.add_argument("--output-dir", help="where --checkpoint results go (default runs/eval-<name>)")
+    parser.add_argument("--output-dir", help="where --checkpoint results go (default runs/eval-<name>, or "
+                                             "runs/eval-<name>-2, -3, ... when it exists: never overwritten)")
     add_config_options(parser)
     parser.add_argument("--model", help="model name (with --checkpoint)")
     parser.add_argument("--backbone-weights", metavar="PATH", help="backbone of an adapter folder")

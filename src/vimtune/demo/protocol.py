@@ -83,7 +83,7 @@ class Protocol:
             "name": f"{task.name}-{method}-s{seed}",
             "output_dir": str(run_dir),
             "model": {"name": backbone.spec.name, "kwargs": dict(backbone.spec.kwargs),
-                      "backbone_weights": str(weights) if weights else None,
+                      "backbone_weights": str(weights) if weights else None, "random_backbone": weights is None,
                       "method": base_method, "method_options": dict(options)},
             "data": {"kind": "vtab", "root": str(task), "train_split": "train",
                      "val_split": "val" if self.validate else None, "test_split": "test",

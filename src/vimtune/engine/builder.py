@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -19,8 +21,11 @@ from vimtune.models import load_checkpoint
 EVAL_ROLES = {"val": "val_split", "test": "test_split"}
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Trainable]:
-    """Create ``cfg.name`` with a ``num_classes`` head, load the backbone weights, attach the method.
+def build_model(cfg: ModelConfig, num_classes: int, backbone_file: Path | None) -> tuple[nn.Module, Trainable]:
+    """Create ``cfg.name`` with a ``num_classes`` head, load ``backbone_file``, attach the method.
+
+    ``backbone_file`` is the file ``cfg.backbone_weights`` names, already checked (see
+    :mod:`vimtune.engine.run_record`); ``None`` keeps the fresh initialisation.
 
     Returns:
         The model and what trains in it: the method, or :class:`WholeModel` without one.
@@ -28,9 +33,19 @@ def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Trainabl
     Raises:
         vimtune.models.CheckpointError: backbone weights that do not fit the architecture.
     """
+    return attach_method(build_backbone(cfg, num_classes, backbone_file), cfg, num_classes)
+
+
+def build_backbone(cfg: ModelConfig, num_classes: int, backbone_file: Path | None) -> nn.Module:
+    """``cfg.name`` with a ``num_classes`` head and ``backbone_file``'s weights (if given), no method."""
     model = timm.create_model(cfg.name, num_classes=num_classes, **cfg.kwargs)
-    if cfg.backbone_weights:
-        load_checkpoint(model, cfg.backbone_weights, strict=True)
+    if backbone_file is not None:
+        load_checkpoint(model, backbone_file, strict=True)
+    return model
+
+
+def attach_method(model: nn.Module, cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Trainable]:
+    """Attach ``cfg.method`` to ``model``; returns the model and what trains in it."""
     if cfg.method is None:
         return model, WholeModel()
     try:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from vimtune.data import AugmentConfig
+from vimtune.engine.checkpoint import atomic_write_text
 
 
 @dataclass
@@ -28,7 +29,10 @@ class ModelConfig:
         name: a registered timm model name (``vim_micro_patch4_32``, ``vim_small_patch16_224``...).
         kwargs: constructor overrides (``depth``, ``embed_dim``, ``drop_path_rate``...).
         backbone_weights: weights loaded before the method is attached (release ``.pth``, state
-            dict or ``.safetensors``); ``None`` trains from a fresh initialisation.
+            dict or ``.safetensors``); ``None`` trains from a fresh initialisation, which a
+            fine-tune (``method`` set) accepts only with ``random_backbone``.
+        random_backbone: fine-tune a randomly initialised backbone on purpose (``--random-backbone``);
+            it is stored in the run folder so that evaluation uses exactly it.
         method: a :mod:`vimtune.methods` name (``svp``, ``linear``, ``full``...); ``None`` trains
             every parameter (``vimtune train``).
         method_options: keyword arguments of ``vimtune.methods.build``.
@@ -37,6 +41,7 @@ class ModelConfig:
     name: str = "vim_micro_patch4_32"
     kwargs: dict[str, Any] = field(default_factory=dict)
     backbone_weights: str | None = None
+    random_backbone: bool = False
     method: str | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
 
@@ -266,5 +271,5 @@ def build_config(
 
 
 def write_yaml(config: RunConfig, path: str | Path) -> None:
-    """Write ``config`` as YAML (the file ``build_config(read_yaml(path))`` reads back)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    """Atomically write ``config`` as YAML (the file ``build_config(read_yaml(path))`` reads back)."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -15,6 +15,7 @@ from vimtune.engine.checkpoint import load_weights
 from vimtune.engine.config import ModelConfig, RunConfig
 from vimtune.engine.protocols import Selection, available_protocols, select
 from vimtune.engine.run_dir import RunFiles
+from vimtune.engine.run_record import recorded_backbone_file
 from vimtune.engine.runner import load_run_config
 from vimtune.engine.trainable import Trainable
 from vimtune.methods import load_adapter
@@ -40,17 +41,20 @@ def default_protocol(history: list[dict[str, Any]]) -> str:
 def load_run(run_dir: str | Path, protocol: str | None = None, overrides: list[tuple[str, Any]] = ()) -> LoadedModel:
     """Rebuild a run's model from its ``config.yaml`` and load the weights ``protocol`` selects.
 
+    A fine-tuned run's backbone is the file its ``run.json`` records, checked by SHA-256.
+
     Raises:
         FileNotFoundError: not a run folder, or the selected weights are missing.
         ValueError: a protocol the run does not support.
         vimtune.models.CheckpointError: weights that do not fit the configured model.
+        vimtune.models.provenance.ProvenanceError: the backbone is missing or not the run's.
     """
     files = RunFiles(Path(run_dir))
     cfg = load_run_config(run_dir, overrides)
     classes = files.read_classes()
     history = files.read_history()
     selection = select(files, history, protocol or default_protocol(history))
-    model, trainable = build_model(cfg.model, len(classes))
+    model, trainable = build_model(cfg.model, len(classes), recorded_backbone_file(cfg.model, files))
     load_weights(model, trainable, selection.weights)
     return LoadedModel(model.eval(), trainable, classes, cfg, selection)
 
@@ -73,7 +77,7 @@ def load_weights_file(path: str | Path, cfg: RunConfig, classes: list[str]) -> L
         if model.num_classes != len(classes):
             raise CheckpointError(f"adapter '{path}' has {model.num_classes} classes, the data {len(classes)}")
         return LoadedModel(model.eval(), method, classes, cfg)
-    model, trainable = build_model(ModelConfig(name=model_cfg.name, kwargs=model_cfg.kwargs), len(classes))
+    model, trainable = build_model(ModelConfig(name=model_cfg.name, kwargs=model_cfg.kwargs), len(classes), None)
     report = load_checkpoint(model, path, strict=True)
     if report.reset_keys:
         raise CheckpointError(
@@ -84,12 +88,15 @@ def load_weights_file(path: str | Path, cfg: RunConfig, classes: list[str]) -> L
 
 
 @torch.no_grad()
-def predict_images(loaded: LoadedModel, paths: list[str], topk: int = 5) -> list[list[tuple[str, float]]]:
-    """Top-``topk`` ``(class name, probability)`` for each image file, best first."""
+def predict_images(loaded: LoadedModel, paths: list[str], topk: int = 5, batch: int = 64,
+                   ) -> list[list[tuple[str, float]]]:
+    """Top-``topk`` ``(class name, probability)`` for each image file, best first (``batch`` at a time)."""
     transform = build_eval_transform(loaded.cfg.data.augment)
-    images = torch.stack([transform(load_rgb(p)) for p in paths])  # (N, 3, H, W)
-    probabilities = loaded.model(images).float().softmax(dim=1)  # (N, C)
-    values, indices = probabilities.topk(min(topk, len(loaded.classes)), dim=1)
+    chunks = []
+    for start in range(0, len(paths), batch):
+        images = torch.stack([transform(load_rgb(p)) for p in paths[start:start + batch]])  # (b, 3, H, W)
+        chunks.append(loaded.model(images).float().softmax(dim=1))  # (b, C)
+    values, indices = torch.cat(chunks).topk(min(topk, len(loaded.classes)), dim=1)
     return [
         [(loaded.classes[i], float(v)) for v, i in zip(row_v, row_i, strict=True)]
         for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)

@@ -1,4 +1,8 @@
-"""The run folder: where each output goes, and the refusal to overwrite saved work."""
+"""The run folder: where each output goes, and the refusal to overwrite saved work.
+
+``--overwrite`` deletes only a folder that holds a vimtune run, and in it only the run's own
+files (:data:`RUN_FILES`, :data:`RUN_DIRS`); anything else in the folder is left alone.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vimtune.engine.run_lock import LOCK_FILE
+from vimtune.models.provenance import BACKBONE_FILE
+
+#: Files a run writes at the top of its folder.
+RUN_FILES = ("run.json", "config.yaml", "classes.json", "metrics.jsonl", "final_metrics.json", "checkpoint.pt",
+             BACKBONE_FILE)
+#: Folders a run writes (``eval`` by ``vimtune eval``).
+RUN_DIRS = ("weights", "adapter", "tensorboard", "eval")
+
 
 class RunDirExistsError(RuntimeError):
     """The run folder already holds files and neither resuming nor overwriting was asked for."""
+
+
+class NotARunDirError(RuntimeError):
+    """``--overwrite`` of a folder that does not hold a vimtune run."""
 
 
 @dataclass(frozen=True)
@@ -18,6 +35,16 @@ class RunFiles:
     """Paths inside a run folder ``root``."""
 
     root: Path
+
+    @property
+    def record(self) -> Path:
+        """What the run was trained from: the backbone's source and SHA-256 (JSON, written at the start)."""
+        return self.root / "run.json"
+
+    @property
+    def backbone(self) -> Path:
+        """The frozen backbone of a run fine-tuned from a random initialisation (safetensors)."""
+        return self.root / BACKBONE_FILE
 
     @property
     def config(self) -> Path:
@@ -75,27 +102,90 @@ class RunFiles:
         return self.root / "weights" / f"{which}.safetensors"
 
 
+def _is_atomic_write_leftover(path: Path, owner: Path) -> bool:
+    """``path`` is a temporary file :func:`vimtune.engine.checkpoint.atomic_write` left for ``owner``."""
+    return path.name.startswith(f".{owner.name}.") and path.name.endswith(".tmp")
+
+
+def holds_run(root: Path) -> bool:
+    """``root`` holds a vimtune run: its ``run.json``, or (older runs) ``config.yaml`` and ``classes.json``."""
+    files = RunFiles(root)
+    return files.record.is_file() or (files.config.is_file() and files.classes.is_file())
+
+
+def _is_run_file(path: Path) -> bool:
+    """``path`` (in a run folder) is one of the run's own files or folders, or a leftover of one."""
+    root = path.parent
+    return (path.name in (*RUN_FILES, *RUN_DIRS, LOCK_FILE)
+            or any(_is_atomic_write_leftover(path, root / name) for name in RUN_FILES))
+
+
+def delete_run_files(root: Path) -> list[Path]:
+    """Delete the run's own files and folders in ``root`` (the lock file stays); returns what was kept."""
+    kept = []
+    for path in sorted(root.iterdir()):
+        if not _is_run_file(path):
+            kept.append(path)
+        elif path.name in RUN_DIRS and path.is_dir():
+            shutil.rmtree(path)
+        elif path.name != LOCK_FILE:
+            path.unlink()
+    return kept
+
+
+def remove_write_leftovers(files: RunFiles) -> list[Path]:
+    """Delete the temporary files of writes that a killed process never finished; returns them.
+
+    Only safe while holding the run's lock (another process's write in flight looks the same).
+    """
+    owners = [files.root / name for name in RUN_FILES] + [files.weights(w) for w in ("last", "best_val", "best_test")]
+    leftovers = [p for owner in owners if owner.parent.is_dir()
+                 for p in owner.parent.glob(f".{owner.name}.*.tmp")]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+def _holds_files(root: Path) -> bool:
+    return root.is_dir() and any(p.name != LOCK_FILE for p in root.iterdir())
+
+
 def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool, create: bool = True) -> RunFiles:
     """Check (and with ``create`` make) the run folder ``path``.
 
+    With ``create`` the caller holds the folder's lock (:func:`vimtune.engine.run_lock.run_lock`):
+    an ``overwrite`` then deletes the old run's files, and leftovers of interrupted writes go.
+
     Raises:
         RunDirExistsError: ``path`` holds files and neither ``resume`` nor ``overwrite`` is set.
+        NotARunDirError: ``overwrite`` or ``resume`` of a folder that holds files but no vimtune run.
         FileNotFoundError: ``resume`` of a folder that does not exist.
     """
     files = RunFiles(Path(path))
-    holds_files = files.root.is_dir() and any(files.root.iterdir())
+    holds_files = _holds_files(files.root)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     if resume and not files.root.is_dir():
         raise FileNotFoundError(f"nothing to resume: run folder '{files.root}' does not exist")
+    if resume and holds_files and not holds_run(files.root):
+        raise NotARunDirError(f"nothing to resume: '{files.root}' holds files but no vimtune run")
     if holds_files and not resume:
         if not overwrite:
             raise RunDirExistsError(
                 f"run folder '{files.root}' already exists and holds files; pass --resume to continue "
                 "that run, --overwrite to delete it and start over, or choose another --output-dir"
             )
+        if not holds_run(files.root):
+            raise NotARunDirError(
+                f"--overwrite refused: '{files.root}' holds files but no vimtune run (no run.json, or "
+                "config.yaml with classes.json); it deletes only run folders. Choose another --output-dir"
+            )
         if create:
-            shutil.rmtree(files.root)
+            kept = delete_run_files(files.root)
+            if kept:
+                print(f"--overwrite deleted the old run's files in '{files.root}' and kept {len(kept)} entries "
+                      f"that are not the run's: {', '.join(p.name for p in kept[:5])}")
     if create:
         (files.root / "weights").mkdir(parents=True, exist_ok=True)
+        remove_write_leftovers(files)
     return files

@@ -3,23 +3,42 @@
 from __future__ import annotations
 
 import json
+import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 from timm.utils import random_seed
+from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from vimtune.data import build_mixup
-from vimtune.engine.builder import build_eval_loaders, build_model, build_split, build_train_loader, split_name
-from vimtune.engine.checkpoint import atomic_write_text
-from vimtune.engine.config import RunConfig, build_config, read_yaml, to_dict, write_yaml
+from vimtune.engine.builder import (
+    attach_method,
+    build_backbone,
+    build_eval_loaders,
+    build_split,
+    build_train_loader,
+    split_name,
+)
+from vimtune.engine.checkpoint import atomic_write_text, save_weights
+from vimtune.engine.config import ModelConfig, RunConfig, build_config, read_yaml, to_dict, write_yaml
 from vimtune.engine.distributed import DistContext, barrier, init_distributed, shutdown_distributed
 from vimtune.engine.report import format_results, protocol_results
 from vimtune.engine.run_dir import RunFiles, prepare_run_dir
+from vimtune.engine.run_lock import run_lock
+from vimtune.engine.run_record import (
+    backbone_record,
+    random_source,
+    read_run_record,
+    run_backbone_file,
+    write_run_record,
+)
 from vimtune.engine.trainer import Trainer
-from vimtune.methods import save_adapter
+from vimtune.methods import Method, save_adapter
+from vimtune.models.provenance import BACKBONE_FILE
 
 
 def load_run_config(run_dir: str | Path, overrides: list[tuple[str, Any]] = ()) -> RunConfig:
@@ -28,6 +47,20 @@ def load_run_config(run_dir: str | Path, overrides: list[tuple[str, Any]] = ()) 
     if not files.config.is_file():
         raise FileNotFoundError(f"'{run_dir}' is not a run folder: '{files.config}' is missing")
     return build_config(read_yaml(files.config), [*overrides, ("output_dir", str(run_dir))])
+
+
+def save_run_adapter(model: nn.Module, method: Method, files: RunFiles, cfg: ModelConfig) -> None:
+    """Export the run's final weights to ``RUN/adapter`` with the backbone record of ``run.json``.
+
+    A stored random backbone is copied into the adapter folder too, so the adapter stands alone.
+    """
+    record = read_run_record(files)
+    weights = record["backbone"] if record is not None else None
+    files.adapter.mkdir(exist_ok=True)
+    if weights is not None and "file" in weights:
+        shutil.copyfile(files.root / weights["file"], files.adapter / BACKBONE_FILE)
+        weights = {**weights, "file": BACKBONE_FILE}
+    save_adapter(model, method, files.adapter, backbone={"name": cfg.name, "kwargs": cfg.kwargs, "weights": weights})
 
 
 def _check_same_classes(train: Dataset, others: dict[str, Dataset]) -> None:
@@ -39,31 +72,60 @@ def _check_same_classes(train: Dataset, others: dict[str, Dataset]) -> None:
             )
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says where the last checkpoint is."""
+
+
 def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train per ``cfg``, under ``torchrun`` too; returns the contents of ``final_metrics.json``.
 
     Everything that can fail on the inputs (data, model, backbone weights) is checked before the
-    run folder is touched. With ``resume`` the run continues from ``checkpoint.pt`` when there is
-    one (or starts in the existing folder when the first epoch never finished).
+    run folder is written to. With ``resume`` the run continues from ``checkpoint.pt`` when there
+    is one (or starts in the existing folder when the first epoch never finished). Rank 0 holds
+    the run folder's lock (:mod:`vimtune.engine.run_lock`) from the first check to the end.
+
+    Raises:
+        RunInterrupted: Ctrl-C (its message names the last checkpoint).
     """
     owns_group = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(cfg.train.device)
+    files = RunFiles(cfg.run_dir())
     try:
-        return _run(cfg, ctx, resume, overwrite)
+        with ExitStack() as held:
+            if ctx.is_main:
+                prepare_run_dir(files.root, resume, overwrite, create=False)  # writes nothing to a foreign folder
+                if files.root.is_dir():
+                    held.enter_context(run_lock(files.root))  # a second process on the run stops here
+            return _run(cfg, ctx, files, resume, overwrite, held)
+    except KeyboardInterrupt:
+        raise RunInterrupted(interrupted_message(files)) from None
     finally:
         if owns_group:
             shutdown_distributed()
 
 
-def _run(cfg: RunConfig, ctx: DistContext, resume: bool, overwrite: bool) -> dict[str, Any]:
-    files = prepare_run_dir(cfg.run_dir(), resume, overwrite, create=False) if ctx.is_main else RunFiles(cfg.run_dir())
+def interrupted_message(files: RunFiles) -> str:
+    """Where a stopped run can continue from."""
+    if not files.checkpoint.is_file():
+        return f"interrupted before the first epoch finished: no checkpoint in '{files.root}'"
+    epochs = len(files.read_history())
+    return (f"interrupted: the last checkpoint is '{files.checkpoint}' ({epochs} epochs done); "
+            f"continue with --output-dir {files.root} --resume")
+
+
+def _run(cfg: RunConfig, ctx: DistContext, files: RunFiles, resume: bool, overwrite: bool,
+         held: ExitStack) -> dict[str, Any]:
+    backbone_file = run_backbone_file(cfg.model, files, resume)
     random_seed(cfg.train.seed)  # the same initial weights on every process
     train_set = build_split(cfg.data, "train")
     roles = [r for r in ("val", "test") if split_name(cfg.data, r) and (r == "val" or cfg.train.test_every_epoch)]
     final_role = ["test"] if split_name(cfg.data, "test") and "test" not in roles else []
     loaders, datasets = build_eval_loaders(cfg.data, roles + final_role, ctx)
     _check_same_classes(train_set, datasets)
-    model, trainable = build_model(cfg.model, train_set.num_classes)
+    backbone = build_backbone(cfg.model, train_set.num_classes, backbone_file)
+    random_init = backbone_file is None and cfg.model.random_backbone
+    frozen = {k: v.clone() for k, v in backbone.state_dict().items()} if random_init else None
+    model, trainable = attach_method(backbone, cfg.model, train_set.num_classes)
     train_loader = build_train_loader(train_set, cfg.data, ctx, cfg.train.seed)
     random_seed(cfg.train.seed, ctx.rank)  # then an augmentation stream of its own
     trainer = Trainer(
@@ -72,8 +134,16 @@ def _run(cfg: RunConfig, ctx: DistContext, resume: bool, overwrite: bool) -> dic
     )
     resumed = resume and trainer.resume()
     if ctx.is_main:
+        if not files.root.is_dir():
+            files.root.mkdir(parents=True)
+            held.enter_context(run_lock(files.root))
         prepare_run_dir(files.root, resume, overwrite, create=True)
-        write_yaml(cfg, files.config)
+        if not files.record.is_file() and not resumed:
+            if frozen is not None:
+                save_weights(files.backbone, frozen, {"source": random_source(cfg.train.seed)})
+            write_run_record(files, backbone_record(cfg.model, files, cfg.train.seed))
+        if not resumed:  # a resumed run's settings are written with its first checkpoint
+            write_yaml(cfg, files.config)
         atomic_write_text(files.classes, json.dumps(list(train_set.classes)))
         start = f"resuming after epoch {trainer.state.epoch}" if resumed else "starting"
         tqdm.write(f"run folder {files.root}: {start} ({len(train_set)} training images, "
@@ -81,8 +151,7 @@ def _run(cfg: RunConfig, ctx: DistContext, resume: bool, overwrite: bool) -> dic
     barrier(ctx)
     state = trainer.fit()
     if ctx.is_main and cfg.model.method is not None:
-        save_adapter(trainer.eval_model, trainable, files.adapter,
-                     backbone={"name": cfg.model.name, "kwargs": cfg.model.kwargs})
+        save_run_adapter(trainer.eval_model, trainable, files, cfg.model)
     final: dict[str, Any] = {
         "epochs": state.epoch,
         "global_step": state.global_step,

@@ -23,7 +23,7 @@ from vimtune.engine.checkpoint import (
     save_weights,
     tensor_to_bytes,
 )
-from vimtune.engine.config import RunConfig, to_dict
+from vimtune.engine.config import RunConfig, to_dict, write_yaml
 from vimtune.engine.distributed import DistContext, all_gather_object, barrier, broadcast_object
 from vimtune.engine.evaluate import evaluate
 from vimtune.engine.logger import RunLogger
@@ -181,6 +181,8 @@ class Trainer:
                              {"epoch": record["epoch"], f"{role}_top1": top1})
 
     def _save_checkpoint(self, rng: list[dict[str, Any]]) -> None:
+        """Write ``checkpoint.pt``, then ``config.yaml``: a resumed run's new settings (e.g. ``--lr``)
+        replace the old ones only once an epoch under them has finished."""
         save_checkpoint(self.files.checkpoint, {
             "epoch": self.state.epoch,
             "global_step": self.state.global_step,
@@ -192,6 +194,7 @@ class Trainer:
             "rng": rng,
             "config": to_dict(self.cfg),
         })
+        write_yaml(self.cfg, self.files.config)
 
     def resume(self) -> bool:
         """Restore the state of ``files.checkpoint`` if it exists; returns whether it did.

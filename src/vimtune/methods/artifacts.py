@@ -4,9 +4,15 @@ A directory holding ``adapter.safetensors`` (the method's :meth:`~Method.trainab
 ``adapter.json``::
 
     {"format": "vimtune-adapter", "format_version": 1, "vimtune_version": "...",
-     "backbone": {"name": "vim_small_patch16_224", "kwargs": {...}},
+     "backbone": {"name": "vim_small_patch16_224", "kwargs": {...},
+                  "weights": {"source": "vim_s.pth", "sha256": "..."}},
      "method": {"name": "svp", "options": {...}}, "num_classes": 10,
      "parameters": {"trainable": ..., "total": ..., "share": ...}}
+
+``backbone.weights`` records the backbone weights the adapter was trained on (see
+:mod:`vimtune.models.provenance`; ``"file"`` names a random backbone stored in the folder);
+``null`` when they are unknown (older adapters, or a conversion without its backbone), and then
+:func:`load_adapter` needs ``backbone_weights``.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from vimtune import __version__
 from vimtune.methods.base import Method
 from vimtune.methods.registry import from_config
 from vimtune.models.checkpoint import CheckpointError, adapt_state_dict, check_keys, read_state_dict
+from vimtune.models.provenance import ProvenanceError, check_weights, local_weights_file
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"
@@ -46,11 +53,13 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Tens
 
 
 def _backbone_spec(backbone: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"name": str, "kwargs": dict}`` checked to be JSON-able."""
-    name, kwargs = backbone.get("name"), backbone.get("kwargs", {})
+    """``{"name": str, "kwargs": dict, "weights": record or None}`` checked to be JSON-able."""
+    name, kwargs, weights = backbone.get("name"), backbone.get("kwargs", {}), backbone.get("weights")
     if not isinstance(name, str) or not isinstance(kwargs, Mapping):
         raise ValueError(f"backbone must be dict(name=<timm model name>, kwargs=<dict>), got {backbone!r}")
-    spec = {"name": name, "kwargs": dict(kwargs)}
+    if weights is not None and not (isinstance(weights, Mapping) and {"source", "sha256"} <= set(weights)):
+        raise ValueError(f"backbone weights must be a provenance record {{source, sha256}} or None, got {weights!r}")
+    spec = {"name": name, "kwargs": dict(kwargs), "weights": dict(weights) if weights is not None else None}
     try:
         json.dumps(spec)
     except TypeError as err:
@@ -66,8 +75,9 @@ def save_adapter(model: nn.Module, method: Method, directory: str | os.PathLike,
         model: a backbone with ``method`` attached.
         method: the attached method.
         directory: created if missing; existing adapter files are overwritten.
-        backbone: ``dict(name=..., kwargs=...)`` such that ``timm.create_model(name, **kwargs)``
-            builds the backbone (before the method was attached).
+        backbone: ``dict(name=..., kwargs=..., weights=...)`` such that ``timm.create_model(name, **kwargs)``
+            builds the backbone (before the method was attached) and ``weights`` is the
+            :func:`~vimtune.models.provenance.weights_record` of its weights (``None``: unknown).
 
     Returns:
         The directory.
@@ -76,7 +86,8 @@ def save_adapter(model: nn.Module, method: Method, directory: str | os.PathLike,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in method.trainable_state(model).items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+    # written with open() (mode 0666 less the umask, as the run's other files), not save_file (0600)
+    (directory / WEIGHTS_FILE).write_bytes(save(state, metadata={"format": FORMAT}))
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -104,24 +115,49 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def adapter_backbone_file(directory: str | os.PathLike, record: Mapping[str, Any] | None,
+                          backbone_weights: str | os.PathLike | None) -> Path:
+    """The backbone file to load under the adapter in ``directory``, checked against its ``record``."""
+    if record is None:
+        if backbone_weights is None:
+            raise ProvenanceError(
+                f"adapter '{directory}' does not record its backbone weights: pass backbone_weights=PATH "
+                "(--backbone-weights) with the weights it was trained on; without them the backbone is random"
+            )
+        return local_weights_file(backbone_weights)
+    if backbone_weights is not None:
+        path = local_weights_file(backbone_weights)
+    elif "file" in record:
+        path = Path(directory) / record["file"]
+    else:
+        path = local_weights_file(record["source"])
+    check_weights(dict(record), path, f"adapter '{directory}'")
+    return path
+
+
 def load_adapter(directory: str | os.PathLike, backbone_weights: str | os.PathLike | None = None,
                  ) -> tuple[nn.Module, Method]:
     """Rebuild a model from :func:`save_adapter`'s ``directory``.
 
-    Builds the backbone with ``timm.create_model(name, **kwargs)``, loads ``backbone_weights``
-    if given (any file :func:`vimtune.models.read_state_dict` reads; strict, except that the head
-    may be absent or of another class count: the adapter holds the head), attaches the method
-    and loads its trained tensors (strict).
+    Builds the backbone with ``timm.create_model(name, **kwargs)``, loads its weights (strict,
+    except that the head may be absent or of another class count: the adapter holds the head),
+    attaches the method and loads its trained tensors (strict). The backbone weights are those
+    ``adapter.json`` records, checked by SHA-256: ``backbone_weights`` (any file
+    :func:`vimtune.models.read_state_dict` reads) says where they are when the recorded source
+    is not at hand, and is required when the adapter records none.
+
+    Raises:
+        vimtune.models.provenance.ProvenanceError: backbone weights missing, or not the recorded ones.
 
     Returns:
         The model (as ``timm.create_model`` leaves it: in train mode) and the method.
     """
     config = read_adapter_config(directory)
+    weights_file = adapter_backbone_file(directory, config["backbone"].get("weights"), backbone_weights)
     method = from_config(config["method"])
     model = timm.create_model(config["backbone"]["name"], **config["backbone"]["kwargs"])
-    if backbone_weights is not None:
-        head = [name for name in model.state_dict() if name.startswith("head.")]
-        load_weights(model, backbone_weights, allowed_missing=head)
+    head = [name for name in model.state_dict() if name.startswith("head.")]
+    load_weights(model, weights_file, allowed_missing=head)
     method.attach(model, num_classes=config["num_classes"])
     method.load_trainable_state(model, load_file(str(Path(directory) / WEIGHTS_FILE)))
     return model, method

@@ -49,10 +49,18 @@ def rename_release_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return renamed
 
 
+def release_group_size(depth: int, groups: int) -> int:
+    """s of a release checkpoint with ``groups`` cross prompters on a ``depth``-layer backbone (depth // G)."""
+    if not 0 < groups <= depth:
+        raise CheckpointError(f"a checkpoint with {groups} cross-prompter groups cannot belong to a depth-{depth} "
+                              "backbone; check --backbone")
+    return depth // groups
+
+
 def import_svp_release(
     checkpoint: str | os.PathLike | Mapping[str, Tensor],
     backbone: str = "vim_small_patch16_224",
-    group_size: int = 8,
+    group_size: int | None = None,
     rank: int = 64,
     num_classes: int | None = None,
     simam: bool = False,
@@ -64,7 +72,8 @@ def import_svp_release(
         checkpoint: path to a release ``.pth`` (read safely by :func:`vimtune.models.read_state_dict`)
             or its state dict.
         backbone: timm name of the backbone config; ``backbone_kwargs`` override its arguments.
-        group_size, rank: s and r the checkpoint was trained with (checked against its shapes).
+        group_size, rank: s and r the checkpoint was trained with (checked against its shapes);
+            ``group_size=None`` infers s from the checkpoint: depth // G, G its cross-prompter count.
         num_classes: classes of the head; None reads them from the checkpoint's head. A different
             count leaves the head freshly initialised.
         simam: apply SimAM to the input (the release's CIFAR/Flowers runs; not visible in a checkpoint).
@@ -90,6 +99,8 @@ def import_svp_release(
 
     model = timm.create_model(backbone, **{**(backbone_kwargs or {}), "num_classes": classes})
     depth, groups = len(model.layers), state["prompt_shared_scale"].shape[0]
+    if group_size is None:
+        group_size = release_group_size(depth, groups)
     if num_groups(depth, group_size) != groups:
         raise CheckpointError(
             f"{source} has {groups} cross-prompter groups, but group_size={group_size} gives "
@@ -111,7 +122,7 @@ def import_svp_release(
 def from_svp_release(
     checkpoint: str | os.PathLike | Mapping[str, Tensor],
     backbone: str = "vim_small_patch16_224",
-    group_size: int = 8,
+    group_size: int | None = None,
     rank: int = 64,
     num_classes: int | None = None,
     **options: Any,

@@ -39,7 +39,13 @@ def _unwrap(checkpoint: object, use_ema: bool, source: str) -> StateDict:
     """Pick the weights out of a training checkpoint dict (``model`` / ``state_dict`` / ``model_ema``)."""
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{source}: expected a dict of tensors or a training checkpoint, got {type(checkpoint)}")
-    keys = ("model_ema", "model", "state_dict") if use_ema else ("model", "state_dict")
+    if use_ema and not isinstance(checkpoint.get("model_ema"), Mapping):
+        found = "is None" if "model_ema" in checkpoint else "is absent"
+        raise CheckpointError(
+            f"{source}: EMA weights were asked for (use_ema=True) but its 'model_ema' {found}; "
+            "load with use_ema=False to use the trained weights under 'model'"
+        )
+    keys = ("model_ema",) if use_ema else ("model", "state_dict")
     for key in keys:
         if isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
@@ -59,12 +65,15 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict
 
     Accepts a ``.safetensors`` file, a plain ``torch.save``-d state dict, or a training
     checkpoint such as the release's (``{'model', 'optimizer', 'args', ...}``). ``use_ema``
-    prefers the ``model_ema`` weights when the file has them.
+    reads the ``model_ema`` weights, and is an error when the file has none.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: '{path}'")
     if path.suffix == ".safetensors":
+        if use_ema:
+            raise CheckpointError(f"'{path}': EMA weights were asked for (use_ema=True), but a .safetensors "
+                                  "file holds one set of weights; load it with use_ema=False")
         return load_file(str(path))
     try:
         with torch.serialization.safe_globals(RELEASE_SAFE_GLOBALS):
@@ -141,7 +150,7 @@ def load_checkpoint(
         model: the model to fill in place.
         source: a path (see :func:`read_state_dict`) or a state dict.
         strict: raise on missing/unexpected/mis-shaped keys (a dropped head is allowed).
-        use_ema: prefer the file's EMA weights.
+        use_ema: load the file's EMA weights (an error when it has none).
     """
     state = read_state_dict(source, use_ema) if isinstance(source, (str, os.PathLike)) else dict(source)
     state, report = adapt_state_dict(state, model)

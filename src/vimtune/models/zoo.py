@@ -68,7 +68,9 @@ def create_vim(name: str, pretrained: bool = False, **kwargs: Any) -> VisionMamb
     if pretrained:
         file = model.pretrained_cfg.get("file")
         if file and not Path(file).is_file():
-            raise CheckpointError(f"the weights file of {name} is missing: '{file}' (expected in the package)")
+            packaged = name in COMMITTED_WEIGHTS and Path(file) == WEIGHTS_DIR / COMMITTED_WEIGHTS[name]
+            where = "expected in the package" if packaged else "the file given in pretrained_cfg"
+            raise CheckpointError(f"the weights file of {name} is missing: '{file}' ({where})")
         if not file:
             raise CheckpointError(
                 f"no local weights for {name}: vimtune downloads nothing; pass "

@@ -1,0 +1,41 @@
+"""One process per run folder: an exclusive OS file lock that dies with the process holding it.
+
+The lock is ``fcntl.flock`` on ``RUN/.vimtune.lock``. The kernel drops it when the holder exits,
+however it exits (``kill -9`` included), so a killed run never leaves a stale lock behind; the
+empty lock file itself means nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCK_FILE = ".vimtune.lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another process is using the run folder."""
+
+
+@contextmanager
+def run_lock(root: Path) -> Iterator[None]:
+    """Hold the run folder ``root`` (which must exist) for the ``with`` block.
+
+    Raises:
+        RunLockedError: another process holds it (at once: no waiting).
+    """
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(
+                f"run folder '{root}' is in use by another vimtune process (training or resuming it); "
+                "wait for that process to finish or stop it, or choose another --output-dir"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
