@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                         "memory is measured in a subprocess")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scan"),
-                        help="output stem: writes STEM.md and STEM.json")
+                        help="output stem: writes STEM.<cpu>.md and .json (<cpu>: model and ISA)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
