@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from vimtune.bench import allocator, measure, methods, prompt, resolution
+from vimtune.bench import allocator, measure, methods, prompt, resolution, runner, scan
 from vimtune.bench.runner import write_results
 
 MACHINE = {"cpu": "test CPU", "cores": 2, "memory_gib": 1.0, "torch": "x", "threads": 2, "bf16_matmul_isa": set()}
@@ -141,15 +141,39 @@ def test_prompt_bench_times_both_implementations_in_turns_and_reports_the_speed_
     assert "| plain ops | 40.00 | 1.00x |" in table and "| fused (PromptUpdate) | 20.00 | 2.00x |" in table
 
 
-def test_write_results_writes_both_files_with_sets_as_sorted_lists(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    machine = MACHINE | {"bf16_matmul_isa": {"amx_bf16", "avx512_bf16"}}
-    write_results(tmp_path / "sub" / "bench", "| table |\n", machine, "vimtune bench x", rows=[1, 2])
-    assert (tmp_path / "sub" / "bench.md").read_text() == "| table |\n"
-    data = json.loads((tmp_path / "sub" / "bench.json").read_text())
+def test_write_results_writes_both_files_named_by_cpu_with_sets_as_sorted_lists(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    machine = MACHINE | {"cpu": "Intel(R) Xeon(R) Platinum 8480+", "isa": ["avx2", "avx512", "avx512_bf16", "amx_bf16"],
+                         "bf16_matmul_isa": {"amx_bf16", "avx512_bf16"}}
+    stem = write_results(tmp_path / "sub" / "bench", "| table |\n", machine, "vimtune bench x", rows=[1, 2])
+    assert stem == tmp_path / "sub" / "bench.intel-xeon-platinum-8480-amx-bf16"
+    assert (tmp_path / "sub" / "bench.intel-xeon-platinum-8480-amx-bf16.md").read_text() == "| table |\n"
+    data = json.loads((tmp_path / "sub" / "bench.intel-xeon-platinum-8480-amx-bf16.json").read_text())
     assert data["machine"]["bf16_matmul_isa"] == ["amx_bf16", "avx512_bf16"]
     assert data["command"] == "vimtune bench x" and data["rows"] == [1, 2]
     assert "| table |" in capsys.readouterr().out
+    # another CPU model writes beside it and leaves the first machine's files alone
+    other = MACHINE | {"cpu": "AMD EPYC 9654 96-Core Processor", "isa": ["avx2", "avx512", "avx512_bf16"]}
+    write_results(tmp_path / "sub" / "bench", "| other |\n", other, "vimtune bench x", rows=[3])
+    assert (tmp_path / "sub" / "bench.amd-epyc-9654-avx512-bf16.md").read_text() == "| other |\n"
+    assert (tmp_path / "sub" / "bench.intel-xeon-platinum-8480-amx-bf16.md").read_text() == "| table |\n"
+
+
+def test_machine_line_names_the_cpu_model_its_numbers_and_isa() -> None:
+    machine = MACHINE | {"cpu": "AMD EPYC", "cpu_id": "cpu family 25 model 1 stepping 1", "isa": ["avx2"]}
+    line = runner.machine_line(machine)
+    assert line.startswith("AMD EPYC (cpu family 25 model 1 stepping 1), ISA avx2, 2 cores")
+    assert runner.cpu_slug(machine) == "amd-epyc-avx2"
+    assert runner.cpu_slug(MACHINE | {"cpu": "Intel(R) Xeon(R) CPU @ 2.20GHz", "isa": []}) == "intel-xeon-baseline"
+
+
+def test_committed_results_are_named_by_the_cpu_they_were_measured_on() -> None:
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    measured = [path for path in results.glob("*.json") if not path.name.startswith("transfer")]
+    assert measured, "no committed speed results"
+    for path in measured:
+        machine = json.loads(path.read_text())["machine"]
+        assert path.name.split(".")[1] == runner.cpu_slug(machine), path.name
 
 
 def test_allocator_bench_alternates_settings_and_tabulates_the_fastest_round(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,3 +196,31 @@ def test_allocator_bench_alternates_settings_and_tabulates_the_fastest_round(mon
 def test_allocator_bench_marks_a_failed_workload() -> None:
     rows = [{"workload": "w", "glibc defaults": [{"error": "exit 1"}], "freed blocks kept": [{"error": "exit 1"}]}]
     assert "| w | error | error |" in allocator.to_markdown(rows, MACHINE, "vimtune bench allocator", rounds=1)
+
+
+def test_exp_floor_runs_one_exp_per_state_update_on_a_cache_sized_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    real_exp = torch.exp
+    monkeypatch.setattr(torch, "exp", lambda x, out: sizes.append(x.numel()) or real_exp(x, out=out))
+    scan.exp_floor_step((2, 4, 8, 16))()
+    assert sizes == [2 * 4 * 8 * 16]
+    sizes.clear()
+    scan.exp_floor_step((8, 384, 197, 16))()
+    assert set(sizes) == {scan.EXP_BUFFER} and len(sizes) == -(-8 * 384 * 197 * 16 // scan.EXP_BUFFER)
+
+
+def test_scan_table_gives_every_backend_as_a_multiple_of_the_exp_floor() -> None:
+    def row(backend: str, mode: str, seconds: float) -> dict[str, Any]:
+        return {"shape": "tiny-224", "mode": mode, "backend": backend, "seconds": seconds,
+                "updates_per_s": 8 * 384 * 197 * 16 / seconds}
+
+    rows = [row(scan.EXP_FLOOR, "forward", 0.010), row("reference", "forward", 0.200), row("cpu", "forward", 0.015),
+            row(scan.EXP_FLOOR, "fwd+bwd", 0.020), row("reference", "fwd+bwd", 0.500), row("cpu", "fwd+bwd", 0.090)]
+    table = scan.to_markdown(rows, MACHINE | {"isa": ["avx2"]}, "vimtune bench scan", {}, "tiny-224")
+    header = next(line for line in table.splitlines() if line.startswith("| shape"))
+    assert header.endswith("| cpu Mupd/s | exp floor ms | reference x exp | cpu x exp |")
+    forward = next(line for line in table.splitlines() if "| forward |" in line)
+    cells = [c.strip() for c in forward.strip("|").split("|")]
+    assert cells[2:] == ["200.0", "15.0", "13.3", "646", "10.00", "20.0", "1.5"]
+    backward = next(line for line in table.splitlines() if "| fwd+bwd |" in line)
+    assert backward.rstrip().endswith("| 20.00 | 25.0 | 4.5 |")

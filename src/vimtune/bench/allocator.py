@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--rounds", type=int, default=1, help="passes over the workloads, settings alternating")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/allocator"),
-                        help="output stem (.md and .json are written)")
+                        help="output stem: writes STEM.<cpu>.md and .json (<cpu>: model and ISA)")
     args = parser.parse_args(argv)
     rows = measure_all({name: WORKLOADS[name] for name in args.workloads}, args.rounds)
     machine = machine_description()

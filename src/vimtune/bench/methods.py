@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="passes over all methods for the training-step times (default 2)")
     parser.add_argument("--infer-repeats", type=int, default=5, help="timed inference passes per model")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/methods"),
-                        help="output stem: writes STEM.md and STEM.json")
+                        help="output stem: writes STEM.<cpu>.md and .json (<cpu>: model and ISA)")
     args = parser.parse_args(argv)
     machine = machine_description()
     rows = measure_methods(args.model, args.img_size, args.batch, args.methods, args.repeats, args.rounds,

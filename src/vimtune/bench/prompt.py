@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prompt"),
-                        help="output stem: writes STEM.md and STEM.json (default %(default)s)")
+                        help="output stem: writes STEM.<cpu>.md and .json (<cpu>: model and ISA; default %(default)s)")
     args = parser.parse_args(argv)
     machine = machine_description()
     shape = (args.batch, args.tokens, args.dim)

@@ -169,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-pixels", type=int, default=8 * 640 * 640,
                         help="skip batches > 1 above this many pixels per batch")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/resolution"),
-                        help="output stem: writes STEM.md, STEM.json and STEM.png")
+                        help="output stem: writes STEM.<cpu>.md, .json and .png (<cpu>: model and ISA)")
     args = parser.parse_args(argv)
     machine = machine_description()
     rows = measure_all(args.resolutions, args.batches, args.dtypes, args.repeats, args.threads,
                        args.max_batch_pixels)
     command = ("vimtune bench resolution " + " ".join(argv or [])).strip()
-    write_results(args.out, to_markdown(rows, machine, command), machine, command, rows=rows)
-    plot(rows, args.out.with_suffix(".png"))
+    stem = write_results(args.out, to_markdown(rows, machine, command), machine, command, rows=rows)
+    plot(rows, stem.with_name(stem.name + ".png"))
     return 0

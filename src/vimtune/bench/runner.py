@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,48 +46,80 @@ def fastest(results: list[dict[str, Any]]) -> dict[str, Any]:
     return min(finished, key=lambda r: r["seconds"]) if finished else results[0]
 
 
-def write_results(stem: Path, markdown: str, machine: dict[str, Any], command: str, **fields: Any) -> None:
-    """Write ``STEM.md`` (``markdown``) and ``STEM.json`` (machine, command and ``fields``); print the markdown.
+def result_stem(stem: Path, machine: dict[str, Any]) -> Path:
+    """``STEM.<cpu slug>``: each CPU model (and ISA) gets its own result files, so that a run on another
+    machine adds files beside the committed ones instead of overwriting them."""
+    return stem.parent / f"{stem.name}.{cpu_slug(machine)}"
 
-    Sets in ``machine`` (the bf16 ISA flags) are written as sorted lists.
+
+def write_results(stem: Path, markdown: str, machine: dict[str, Any], command: str, **fields: Any) -> Path:
+    """Write ``STEM.<cpu slug>.md`` (``markdown``) and ``.json`` (machine, command and ``fields``); print the
+    markdown; return the stem written (``STEM.<cpu slug>``, see :func:`result_stem`).
+
+    Sets in ``machine`` (the ISA flags) are written as sorted lists.
     """
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".md").write_text(markdown)
+    out = result_stem(stem, machine)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_name(out.name + ".md").write_text(markdown)
     machine = {k: sorted(v) if isinstance(v, set) else v for k, v in machine.items()}
-    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": command, **fields}, indent=1))
+    out.with_name(out.name + ".json").write_text(
+        json.dumps({"machine": machine, "command": command, **fields}, indent=1))
     print(markdown)
+    return out
 
 
 def machine_description() -> dict[str, Any]:
-    """CPU model, core count, memory, torch version and thread count of this machine."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """CPU model (``model name`` of /proc/cpuinfo) with its family / model / stepping numbers and vector ISA,
+    core count, memory, torch version and thread count of this machine."""
+    fields = _cpuinfo_fields()
+    cpu = fields.get("model name") or platform.processor() or "unknown CPU"
+    flags = set(fields.get("flags", "").split())
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         "cpu": cpu,
+        "cpu_id": " ".join(f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields),
+        "isa": [name for flag, name in ISA_FLAGS.items() if flag in flags],
         "cores": os.cpu_count(),
         "memory_gib": round(memory_gib, 1),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "bf16_matmul_isa": _cpu_flags() & {"avx512_bf16", "amx_bf16"},
+        "bf16_matmul_isa": flags & {"avx512_bf16", "amx_bf16"},
     }
 
 
-def _cpu_flags() -> set[str]:
+# /proc/cpuinfo flag -> ISA name used in result files, narrowest first (the last one a CPU has names its files).
+ISA_FLAGS = {"avx2": "avx2", "avx512f": "avx512", "avx512_bf16": "avx512_bf16", "amx_bf16": "amx_bf16"}
+
+
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as info:
-            return set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
-    except (OSError, StopIteration):
-        return set()
+            for line in info:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_slug(machine: dict[str, Any]) -> str:
+    """File-name tag of the CPU: its model name and widest ISA, lower case, e.g. ``amd-epyc-avx512-bf16`` or
+    ``intel-xeon-platinum-8480-amx-bf16``. The ISA is part of it because a virtual machine may report only
+    the vendor's family name (two different "AMD EPYC" machines, one with AVX-512 and one without)."""
+    model = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$|\d+-core processor", "", machine["cpu"], flags=re.IGNORECASE)
+    isa = machine.get("isa") or sorted(machine.get("bf16_matmul_isa", ()))
+    words = re.findall(r"[a-z0-9]+", f"{model} {isa[-1] if isa else 'baseline'}".lower())
+    return "-".join(words)
 
 
 def machine_line(machine: dict[str, Any]) -> str:
-    """One-line description for tables."""
-    isa = ", ".join(sorted(machine["bf16_matmul_isa"])) or "no bf16 matmul instructions"
-    return (f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, torch {machine['torch']}, "
-            f"{machine['threads']} threads ({isa})")
+    """One-line description for tables: CPU model (family / model numbers), vector ISA, cores, memory, torch."""
+    cpu_id = f" ({machine['cpu_id']})" if machine.get("cpu_id") else ""
+    isa = ", ".join(machine.get("isa") or sorted(machine["bf16_matmul_isa"])) or "no AVX2"
+    return (f"{machine['cpu']}{cpu_id}, ISA {isa}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+            f"torch {machine['torch']}, {machine['threads']} threads")

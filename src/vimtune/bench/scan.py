@@ -10,6 +10,10 @@ the forward with autograd and ``torch.autograd.grad`` for all eight inputs. At e
 backends take turns, one call each, so that load from other work affects them alike; a backend stops
 repeating once it has spent ``--budget-s`` seconds, so slow backends at long L get fewer repeats (listed in
 the JSON); a combination whose autograd graph would need more than ``--max-gib`` is skipped and marked so.
+Exp floor: the time of ``torch.exp`` over B*E*L*N float32 values (one exp per state update, the least a
+selective scan must compute), as repeated calls on one cache-resident buffer of at most ``EXP_BUFFER``
+values on the same threads, timed in the same round-robin as the backends; every backend's time is also
+given as a multiple of it, a ratio that means the same on any machine.
 Peak extra memory of fwd+bwd: a fresh subprocess builds the inputs and the output cotangent, warms the
 backend up on a tiny problem, resets its peak RSS (Linux VmHWM) to the current RSS, runs forward+backward
 once and reports VmHWM minus the RSS before (outputs and gradients included).
@@ -42,9 +46,8 @@ SHAPES = {  # name -> (batch, E, L, N)
     "small-1248": (1, 768, 6085, 16),
 }
 MODES = ("forward", "fwd+bwd")
-# Vector instructions per state update in an ideal fused kernel (exp ~12, recurrence 2, output 1;
-# backward: the same recomputation plus ~10 for the reverse sweep) - used for the time floor.
-OPS_PER_UPDATE = {"forward": 16, "fwd+bwd": 42}
+EXP_FLOOR = "exp floor"  # the name of the exp-floor step among the timed backends
+EXP_BUFFER = 1 << 16  # float32 values per torch.exp call of the floor: 2 x 256 KiB, in L2 on current CPUs
 
 
 def _mambapy(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
@@ -89,6 +92,23 @@ def make_inputs(shape: tuple[int, int, int, int], grad: bool, seed: int = 0) -> 
         "delta_bias": torch.rand(channels, generator=g) - 4.0,
     }
     return {k: v.requires_grad_(grad) for k, v in inputs.items()}
+
+
+def exp_floor_step(shape: tuple[int, int, int, int]) -> Callable[[], None]:
+    """A zero-argument call running ``torch.exp`` over B*E*L*N float32 values: ``ceil(B*E*L*N /
+    EXP_BUFFER)`` calls on one buffer of at most ``EXP_BUFFER`` step-size-like values (in [-8, 0]), written
+    to a second buffer, so both stay in cache; runs on the current torch threads."""
+    updates = shape[0] * shape[1] * shape[2] * shape[3]
+    size = min(updates, EXP_BUFFER)
+    x = torch.rand(size, generator=torch.Generator().manual_seed(2)) * -8.0
+    out = torch.empty_like(x)
+    calls = -(-updates // size)
+
+    def exp_floor() -> None:
+        for _ in range(calls):
+            torch.exp(x, out=out)
+
+    return exp_floor
 
 
 def graph_gib(backend: str, shape: tuple[int, int, int, int]) -> float:
@@ -175,24 +195,6 @@ def measure_memory(backend: str, shape_name: str, threads: int) -> dict[str, Any
     return run_json_worker(["-m", "vimtune.bench.scan", "--memory-probe", spec])
 
 
-def floor_seconds(shape: tuple[int, int, int, int], mode: str, machine: dict[str, Any]) -> float:
-    """Compute-bound time floor: updates x ideal ops / (threads x GHz x 2 vector ops/cycle x lanes)."""
-    updates = shape[0] * shape[1] * shape[2] * shape[3]
-    rate = machine["threads"] * machine["ghz"] * 1e9 * 2 * machine["fp32_lanes"]
-    return updates * OPS_PER_UPDATE[mode] / rate
-
-
-def describe_machine() -> dict[str, Any]:
-    """:func:`machine_description` plus clock (``cpu MHz``) and float32 vector lanes from /proc/cpuinfo."""
-    machine = machine_description()
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
-    flags = next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    machine["ghz"] = round(mhz[0] / 1000, 2) if mhz else 2.0
-    machine["fp32_lanes"] = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    return machine
-
-
 def check_accuracy(fns: dict[str, Callable[..., Tensor]], shape: tuple[int, int, int, int]) -> dict[str, float]:
     """Max |error| / max |reference| of out and of all gradients against the float64 reference."""
     inputs = make_inputs(shape, grad=False)
@@ -216,43 +218,44 @@ def _ratio(times: dict[str, float], slow: str, fast: str) -> str:
     return f"{times[slow] / times[fast]:.1f}" if slow in times and fast in times else "-"
 
 
+def _time_cell(cell: dict[str, Any]) -> str:
+    """Milliseconds (``*`` for a single call), or why the combination was skipped."""
+    if "seconds" not in cell:
+        return cell.get("skipped", "-")
+    return f"{cell['seconds'] * 1e3:.1f}{'*' if cell.get('single_run') else ''}"
+
+
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str,
                 errors: dict[str, float], error_shape: str) -> str:
-    """Times, speed-ups over ``reference``, state updates per second and the time floor, per shape."""
-    names = list(dict.fromkeys(r["backend"] for r in rows))
+    """Times, speed-ups over ``reference``, state updates per second, and every backend's time as a multiple
+    of the exp floor (rows with backend ``EXP_FLOOR``), per shape and mode."""
+    names = list(dict.fromkeys(r["backend"] for r in rows if r["backend"] != EXP_FLOOR))
     others = [n for n in names if n != "reference"]
     has_mambapy = "mambapy" in names and "cpu" in names
     load = machine.get("load_average_1min", (float("nan"), float("nan")))
     lines = [
-        f"Machine: {machine_line(machine)}; clock {machine['ghz']} GHz, {machine['fp32_lanes']} float32 lanes; "
-        f"1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} (other work slows every backend).",
+        f"Machine: {machine_line(machine)}; 1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} "
+        "(other work slows every backend).",
         f"Command: `{command}`. Times in ms, best of the repeats (all times in the JSON); `x ref` = reference",
-        "time / backend time. `Mupd/s` = B*E*L*N state updates per second of `cpu`. `floor` = compute-bound time",
-        f"floor ({OPS_PER_UPDATE['forward']} / {OPS_PER_UPDATE['fwd+bwd']} vector ops per update for forward /"
-        " fwd+bwd, 2 vector ops per cycle per thread); `% floor` = floor / cpu time.",
+        "time / backend time. `Mupd/s` = B*E*L*N state updates per second of `cpu`. `exp floor` = time of",
+        "`torch.exp` over B*E*L*N float32 values in cache on the same threads (one exp per state update), timed in",
+        "turn with the backends; `x exp` = backend time / exp floor (the same yardstick on any CPU).",
         "",
         "| shape (B, E, L, N) | mode | " + " | ".join(f"{n} ms" for n in names) + " | "
         + " | ".join(f"{n} x ref" for n in others) + (" | cpu x mambapy" if has_mambapy else "")
-        + " | cpu Mupd/s | floor ms | % floor |",
-        "|---|---|" + "---:|" * (len(names) + len(others) + has_mambapy + 3),
+        + " | cpu Mupd/s | exp floor ms | " + " | ".join(f"{n} x exp" for n in names) + " |",
+        "|---|---|" + "---:|" * (2 * len(names) + len(others) + has_mambapy + 2),
     ]
     for shape_name, mode in dict.fromkeys((r["shape"], r["mode"]) for r in rows):
         cells = {r["backend"]: r for r in rows if r["shape"] == shape_name and r["mode"] == mode}
         times = {n: c["seconds"] for n, c in cells.items() if "seconds" in c}
-        row = [f"{shape_name} {SHAPES[shape_name]}", mode]
-        for name in names:
-            cell = cells.get(name, {})
-            mark = "*" if cell.get("single_run") else ""
-            row.append(f"{times[name] * 1e3:.1f}{mark}" if name in times else cell.get("skipped", "-"))
+        row = [f"{shape_name} {SHAPES[shape_name]}", mode, *(_time_cell(cells.get(n, {})) for n in names)]
         row += [_ratio(times, "reference", name) for name in others]
         if has_mambapy:
             row.append(_ratio(times, "mambapy", "cpu"))
-        floor = floor_seconds(SHAPES[shape_name], mode, machine)
-        if "cpu" in times:
-            row += [f"{cells['cpu']['updates_per_s'] / 1e6:.0f}", f"{floor * 1e3:.2f}",
-                    f"{100 * floor / times['cpu']:.0f}"]
-        else:
-            row += ["-", f"{floor * 1e3:.2f}", "-"]
+        row.append(f"{cells['cpu']['updates_per_s'] / 1e6:.0f}" if "cpu" in times else "-")
+        row.append(f"{times[EXP_FLOOR] * 1e3:.2f}" if EXP_FLOOR in times else "-")
+        row += [_ratio(times, name, EXP_FLOOR) for name in names]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "`*` = a single call (the warm-up alone took longer than the time budget)."]
     memory = [r for r in rows if "memory" in r]
@@ -276,7 +279,8 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
 def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats: int = 5, budget_s: float = 20.0,
                        max_gib: float = 6.0, memory_backends: tuple[str, ...] = ("cpu",),
                        threads: int | None = None) -> list[dict[str, Any]]:
-    """One row per (shape, mode, backend): time, updates/s, or why it was skipped; memory rows for fwd+bwd."""
+    """One row per (shape, mode, backend): time, updates/s, or why it was skipped, with memory for fwd+bwd;
+    and one row per (shape, mode) with backend ``EXP_FLOOR``: the exp floor's time (see the module docstring)."""
     if threads:
         torch.set_num_threads(threads)
     fns = backends(backend_names)
@@ -288,7 +292,8 @@ def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats
             gib = {name: graph_gib(name, shape) if mode == "fwd+bwd" else 0.0 for name in fns}
             steps = {name: step_fn(fn, make_inputs(shape, mode == "fwd+bwd"), mode)
                      for name, fn in fns.items() if gib[name] <= max_gib}
-            timed = time_steps(steps, repeats, budget_s)
+            timed = time_steps(steps | {EXP_FLOOR: exp_floor_step(shape)}, repeats, budget_s)
+            rows.append({"shape": shape_name, "mode": mode, "backend": EXP_FLOOR, **timed[EXP_FLOOR]})
             for name in fns:
                 row: dict[str, Any] = {"shape": shape_name, "mode": mode, "backend": name}
                 if name in timed:
@@ -314,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                         "memory is measured in a subprocess")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scan"),
-                        help="output stem: writes STEM.md and STEM.json")
+                        help="output stem: writes STEM.<cpu>.md and .json (<cpu>: model and ISA)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rows = run_scan_benchmark(args.backends, args.shapes, args.repeats, args.budget_s, args.max_gib,
                               tuple(args.memory_backends), args.threads)
-    machine = describe_machine() | {"load_average_1min": [load_before, os.getloadavg()[0]]}
+    machine = machine_description() | {"load_average_1min": [load_before, os.getloadavg()[0]]}
     error_shape = args.shapes[0]
     errors = check_accuracy(backends(args.backends), SHAPES[error_shape])
     command = ("vimtune bench scan " + " ".join(argv if argv is not None else sys.argv[1:])).strip()

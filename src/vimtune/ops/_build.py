@@ -4,8 +4,8 @@ Each kernel is one ``.cpp`` file that registers its ops with ``TORCH_LIBRARY``; 
 torch's extensions directory (``TORCH_EXTENSIONS_DIR`` when set) on first use and loaded from that
 cache afterwards. The build uses ``-march=native``, so the extension name carries a hash of this CPU's
 model and feature flags; torch hashes only the listed source, not the headers it includes, so the name
-also carries a hash of the source and of every header next to it (``csrc/*.h``), and editing either
-builds a fresh extension.
+also carries a hash of the source, of every header next to it (``csrc/*.h``) and of the compiler flags,
+and editing any of them builds a fresh extension.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ import torch
 # 512-bit vectors where the CPU has them: the kernels' lane blocks are 16 float32 values, and gcc otherwise
 # splits some lane loops into 256-bit halves (on the measuring machine, at one thread, the scan and conv
 # forward were 5-10% slower without this flag; at two threads the difference was within the noise).
-_CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fopenmp"]
+# -fno-trapping-math lets gcc turn the selects of fast_math.h (clamps, softplus branches) into blends on
+# CPUs without AVX-512 masks: without it gcc 12 on an AVX2-only CPU left every lane loop that calls exp
+# scalar ("control flow in loop"). It changes no value; it only stops gcc caring about FP exception flags.
+_CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fno-trapping-math",
+           "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
 
 
@@ -36,8 +40,9 @@ def _cpu_tag() -> str:
 
 
 def _source_tag(source: Path) -> str:
-    """Short hash of ``source`` and of the headers in its directory (which torch's own hash ignores)."""
-    digest = hashlib.sha1()
+    """Short hash of ``source``, of the headers in its directory (which torch's own hash ignores) and of the
+    compiler flags (so that builds with other flags, e.g. from an older checkout, get their own cache entry)."""
+    digest = hashlib.sha1(" ".join(_CFLAGS).encode())
     for path in [source, *sorted(source.parent.glob("*.h"))]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:10]

@@ -20,7 +20,8 @@
 // for one time block, then the lanes in double into its own slice of dB/dC (G, B, N, L); dA, dD and
 // ddelta_bias are summed over time in double per (batch row, channel). The caller adds the slices up.
 // float32 runs exp/softplus through the branch-free approximations of fast_math.h (about 1e-7 relative
-// error) so that the lane loops vectorise; float64 calls libm.
+// error) so that the lane loops vectorise; float64 calls libm. The decays use A * kExpScale, kept per
+// channel block, so that exp(dt A) is one multiply and exp_scaled.
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -144,14 +145,19 @@ template <typename S>
 struct Channels {
   int64_t e0, valid;       // first channel, number of real channels (the other lanes are zero)
   std::vector<S> ns;       // [N][3][W]: A; the state h (forward) or carried dL/dh (backward); dA scratch
+  std::vector<S> decay;    // [N][W]: A * kExpScale, so that exp(dt A) = exp_scaled(dt * decay)
   S D[W] = {}, bias[W] = {};
   std::vector<double> dA;  // [N][W] backward sums
   double dD[W] = {}, dbias[W] = {};
 
   Channels(const Problem<S>& p, int64_t cb)
-      : e0(cb * W), valid(std::min(W, p.E - cb * W)), ns(p.N * 3 * W, S(0)), dA(p.N * W, 0.0) {
+      : e0(cb * W), valid(std::min(W, p.E - cb * W)), ns(p.N * 3 * W, S(0)), decay(p.N * W, S(0)),
+        dA(p.N * W, 0.0) {
     for (int64_t w = 0; w < valid; ++w) {
-      for (int64_t n = 0; n < p.N; ++n) ns[n * 3 * W + w] = p.A[(e0 + w) * p.N + n];
+      for (int64_t n = 0; n < p.N; ++n) {
+        ns[n * 3 * W + w] = p.A[(e0 + w) * p.N + n];
+        decay[n * W + w] = ns[n * 3 * W + w] * kExpScale<S>;
+      }
       D[w] = p.D[e0 + w];
       bias[w] = p.bias[e0 + w];
     }
@@ -213,6 +219,7 @@ struct Block {
 template <typename S>
 void scan_forward(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
   S* __restrict__ ns = ch.ns.data();
+  const S* __restrict__ decay = ch.decay.data();
   const S* __restrict__ bc = blk.bc.data();
   const S* __restrict__ dt = blk.dt.data();
   const S* __restrict__ dtu = blk.dtu.data();
@@ -220,11 +227,11 @@ void scan_forward(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
     S acc[W] = {};
     for (int64_t n = 0; n < N; ++n) {
       const S bn = bc[(t * N + n) * 2], cn = bc[(t * N + n) * 2 + 1];
-      const S* An = ns + n * 3 * W;
+      const S* An = decay + n * W;
       S* hn = ns + n * 3 * W + W;
 #pragma GCC ivdep
       for (int64_t w = 0; w < W; ++w) {
-        const S a = exp_lanes(dt[t * W + w] * An[w]);
+        const S a = exp_scaled(dt[t * W + w] * An[w]);
         const S hv = a * hn[w] + dtu[t * W + w] * bn;
         hn[w] = hv;
         acc[w] += cn * hv;
@@ -291,7 +298,7 @@ struct Grads {
 // and the dL/dC lanes of dbc get dy_t h_t.
 template <typename S>
 void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
-  const S* __restrict__ ns = ch.ns.data();
+  const S* __restrict__ decay = ch.decay.data();
   const S* __restrict__ bc = blk.bc.data();
   const S* __restrict__ dt = blk.dt.data();
   const S* __restrict__ dtu = blk.dtu.data();
@@ -302,13 +309,13 @@ void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
     S acc[W] = {};
     for (int64_t n = 0; n < N; ++n) {
       const S bn = bc[(t * N + n) * 2], cn = bc[(t * N + n) * 2 + 1];
-      const S* An = ns + n * 3 * W;
+      const S* An = decay + n * W;
       const S* hp = seg + (t * N + n) * 2 * W + W;
       S* cur = seg + ((t + 1) * N + n) * 2 * W;
       S* dC = dbc + (t * N + n) * 2 * W + W;
 #pragma GCC ivdep
       for (int64_t w = 0; w < W; ++w) {
-        const S a = exp_lanes(dt[t * W + w] * An[w]);
+        const S a = exp_scaled(dt[t * W + w] * An[w]);
         const S hv = a * hp[w] + dtu[t * W + w] * bn;
         cur[w] = a;
         cur[W + w] = hv;
