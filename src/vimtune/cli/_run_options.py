@@ -1,7 +1,8 @@
 """Options shared by ``vimtune train`` and ``vimtune finetune``, and their translation to a RunConfig.
 
-Precedence, lowest first: the recipe (``--config``), ``--set KEY=VALUE`` overrides, explicit flags.
-With ``--resume`` the run folder's own ``config.yaml`` replaces the recipe.
+Precedence, lowest first: for ``finetune``, the method's defaults (``vimtune.methods.defaults``)
+for every ``optim`` key the recipe leaves unset; the recipe (``--config``); ``--set KEY=VALUE``
+overrides; explicit flags. With ``--resume`` the run folder's own ``config.yaml`` replaces the recipe.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from vimtune.data import DATASET_KINDS, BadImageError
 from vimtune.engine import RunConfig, build_config, load_recipe, load_run_config, parse_override, run_training
+from vimtune.methods.defaults import method_defaults
 
 #: explicit flag (argparse dest) -> config key
 FLAG_KEYS = {
@@ -97,10 +99,18 @@ def overrides_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return pairs
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The run configuration: recipe (or the resumed run's config.yaml) + overrides + flags."""
+def with_method_defaults(recipe: dict[str, Any], method: str) -> dict[str, Any]:
+    """``recipe`` with ``method``'s default ``optim`` settings under the keys it leaves unset."""
+    return {**recipe, "optim": {**method_defaults(method).optim(), **recipe.get("optim", {})}}
+
+
+def config_from_args(args: argparse.Namespace, finetune: bool = False) -> RunConfig:
+    """The run configuration: [method defaults +] recipe (or the resumed run's config.yaml) + overrides + flags."""
     overrides = overrides_from_args(args)
-    cfg = build_config(load_recipe(args.config) if args.config else {}, overrides)
+    recipe = load_recipe(args.config) if args.config else {}
+    cfg = build_config(recipe, overrides)
+    if finetune and cfg.model.method:
+        cfg = build_config(with_method_defaults(recipe, cfg.model.method), overrides)
     if args.resume:
         cfg = load_run_config(cfg.run_dir(), overrides)
     return cfg
@@ -108,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def train_from_args(args: argparse.Namespace, finetune: bool) -> int:
     """Build the config, check the command fits it, train; returns the exit status."""
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, finetune)
     if finetune and not cfg.model.method:
         raise ValueError("vimtune finetune needs a method: --method NAME (or model.method in the recipe)")
     if not finetune and cfg.model.method:

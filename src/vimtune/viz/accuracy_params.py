@@ -27,6 +27,8 @@ def plot_accuracy_vs_params(
     path: str | Path,
     title: str = "",
     per_task: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    reference: Sequence[tuple[str, float, float]] = (),
+    legend: tuple[str, str] = ("", ""),
 ) -> Path:
     """Write a scatter of accuracy (%) against trainable parameters (log x) to ``path`` (PNG).
 
@@ -36,6 +38,9 @@ def plot_accuracy_vs_params(
         title: the figure title.
         per_task: optional ``{task: [(parameters, accuracy), ...]}`` drawn as small faint markers
             behind, one colour per task.
+        reference: optional ``(label, parameters, accuracy)`` of the same methods under another
+            protocol, drawn as hollow markers joined to the method's point by a grey line.
+        legend: the names of ``points`` and ``reference`` in the legend (when ``reference`` is given).
 
     Returns:
         ``path``.
@@ -46,9 +51,16 @@ def plot_accuracy_vs_params(
     for task, task_points in (per_task or {}).items():
         xs, ys = zip(*task_points, strict=True)
         ax.scatter(xs, [100 * y for y in ys], s=14, alpha=0.35, label=task)
+    ours = {label: (params, accuracy) for label, params, accuracy in points}
+    for n, (label, params, accuracy) in enumerate(reference):
+        ax.scatter(params, 100 * accuracy, s=60, facecolors="none", edgecolors="dimgray", zorder=3,
+                   label=legend[1] if n == 0 else None)
+        if label in ours:
+            ax.plot([params, ours[label][0]], [100 * accuracy, 100 * ours[label][1]], color="gray", lw=0.8, zorder=2)
     below = labels_below([(params, 100 * accuracy) for _, params, accuracy in points])
-    for (label, params, accuracy), down in zip(points, below, strict=True):
-        ax.scatter(params, 100 * accuracy, s=60, color="black", zorder=3)
+    for n, ((label, params, accuracy), down) in enumerate(zip(points, below, strict=True)):
+        ax.scatter(params, 100 * accuracy, s=60, color="black", zorder=3,
+                   label=legend[0] if reference and n == 0 else None)
         ax.annotate(label, (params, 100 * accuracy), textcoords="offset points", xytext=(5, -11 if down else 4),
                     fontsize=8)
     ax.set_xscale("log")
@@ -56,8 +68,8 @@ def plot_accuracy_vs_params(
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    if per_task:
-        ax.legend(fontsize=7, loc="lower right", title="per task", title_fontsize=7)
+    if per_task or reference:
+        ax.legend(fontsize=7, loc="lower right", title="per task" if per_task else None, title_fontsize=7)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

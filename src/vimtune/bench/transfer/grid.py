@@ -4,8 +4,9 @@ A finished cell is stored in the results JSON under ``"task/method/seed"`` and n
 while the file's fingerprint (protocol + backbone) is unchanged. A cell interrupted mid-run
 resumes from its engine run folder (``WORK_DIR/<fingerprint>/<task>/<method>-s<seed>``).
 Several processes may fill one file at once (e.g. one per ``--tasks`` subset): every save merges
-the cells already on disk under an exclusive lock, so none is lost, and a cell that another
-process finished is skipped.
+the cells already on disk under an exclusive lock, so none is lost; a cell that another process
+finished is skipped, and so is one that another process is running (each running cell holds an OS
+lock, ``OUT.json.claims/<cell>.lock``, that dies with its process: a killed run leaves no stale claim).
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ def cell_key(task: str, method: str, seed: int) -> str:
     return f"{task}/{method}/{seed}"
 
 
-def fingerprint(protocol: Protocol, backbone: ResolvedBackbone) -> str:
-    """A short hash of everything a cached cell must share with the current run."""
-    identity = {"protocol": protocol.identity(), "backbone": backbone.describe()}
+def fingerprint(protocol: dict[str, Any], backbone: ResolvedBackbone) -> str:
+    """A short hash of everything a cached cell must share with the current run.
+
+    ``protocol``: what defines the protocol (e.g. :meth:`Protocol.identity`).
+    """
+    identity = {"protocol": protocol, "backbone": backbone.describe()}
     identity["backbone"].pop("weights")  # the file's hash identifies it, wherever it lies
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -94,6 +98,24 @@ class ResultsFile:
                     self.cells = {**on_disk.get("cells", {}), **self.cells}
             yield
 
+    @contextlib.contextmanager
+    def claim(self, key: str, wait: bool = False) -> Iterator[bool]:
+        """Holds an OS lock on cell ``key`` for the block; yields whether this process got it.
+
+        Without ``wait`` the answer is immediate (``False``: another process is running the cell);
+        with ``wait`` it blocks until the other process lets go (finished or died). The lock is
+        released when the block ends or the process dies, whatever the way.
+        """
+        folder = self.path.with_name(self.path.name + ".claims")
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / (key.replace("/", "~") + ".lock"), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
     def refresh(self) -> None:
         """Add the cells other processes saved since this one opened or saved the file."""
         with self._merged():
@@ -119,21 +141,24 @@ class Grid:
     def run(self, cells: Iterable[Cell]) -> None:
         """Run every cell not cached yet, saving the results file after each one.
 
-        Before each cell the file is read again, so a cell that another process finished meanwhile
-        is skipped (processes that share a file should walk the cells in different orders).
+        Each cell is claimed first (:meth:`ResultsFile.claim`) and the file read again, so a cell
+        that another process finished or is running is skipped (processes that share a file
+        should walk the cells in different orders).
         """
         todo = [c for c in cells if cell_key(*c) not in self.results.cells]
         root = self.work_dir / self.results.header["fingerprint"]
         for n, (task, method, seed) in enumerate(todo, 1):
-            self.results.refresh()
-            if cell_key(task, method, seed) in self.results.cells:
-                self.log(f"[{n}/{len(todo)}] {task} / {method} / seed {seed}: finished by another process")
-                continue
-            run_dir = root / task / f"{method}-s{seed}"
-            self.log(f"[{n}/{len(todo)}] {task} / {method} / seed {seed} -> {run_dir}")
-            record = run_cell(self.data_root / task, run_dir, method, seed, self.protocol, self.backbone,
-                              root / "heads", resume=run_dir.is_dir())
-            self.results.cells[cell_key(task, method, seed)] = {**record, "run_dir": str(run_dir)}
-            self.results.save()
+            key, name = cell_key(task, method, seed), f"[{n}/{len(todo)}] {task} / {method} / seed {seed}"
+            with self.results.claim(key) as mine:
+                self.results.refresh()
+                if key in self.results.cells or not mine:
+                    self.log(f"{name}: {'finished' if mine else 'being run'} by another process")
+                    continue
+                run_dir = root / task / f"{method}-s{seed}"
+                self.log(f"{name} -> {run_dir}")
+                record = run_cell(self.data_root / task, run_dir, method, seed, self.protocol, self.backbone,
+                                  root / "heads", resume=run_dir.is_dir())
+                self.results.cells[key] = {**record, "run_dir": str(run_dir)}
+                self.results.save()
             self.log(f"  done in {record['seconds']:.0f} s: "
                      + ", ".join(f"{p} test {r['test_acc']:.3f}" for p, r in record["protocols"].items()))

@@ -147,6 +147,12 @@ def _compare(acc: dict[str, float], better: str, worse: str) -> str:
 def agreement(table: TransferTable) -> list[str]:
     """Whether SVP > VPT-deep > linear probe, and SVP is close to full fine-tuning (mean over common tasks)."""
     summary = {s.method: s for s in table.summary("val")}
+    return agreement_lines(summary, f"Protocol `val`, mean test accuracy over the {len(table.common_tasks)} "
+                                    "task(s) every method has:")
+
+
+def agreement_lines(summary: dict[str, MethodSummary], title: str) -> list[str]:
+    """The paper check on per-method means: SVP > VPT-deep > linear probe, SVP close to full."""
     needed = ["svp", "vpt-deep", "linear", "full"]
     missing = [m for m in needed if m not in summary]
     if missing:
@@ -156,7 +162,7 @@ def agreement(table: TransferTable) -> list[str]:
     share = summary["svp"].params / summary["full"].params
     close = "agrees" if gap <= CLOSE_POINTS else "does NOT agree"
     return [
-        f"Protocol `val`, mean test accuracy over the {len(table.common_tasks)} task(s) every method has:",
+        title,
         "",
         _compare(acc, "svp", "vpt-deep"),
         _compare(acc, "vpt-deep", "linear"),
