@@ -6,21 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from helpers.shared_data import require_shared
 from vimtune.data import AugmentConfig, build_dataset, build_eval_transform
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MNIST = SHARED_DATA / "vtab-mini" / "mnist"
 
-pytestmark = pytest.mark.skipif(
-    not (MNIST / "train800val200.txt").is_file(),
-    reason=f"shared VTAB-mini data not found at {MNIST} (only present on the project machine)",
-)
+@pytest.fixture
+def mnist() -> Path:
+    return require_shared("vtab-mini", "mnist", marker="train800val200.txt")
 
 
-def test_shared_vtab_mnist_counts_and_images() -> None:
+def test_shared_vtab_mnist_counts_and_images(mnist: Path) -> None:
     tf = build_eval_transform(AugmentConfig(recipe="none", img_size=32))
-    trainval = build_dataset("vtab", str(MNIST), "trainval", transform=tf)
-    test = build_dataset("vtab", str(MNIST), "test")
+    trainval = build_dataset("vtab", str(mnist), "trainval", transform=tf)
+    test = build_dataset("vtab", str(mnist), "test")
     assert len(trainval) == 1000
     assert trainval.num_classes == 10 and len(trainval.classes) == 10
     assert len(test) == 2000

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from test_engine_support import make_image_folder
+from helpers.runs import make_image_folder
 from vimtune.engine import build_config, load_recipe, run_training
 
 GLOBAL_BATCH = 12  # = the whole training set: every update sees every image, whatever the sampler's order

@@ -14,13 +14,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import vimtune.demo.backbone as backbone_module
+from helpers.tiny_models import TINY_BACKBONE, TINY_BACKBONE_ARGS
 from vimtune.cli import main
 from vimtune.demo import BackboneSpec, MissingWeightsError, resolve_backbone, write_digits_task
-
-#: A tiny random backbone (2 blocks, width 32, 16 px) and its command-line options (also used by test_transfer).
-TINY = {"depth": 2, "embed_dim": 32, "img_size": 16}
-TINY_ARGS = ["--backbone", "vim_nano_patch4_32",
-             *[arg for key, value in TINY.items() for arg in ("--backbone-kwarg", f"{key}={value}")]]
 
 
 def _lines(path: Path) -> list[tuple[str, int]]:
@@ -30,7 +26,7 @@ def _lines(path: Path) -> list[tuple[str, int]]:
 def test_demo_with_a_tiny_random_backbone_writes_runs_and_table(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    argv = ["demo", "--output-dir", str(out), *TINY_ARGS, "--no-pretrained", "--epochs", "1",
+    argv = ["demo", "--output-dir", str(out), *TINY_BACKBONE_ARGS, "--no-pretrained", "--epochs", "1",
             "--train-size", "40", "--test-size", "30", "--batch-size", "8"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -51,7 +47,7 @@ def test_demo_with_a_tiny_random_backbone_writes_runs_and_table(tmp_path: Path,
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
-    assert main(["demo", "--output-dir", str(tmp_path), *TINY_ARGS, "--no-pretrained"]) == 1
+    assert main(["demo", "--output-dir", str(tmp_path), *TINY_BACKBONE_ARGS, "--no-pretrained"]) == 1
     assert "not a demo's" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
@@ -84,12 +80,12 @@ def test_missing_committed_weights_fail_clearly_or_fall_back_loudly(tmp_path: Pa
 
 
 def test_weights_for_a_task_keep_the_backbone_and_give_a_seeded_fresh_head(tmp_path: Path) -> None:
-    pretrained = timm.create_model("vim_nano_patch4_32", num_classes=10, **TINY)
+    pretrained = timm.create_model("vim_nano_patch4_32", num_classes=10, **TINY_BACKBONE)
     with torch.no_grad():
         pretrained.head.weight.fill_(1.0)
     file = tmp_path / "pretrained.safetensors"
     save_file(pretrained.state_dict(), str(file))
-    resolved = resolve_backbone(BackboneSpec("vim_nano_patch4_32", TINY, weights=str(file)))
+    resolved = resolve_backbone(BackboneSpec("vim_nano_patch4_32", TINY_BACKBONE, weights=str(file)))
     assert resolved.warning is None and len(resolved.sha256) == 64
 
     path = resolved.weights_for(10, seed=0, directory=tmp_path / "heads")
@@ -99,6 +95,6 @@ def test_weights_for_a_task_keep_the_backbone_and_give_a_seeded_fresh_head(tmp_p
     assert state["head.weight"].abs().max() < 0.5  # fresh (trunc-normal, std 0.02), not the pretrained ones
     assert resolved.weights_for(10, seed=0, directory=tmp_path / "heads") == path
     three = load_file(str(resolved.weights_for(3, seed=0, directory=tmp_path / "heads")))
-    assert three["head.weight"].shape == (3, TINY["embed_dim"])
+    assert three["head.weight"].shape == (3, TINY_BACKBONE["embed_dim"])
     reseeded = load_file(str(resolved.weights_for(10, seed=1, directory=tmp_path / "heads")))
     assert not torch.equal(reseeded["head.weight"], state["head.weight"])

@@ -5,30 +5,16 @@ from __future__ import annotations
 import copy
 
 import pytest
-import timm
 import torch
 
-import vimtune.models  # noqa: F401 - registers the model names with timm
+from helpers.tiny_models import images, perturb, tiny
 from vimtune.methods import LoRALinear, build, merge_lora
 from vimtune.methods.lora import TARGETS
 
-TINY = dict(depth=4, embed_dim=32, img_size=32, patch_size=8)
 
-
-def tiny() -> torch.nn.Module:
-    return timm.create_model("vim_small_patch16_224", num_classes=10, **TINY)
-
-
-def images() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-@torch.no_grad()
 def perturb_updates(model: torch.nn.Module, seed: int = 1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if ".lora." in name:
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    """Move the LoRA factors (zero-initialised ``up``) away from their initial values."""
+    perturb([p for name, p in model.named_parameters() if ".lora." in name], seed)
 
 
 def test_module_targets_keep_the_backbone_names() -> None:

@@ -9,29 +9,12 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-import vimtune.models  # noqa: F401 - registers the model names with timm
+from helpers.tiny_models import TINY, images, perturb, tiny
 from vimtune.cli import main
 from vimtune.methods import available_methods, build, from_config, load_adapter, save_adapter
 from vimtune.models import CheckpointError
 
-TINY = dict(depth=4, embed_dim=32, img_size=32, patch_size=8)
 COMPOSITIONS = ["svp+lora", "vpt-deep+adapter", "bias+lora"]
-
-
-def tiny(num_classes: int = 10) -> torch.nn.Module:
-    return timm.create_model("vim_small_patch16_224", num_classes=num_classes, **TINY)
-
-
-def images(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def perturb(params: list[torch.nn.Parameter], seed: int = 1) -> None:
-    """Move every parameter away from its (possibly zero) initial value."""
-    gen = torch.Generator().manual_seed(seed)
-    for p in params:
-        p.add_(0.1 * torch.randn(p.shape, generator=gen))
 
 
 def test_available_methods() -> None:

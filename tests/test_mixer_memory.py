@@ -13,13 +13,8 @@ import torch
 
 import vimtune.models  # noqa: F401  (registers vim_* with timm)
 from vimtune.models.mamba import BiMambaMixer
-from vimtune.ops import available_backends
-from vimtune.ops.mixer_cpu import mixer_kernels_available
 
-pytestmark = pytest.mark.skipif(
-    not mixer_kernels_available() or "cpu" not in available_backends("cpu"),
-    reason="C++ CPU mixer kernels or scan backend unavailable",
-)
+pytestmark = pytest.mark.usefixtures("mixer_kernels", "scan_kernel")
 
 
 @contextmanager

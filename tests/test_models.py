@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from spec_vim_forward import vim_forward
+from helpers.spec_vim_forward import vim_forward
 from vimtune.models import MODEL_CONFIGS, VisionMamba, create_vim, resize_pos_embed
 
 SPEC_PARAMS = {

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.shared_data import require_shared
 from vimtune.models.zoo import COMMITTED_WEIGHTS, WEIGHTS_DIR
 
-CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 MODEL = "vim_micro_patch4_32"
 
 
@@ -25,13 +25,12 @@ def stated_top1(card: Path) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CIFAR10 / "test").is_dir(),
-                    reason=f"shared CIFAR-10 test split not found at {CIFAR10 / 'test'} (only on the project machine)")
 def test_bundled_backbone_reproduces_its_card(tmp_path: Path) -> None:
+    cifar10 = require_shared("cifar10", marker="test")
     weights = WEIGHTS_DIR / COMMITTED_WEIGHTS[MODEL]
     expected = stated_top1(weights.with_suffix(".md"))
     subprocess.run([sys.executable, "-m", "vimtune", "eval", "--checkpoint", str(weights), "--model", MODEL,
-                    "--img-size", "32", "--data-kind", "imagefolder", "--data", str(CIFAR10), "--split", "test",
+                    "--img-size", "32", "--data-kind", "imagefolder", "--data", str(cifar10), "--split", "test",
                     "--output-dir", str(tmp_path)], check=True)
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert result["top1"] == pytest.approx(expected, abs=0.006)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scan_cases import make_scan_inputs
+from helpers.scan_cases import make_scan_inputs
 from vimtune.ops import available_backends, resolve_backend, selective_scan
 from vimtune.ops.scan_chunked import selective_scan_chunked
 from vimtune.ops.scan_reference import selective_scan_reference

@@ -10,28 +10,11 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import vimtune.models  # noqa: F401 - registers the model names with timm
+from helpers.tiny_models import images, perturb, tiny
 from vimtune.cli import main
 from vimtune.methods import SelectivePrompts, build, from_svp_release, load_adapter, simam
 from vimtune.methods.prompt_update import prompt_update, prompt_update_reference
 from vimtune.models import CheckpointError
-
-TINY = dict(depth=4, embed_dim=32, img_size=32, patch_size=8)
-
-
-def tiny(num_classes: int = 10, **kwargs) -> torch.nn.Module:
-    return timm.create_model("vim_small_patch16_224", num_classes=num_classes, **{**TINY, **kwargs})
-
-
-def images(size: int = 32, seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def perturb(params, seed: int = 1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for p in params:
-        p.add_(0.1 * torch.randn(p.shape, generator=gen))
 
 
 # ---------------------------------------------------------------- oracle of SPEC-SVP section 2

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_engine_support import SMOKE, checksums, make_image_folder, vimtune_cmd
+from helpers.runs import SMOKE, checksums, make_image_folder, vimtune_cmd
 from vimtune.cli import main
 from vimtune.engine import build_config, load_checkpoint_state, load_recipe, run_training
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import vimtune.engine.runner as runner
-from test_engine_support import SMOKE, checksums, make_image_folder, make_vtab_task
+from helpers.runs import SMOKE, checksums, make_image_folder, make_vtab_task
 from vimtune.cli import main
 
 

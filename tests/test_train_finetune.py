@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import vimtune.models  # noqa: F401 - registers the Vim configs
-from test_engine_support import SMOKE, make_vtab_task
+from helpers.runs import SMOKE, make_vtab_task
 from vimtune.cli import main
 from vimtune.engine import load_checkpoint_state
 from vimtune.engine.inference import load_run

@@ -10,24 +10,23 @@ import timm
 from safetensors.torch import save_file
 
 import vimtune.bench.transfer.grid as grid_module
-from test_demo import TINY, TINY_ARGS
-from test_engine_support import make_vtab_task
+from helpers.runs import make_vtab_task
+from helpers.shared_data import require_shared
+from helpers.tiny_models import TINY_BACKBONE, TINY_BACKBONE_ARGS
 from vimtune.bench.transfer import main
 from vimtune.bench.transfer.grid import Grid, ResultsFile
 from vimtune.bench.transfer.report import TransferTable, accuracy_table, agreement
 
-SHARED_VTAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vtab-mini"
-
 
 def _tiny_args(tmp_path: Path) -> list[str]:
-    return [*TINY_ARGS, "--out", str(tmp_path / "results" / "transfer"), "--work-dir", str(tmp_path / "runs"),
+    return [*TINY_BACKBONE_ARGS, "--out", str(tmp_path / "results" / "transfer"), "--work-dir", str(tmp_path / "runs"),
             "--epochs", "1", "--batch-size", "4", "--warmup-epochs", "0"]
 
 
 def test_transfer_runs_caches_and_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_vtab_task(tmp_path / "vtab" / "toy")
     weights = tmp_path / "pretrained.safetensors"  # a "pretrained" tiny backbone: exercises the fresh-head file
-    save_file(timm.create_model("vim_nano_patch4_32", num_classes=10, **TINY).state_dict(), str(weights))
+    save_file(timm.create_model("vim_nano_patch4_32", num_classes=10, **TINY_BACKBONE).state_dict(), str(weights))
     argv = [*_tiny_args(tmp_path), "--data-root", str(tmp_path / "vtab"), "--backbone-weights", str(weights),
             "--methods", "linear", "svp", "--spread-seeds", "0", "1", "--spread-methods", "svp", "best"]
     assert main(argv) == 0
@@ -125,12 +124,11 @@ def test_agreement_and_best_baseline_follow_the_numbers() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_VTAB / "pneumonia" / "val200.txt").is_file(),
-                    reason=f"shared vtab-mini data not found at {SHARED_VTAB}")
 def test_transfer_on_a_shared_vtab_mini_task(tmp_path: Path) -> None:
-    argv = [*_tiny_args(tmp_path), "--data-root", str(SHARED_VTAB), "--tasks", "pneumonia", "--no-pretrained",
+    shared_vtab = require_shared("vtab-mini", marker="pneumonia/val200.txt")
+    argv = [*_tiny_args(tmp_path), "--data-root", str(shared_vtab), "--tasks", "pneumonia", "--no-pretrained",
             "--methods", "linear", "vpt-deep", "--spread-seeds", "--batch-size", "32"]
     assert main(argv) == 0
     cells = json.loads((tmp_path / "results" / "transfer.json").read_text())["cells"]
     assert sorted(cells) == ["pneumonia/linear/0", "pneumonia/vpt-deep/0"]
-    assert cells["pneumonia/linear/0"]["trainable_params"] == 2 * TINY["embed_dim"] + 2
+    assert cells["pneumonia/linear/0"]["trainable_params"] == 2 * TINY_BACKBONE["embed_dim"] + 2

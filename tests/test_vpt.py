@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 
-import vimtune.models  # noqa: F401 - registers the model names with timm
+from helpers.tiny_models import images, tiny  # TINY: 16 patches, cls at 8
 from vimtune.methods import EmbedPrompts, build
-
-TINY = dict(depth=4, embed_dim=32, img_size=32, patch_size=8)  # 16 patches, cls at 8
-
-
-def tiny() -> torch.nn.Module:
-    return timm.create_model("vim_small_patch16_224", num_classes=10, **TINY)
-
-
-def images(size: int = 32) -> torch.Tensor:
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("position, num_tokens, cls_index, prompt_slots", [

@@ -93,7 +93,8 @@ class OptimConfig:
         warmup_lr: learning rate at the start of warmup.
         min_lr: floor of the cosine schedule.
         step_on_updates: step the schedule after every optimizer update (else once per epoch).
-        accum_steps: batches whose gradients are summed before one optimizer update.
+        accum_steps: batches per optimizer update; each update follows the mean loss over its batches
+            (a shorter last group of an epoch: over the batches it holds).
     """
 
     opt: str = "adamw"

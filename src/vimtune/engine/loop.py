@@ -45,7 +45,10 @@ class EpochRunner:
         optimizer, scheduler: see :mod:`vimtune.engine.optim`.
         criterion: loss of (logits (B, C), targets (B,) or soft targets (B, C)).
         ctx: this process's rank and device.
-        accum_steps: batches per optimizer update (gradients are averaged over them).
+        accum_steps: batches per optimizer update. Each update follows the mean loss over the batches of
+            its group; the last group of an epoch may hold fewer (when the epoch's batch count is not a
+            multiple of ``accum_steps``), and its mean is over the batches it holds, so that with equal
+            batch sizes every update is that of one batch of the group's samples.
         clip_grad: gradient-norm clipping threshold (``None``: none).
         bf16: bfloat16 autocast for the forward pass.
         mixup: batch mixing applied to (images, labels).
@@ -73,21 +76,25 @@ class EpochRunner:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         loss_sum = torch.zeros(2, dtype=torch.float64)  # (summed loss, samples)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not self.ctx.is_main)
+        steps = len(loader)
         for step, (images, targets) in enumerate(bar):
             images = images.to(self.ctx.device, non_blocking=True)
             targets = targets.to(self.ctx.device, non_blocking=True)
             if self.mixup is not None:
                 images, targets = self.mixup(images, targets)
-            last_of_group = (step + 1) % self.accum_steps == 0 or step + 1 == len(loader)
+            group_start = step - step % self.accum_steps
+            group_size = min(self.accum_steps, steps - group_start)  # batches in this step's group
+            last_of_group = step + 1 == group_start + group_size
             sync = contextlib.nullcontext()
             if isinstance(self.model, DistributedDataParallel) and not last_of_group:
                 sync = self.model.no_sync()
             with sync:
                 with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     logits = self.model(images)
-                loss = self.criterion(logits.float(), targets)
-                self._check_finite(loss, epoch, step, len(loader), global_step)
-                (loss / self.accum_steps).backward()
+                # the loss in float32 at least (bfloat16 logits under autocast), float64 for a float64 model
+                loss = self.criterion(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)
+                self._check_finite(loss, epoch, step, steps, global_step)
+                (loss / group_size).backward()
             value = float(loss.detach())
             loss_sum += torch.tensor([value * len(images), len(images)], dtype=torch.float64)
             if last_of_group:

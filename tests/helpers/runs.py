@@ -1,4 +1,4 @@
-"""Helpers shared by the engine / training / CLI tests: tiny datasets, CLI runs, file checksums."""
+"""Tiny datasets and run folders for the engine, training and CLI tests; CLI subprocesses; file checksums."""
 
 from __future__ import annotations
 

@@ -1,0 +1,48 @@
+"""What happens when a C++ kernel cannot be built: the library warns once and falls back; the test suite
+skips the kernel tests, except in CI (``CI=true``), where they fail."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from helpers.kernels import require_kernel
+from vimtune.ops import mixer_cpu, scan_cpu
+
+
+@pytest.mark.parametrize("module, fallback", [(scan_cpu, "falling back to the 'chunked' backend"),
+                                              (mixer_cpu, "the mixer uses its generic path")])
+def test_build_failure_warns_once_and_reports_unavailable(module, fallback: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_load(**_: object) -> None:
+        raise RuntimeError("compiler exploded")
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load", failing_load)
+    with pytest.warns(RuntimeWarning, match=fallback) as record:
+        assert module._ops.__wrapped__() is None
+    assert len(record) == 1 and "compiler exploded" in str(record[0].message)
+
+
+def _unbuildable() -> bool:
+    """An availability check whose build failed (it warns, as vimtune's do)."""
+    warnings.warn("vimtune: the C++ thing could not be built (error: no compiler)", RuntimeWarning, stacklevel=1)
+    return False
+
+
+@pytest.mark.parametrize("ci", ["true", "1"])
+def test_a_kernel_that_does_not_build_fails_in_ci(ci: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(pytest.fail.Exception, match=r"C\+\+ thing is unavailable: .*error: no compiler.*CI=true"):
+        require_kernel(_unbuildable, "C++ thing")
+    require_kernel(lambda: True, "C++ thing")  # a built kernel passes
+
+
+@pytest.mark.parametrize("ci", [None, "false", ""])
+def test_a_kernel_that_does_not_build_skips_elsewhere(ci: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(pytest.skip.Exception, match=r"C\+\+ thing is unavailable: .*error: no compiler"):
+        require_kernel(_unbuildable, "C++ thing")
