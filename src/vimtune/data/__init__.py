@@ -17,7 +17,7 @@ Loaders::
 
 from .base import ImageListDataset
 from .cifar import CIFARDataset
-from .errors import BadImageError, DatasetNotFoundError
+from .errors import AugmentationError, BadImageError, DatasetNotFoundError, EmptySplitError
 from .factory import DATASET_KINDS, build_dataset
 from .fgvc import FGVCDataset
 from .image_io import IMG_EXTENSIONS, check_image, load_rgb, to_rgb
@@ -40,9 +40,11 @@ __all__ = [
     "RECIPES",
     "VTAB_SPLIT_FILES",
     "AugmentConfig",
+    "AugmentationError",
     "BadImageError",
     "CIFARDataset",
     "DatasetNotFoundError",
+    "EmptySplitError",
     "FGVCDataset",
     "ImageFolderDataset",
     "ImageListDataset",
