@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,23 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from vimtune.data import build_mixup
-from vimtune.engine.builder import build_eval_loaders, build_model, build_split, build_train_loader, split_name
+from vimtune.engine.builder import (
+    build_eval_loaders,
+    build_model,
+    build_split,
+    build_train_loader,
+    missing_val_note,
+    split_name,
+)
 from vimtune.engine.checkpoint import atomic_write_text
 from vimtune.engine.config import RunConfig, build_config, read_yaml, to_dict, write_yaml
 from vimtune.engine.distributed import DistContext, barrier, init_distributed, shutdown_distributed
+from vimtune.engine.optim import describe_schedule
 from vimtune.engine.report import format_results, protocol_results
 from vimtune.engine.run_dir import RunFiles, prepare_run_dir
 from vimtune.engine.trainer import Trainer
 from vimtune.methods import save_adapter
+from vimtune.models.spec_check import check_model_spec
 
 
 def load_run_config(run_dir: str | Path, overrides: list[tuple[str, Any]] = ()) -> RunConfig:
@@ -57,6 +67,7 @@ def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False) 
 
 def _run(cfg: RunConfig, ctx: DistContext, resume: bool, overwrite: bool) -> dict[str, Any]:
     files = prepare_run_dir(cfg.run_dir(), resume, overwrite, create=False) if ctx.is_main else RunFiles(cfg.run_dir())
+    check_model_spec(cfg.model.name, cfg.model.kwargs)  # before any data is read or memory allocated
     random_seed(cfg.train.seed)  # the same initial weights on every process
     train_set = build_split(cfg.data, "train")
     roles = [r for r in ("val", "test") if split_name(cfg.data, r) and (r == "val" or cfg.train.test_every_epoch)]
@@ -78,6 +89,12 @@ def _run(cfg: RunConfig, ctx: DistContext, resume: bool, overwrite: bool) -> dic
         start = f"resuming after epoch {trainer.state.epoch}" if resumed else "starting"
         tqdm.write(f"run folder {files.root}: {start} ({len(train_set)} training images, "
                    f"{train_set.num_classes} classes, {ctx.world_size} process(es) x batch {cfg.data.batch_size})")
+        line, warnings = describe_schedule(cfg.optim, trainer.optim_cfg, trainer.global_batch, cfg.train.epochs,
+                                           trainer.updates_per_epoch)
+        tqdm.write(line)
+        for message in [*warnings, missing_val_note(cfg.data)]:
+            if message:
+                tqdm.write(message, file=sys.stderr)
     barrier(ctx)
     state = trainer.fit()
     if ctx.is_main and cfg.model.method is not None:
