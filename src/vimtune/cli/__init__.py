@@ -13,6 +13,7 @@ import sys
 
 from vimtune import __version__
 from vimtune.allocator import keep_freed_memory
+from vimtune.cli._errors import USER_ERRORS, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         status = args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"vimtune {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"vimtune {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # Ctrl-C: one line (a run's names its last checkpoint), no traceback
         print(f"vimtune {args.command}: {err or 'interrupted'}", file=sys.stderr)

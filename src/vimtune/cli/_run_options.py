@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vimtune.cli._errors import one_line
 from vimtune.data import DATASET_KINDS, BadImageError
 from vimtune.engine import RunConfig, build_config, load_recipe, load_run_config, parse_override, run_training
 from vimtune.methods.defaults import method_defaults
@@ -27,6 +28,7 @@ FLAG_KEYS = {
     "batch_size": "data.batch_size",
     "num_workers": "data.num_workers",
     "skip_bad_images": "data.skip_bad_images",
+    "allow_outside_root": "data.allow_outside_root",
     "img_size": "data.augment.img_size",
     "split": "data.test_split",
     "epochs": "train.epochs",
@@ -78,6 +80,8 @@ def add_run_options(parser: argparse.ArgumentParser, finetune: bool) -> None:
     data.add_argument("--num-workers", type=int, help="DataLoader workers per process")
     data.add_argument("--skip-bad-images", action="store_true", default=None,
                       help="drop unreadable images (with a warning) instead of stopping")
+    data.add_argument("--allow-outside-root", action="store_true", default=None,
+                      help="accept list-file paths that leave the dataset folder (refused by default)")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int)
     train.add_argument("--lr", type=float, help="base learning rate (scaled by global batch / 512 "
@@ -127,11 +131,5 @@ def train_from_args(args: argparse.Namespace, finetune: bool) -> int:
     try:
         run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     except BadImageError as err:
-        raise RuntimeError(f"{bad_image_message(err)} (use --skip-bad-images to drop unreadable images)") from err
+        raise RuntimeError(f"{one_line(err)} (use --skip-bad-images to drop unreadable images)") from err
     return 0
-
-
-def bad_image_message(err: BadImageError) -> str:
-    """The error's one-line message, also when a DataLoader worker re-raised it with its traceback."""
-    from_worker = [line for line in str(err).splitlines() if "BadImageError: " in line]
-    return from_worker[-1].split("BadImageError: ", 1)[1] if from_worker else str(err)

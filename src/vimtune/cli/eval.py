@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     loaded: LoadedModel | None = None
     if args.run_dir:
         loaded = load_run(args.run_dir, args.protocol, overrides)
-        cfg, out_dir, stem = loaded.cfg, RunFiles(Path(args.run_dir)).eval_dir, loaded.selection.protocol
+        out_dir = Path(args.output_dir) if args.output_dir else RunFiles(Path(args.run_dir)).eval_dir
+        cfg, stem = loaded.cfg, loaded.selection.protocol
         if loaded.selection.warning:
             print(loaded.selection.warning, file=sys.stderr)
     elif args.checkpoint:
@@ -96,8 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, help="which epoch's weights (default: val, else last)")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="instead of a run: full-model weights (.safetensors/.pth) or an adapter folder")
-    parser.add_argument("--output-dir", help="where --checkpoint results go (default runs/eval-<name>, or "
-                                             "runs/eval-<name>-2, -3, ... when it exists: never overwritten)")
+    parser.add_argument("--output-dir", help="where the results go (default: RUN_DIR/eval; with --checkpoint "
+                                             "runs/eval-<name>, or runs/eval-<name>-2, -3, ... when it exists: "
+                                             "never overwritten)")
     add_config_options(parser)
     parser.add_argument("--model", help="model name (with --checkpoint)")
     parser.add_argument("--backbone-weights", metavar="PATH", help="backbone of an adapter folder")

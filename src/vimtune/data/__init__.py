@@ -17,8 +17,8 @@ Loaders::
 
 from .base import ImageListDataset
 from .cifar import CIFARDataset
-from .errors import BadImageError, DatasetNotFoundError
-from .factory import DATASET_KINDS, build_dataset
+from .errors import AugmentationError, BadImageError, DatasetNotFoundError, EmptySplitError
+from .factory import DATASET_KINDS, build_dataset, has_split
 from .fgvc import FGVCDataset
 from .image_io import IMG_EXTENSIONS, check_image, load_rgb, to_rgb
 from .imagefolder import ImageFolderDataset, scan_image_folder
@@ -40,9 +40,11 @@ __all__ = [
     "RECIPES",
     "VTAB_SPLIT_FILES",
     "AugmentConfig",
+    "AugmentationError",
     "BadImageError",
     "CIFARDataset",
     "DatasetNotFoundError",
+    "EmptySplitError",
     "FGVCDataset",
     "ImageFolderDataset",
     "ImageListDataset",
@@ -56,6 +58,7 @@ __all__ = [
     "build_mixup",
     "build_train_transform",
     "check_image",
+    "has_split",
     "load_rgb",
     "read_list_file",
     "safe_load_pickle",

@@ -10,6 +10,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from .image_io import check_image, load_rgb
+from .safe_augment import apply_transform
 
 __all__ = ["ImageListDataset"]
 
@@ -64,7 +65,7 @@ class ImageListDataset(Dataset):
         path, label = self.samples[index]
         img = load_rgb(path, label)
         if self.transform is not None:
-            img = self.transform(img)
+            img = apply_transform(self.transform, img, f"'{path}' (label {label})")
         return img, label
 
     def __repr__(self) -> str:

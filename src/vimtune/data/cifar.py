@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import DatasetNotFoundError
+from .safe_augment import apply_transform
 from .safe_pickle import safe_load_pickle
 
 __all__ = ["CIFAR_LAYOUTS", "CIFARDataset"]
@@ -153,7 +154,8 @@ class CIFARDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         img: Any = Image.fromarray(self.data[index])
         if self.transform is not None:
-            img = self.transform(img)
+            where = f"#{index} of {self.variant} split {self.split!r} ('{self.batch_dir}')"
+            img = apply_transform(self.transform, img, where)
         return img, self.targets[index]
 
     def __repr__(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BadImageError", "DatasetNotFoundError"]
+__all__ = ["AugmentationError", "BadImageError", "DatasetNotFoundError", "EmptySplitError"]
 
 
 class BadImageError(OSError):
@@ -52,3 +52,11 @@ class DatasetNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class AugmentationError(RuntimeError):
+    """A training/evaluation transform failed on one image; the message names the image and the step."""
+
+
+class EmptySplitError(ValueError):
+    """A split whose list or split file names no images; the message names the file."""

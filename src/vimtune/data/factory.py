@@ -14,10 +14,19 @@ from .fgvc import FGVCDataset
 from .imagefolder import ImageFolderDataset
 from .vtab import VTabDataset
 
-__all__ = ["DATASET_KINDS", "build_dataset"]
+__all__ = ["DATASET_KINDS", "build_dataset", "has_split"]
 
 #: The ``kind`` values accepted by :func:`build_dataset`.
 DATASET_KINDS: tuple[str, ...] = ("imagefolder", "vtab", "fgvc", "cifar10", "cifar100")
+
+#: Kinds with a fixed set of splits (the others are folders or files named by the split).
+_FIXED_SPLITS: dict[str, tuple[str, ...]] = {"cifar10": ("train", "trainval", "test"),
+                                             "cifar100": ("train", "trainval", "test")}
+
+
+def has_split(kind: str, split: str) -> bool:
+    """Whether ``kind`` can have ``split`` (CIFAR has no ``val``; folder kinds may have any)."""
+    return split in _FIXED_SPLITS.get(kind, (split,))
 
 
 def build_dataset(
@@ -26,6 +35,7 @@ def build_dataset(
     split: str,
     transform: Callable[[Any], Any] | None = None,
     skip_bad_images: bool = False,
+    allow_outside_root: bool = False,
 ) -> Dataset:
     """Build one split of a local dataset.
 
@@ -42,6 +52,8 @@ def build_dataset(
         transform: applied to each RGB PIL image.
         skip_bad_images: decode every image once now and drop unreadable ones (``.skipped``
             lists them, one warning gives the count). Ignored for CIFAR, whose images are arrays.
+        allow_outside_root: accept list/json paths that leave ``root`` (VTAB, FGVC); refused
+            by default.
 
     Returns:
         A map-style dataset yielding ``(transform(image), label)`` with ``classes`` and
@@ -49,7 +61,9 @@ def build_dataset(
 
     Raises:
         ValueError: unknown ``kind`` or split name.
-        DatasetNotFoundError: missing root, split folder or split file (named in the message).
+        DatasetNotFoundError: missing root, split folder, split file or listed image (named in the
+            message).
+        EmptySplitError: a split file that lists no image.
     """
     if kind not in DATASET_KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
@@ -64,7 +78,7 @@ def build_dataset(
             )
         return ImageFolderDataset(split_dir, transform=transform, skip_bad_images=skip_bad_images)
     if kind == "vtab":
-        return VTabDataset(root, split, transform=transform, skip_bad_images=skip_bad_images)
+        return VTabDataset(root, split, transform, skip_bad_images, allow_outside_root)
     if kind == "fgvc":
-        return FGVCDataset(root, split, transform=transform, skip_bad_images=skip_bad_images)
+        return FGVCDataset(root, split, transform, skip_bad_images, allow_outside_root)
     return CIFARDataset(root, split, variant=kind, transform=transform)

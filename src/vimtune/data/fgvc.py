@@ -17,7 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import ImageListDataset
-from .errors import DatasetNotFoundError
+from .errors import DatasetNotFoundError, EmptySplitError
+from .listed_files import check_listed_images
+from .text_files import read_text
 
 __all__ = ["FGVC_SPLITS", "FGVCDataset"]
 
@@ -25,8 +27,10 @@ FGVC_SPLITS: tuple[str, ...] = ("train", "val", "trainval", "test")
 
 
 def _read_json_split(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"FGVC split file '{path}' is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"FGVC split file '{path}' must hold a JSON object {{image path: class id}}")
     return data
@@ -47,15 +51,17 @@ class FGVCDataset(ImageListDataset):
         root: the dataset folder holding the json files.
         split: ``train``, ``val``, ``trainval`` or ``test``.
         transform: applied to the RGB PIL image.
-        skip_bad_images: decode every image once now and drop unreadable ones.
+        skip_bad_images: decode every image once now and drop unreadable ones (missing ones too).
+        allow_outside_root: accept image paths that leave ``root`` (``../x.jpg``).
 
     Attributes:
         class_ids: the original class ids, index = contiguous label.
         image_dir: the folder the json paths were resolved against.
 
     Raises:
-        DatasetNotFoundError: the root, the split's json file, or the first listed image (under
-            either candidate folder) is missing.
+        DatasetNotFoundError: the root, the split's json file, or a listed image is missing.
+        EmptySplitError: the split lists no image.
+        ValueError: a path outside ``root`` (unless allowed), or a file that is not JSON.
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class FGVCDataset(ImageListDataset):
         split: str,
         transform: Callable[[Any], Any] | None = None,
         skip_bad_images: bool = False,
+        allow_outside_root: bool = False,
     ) -> None:
         self.root = os.fspath(root)
         self.split = split
@@ -85,8 +92,9 @@ class FGVCDataset(ImageListDataset):
                     f"FGVC split {split!r} expects split file '{path}', which does not exist"
                 )
             entries.update(_read_json_split(path))
+        split_files = " + ".join(f"'{json_path(part)}'" for part in parts)
         if not entries:
-            raise ValueError(f"FGVC split {split!r} in '{self.root}' lists no images")
+            raise EmptySplitError(f"FGVC split file {split_files} lists no images")
 
         all_ids = set(entries.values())
         for other in ("train", "val", "test", "trainval"):
@@ -96,7 +104,9 @@ class FGVCDataset(ImageListDataset):
         to_label = {cid: i for i, cid in enumerate(self.class_ids)}
 
         self.image_dir = self._find_image_dir(list(entries)[:20])
-        samples = [(os.path.join(self.image_dir, rel), to_label[cid]) for rel, cid in entries.items()]
+        listed = [(os.path.join(self.image_dir, rel), to_label[cid], f"entry {rel!r}") for rel, cid in entries.items()]
+        check_listed_images(listed, split_files, self.root, allow_outside_root, check_exists=not skip_bad_images)
+        samples = [(path, label) for path, label, _ in listed]
         classes = [str(c) for c in self.class_ids]
         super().__init__(samples, classes, transform, skip_bad_images, name=f"fgvc '{self.root}' [{split}]")
 

@@ -78,7 +78,19 @@ def safe_load_pickle(path: str | os.PathLike[str], encoding: str = "bytes") -> A
 
     ``encoding='bytes'`` keeps Python 2 ``str`` objects (the CIFAR batches were written by
     Python 2) as ``bytes``, which is why CIFAR dict keys come back as ``b'data'``, ``b'labels'``.
+
+    Raises:
+        UnsafePickleError: the pickle names a global outside the allow-list (the file is named).
+        ValueError: the file is not a complete pickle (truncated, or another format).
     """
     with open(path, "rb") as f:
         data = f.read()
-    return RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
+    except UnsafePickleError as err:
+        raise UnsafePickleError(f"'{os.fspath(path)}': {err} (only arrays and plain containers are allowed)") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as err:
+        raise ValueError(
+            f"'{os.fspath(path)}' is not a readable pickle (truncated or another format): "
+            f"{type(err).__name__}: {err}"
+        ) from None

@@ -4,7 +4,8 @@ Named recipes (:data:`RECIPES`) fill in the fields of :class:`AugmentConfig` tha
 ``None``:
 
 * ``deit`` -- DeiT recipe: RandomResizedCrop (bicubic) + horizontal flip, RandAugment
-  ``rand-m9-mstd0.5-inc1``, random erasing 0.25 (per-pixel noise), mixup 0.8 / cutmix 1.0
+  ``rand-m9-mstd0.5-inc1`` (its posterize keeps at least 1 bit, which Pillow 13 requires),
+  random erasing 0.25 (per-pixel noise), mixup 0.8 / cutmix 1.0
   (batch level), label smoothing 0.1.
 * ``svp`` -- the Selective Visual Prompting fine-tuning recipe; the same augmentation settings
   as ``deit`` (RandAugment m9, reprob 0.25, mixup 0.8 / cutmix 1.0, smoothing 0.1), kept under
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+
+from .safe_augment import keep_posterize_bits
 
 __all__ = [
     "RECIPES",
@@ -194,12 +197,13 @@ def build_train_transform(cfg: AugmentConfig) -> Callable[[Any], Any]:
 
     Recipe ``none`` is a plain resize + normalise; the others use timm's ImageNet training
     pipeline (RandomResizedCrop with ``cfg.scale``/``cfg.ratio``, flip, auto-augment, random
-    erasing). Mixup/CutMix are not included: see :func:`build_mixup`.
+    erasing). Mixup/CutMix are not included: see :func:`build_mixup`. Posterize ops keep at least
+    one bit (see :mod:`vimtune.data.safe_augment`).
     """
     cfg = cfg.resolved()
     if cfg.recipe == "none":
         return _plain_resize(cfg)
-    return create_transform(
+    return keep_posterize_bits(create_transform(
         cfg.img_size,
         is_training=True,
         scale=cfg.scale,
@@ -213,7 +217,7 @@ def build_train_transform(cfg: AugmentConfig) -> Callable[[Any], Any]:
         re_prob=cfg.reprob,
         re_mode=cfg.remode,
         re_count=cfg.recount,
-    )
+    ))
 
 
 def build_eval_transform(cfg: AugmentConfig) -> Callable[[Any], Any]:

@@ -14,6 +14,8 @@ from typing import Any
 
 from .base import ImageListDataset
 from .errors import DatasetNotFoundError
+from .listed_files import ListedImage, check_listed_images
+from .text_files import read_text
 
 __all__ = ["VTAB_SPLIT_FILES", "VTabDataset", "read_list_file"]
 
@@ -30,30 +32,34 @@ def read_list_file(list_file: str, base_dir: str) -> list[tuple[str, int]]:
     """Parse a ``relative/path label`` list file; paths are joined onto ``base_dir``.
 
     Blank lines are ignored. The label is the last whitespace-separated field, so a path may
-    itself contain spaces.
+    itself contain spaces. The file is UTF-8 (a leading byte-order mark is dropped).
 
     Raises:
-        ValueError: a line without a path and an integer label (message gives file and line).
+        ValueError: a line without a path and an integer label, or a file that is not UTF-8
+            (message gives file and line).
     """
-    samples: list[tuple[str, int]] = []
-    with open(list_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(maxsplit=1)
-            try:
-                if len(parts) != 2:
-                    raise ValueError("expected 'path label'")
-                samples.append((os.path.join(base_dir, parts[0]), int(parts[1])))
-            except ValueError as exc:
-                raise ValueError(f"{list_file}:{lineno}: malformed line {line!r} ({exc})") from None
+    return [(path, label) for path, label, _ in _read_listed(list_file, base_dir)]
+
+
+def _read_listed(list_file: str, base_dir: str) -> list[ListedImage]:
+    """As :func:`read_list_file`, each entry with ``"line N"`` saying where it is listed."""
+    samples: list[ListedImage] = []
+    for lineno, line in enumerate(read_text(list_file).splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.rsplit(maxsplit=1)
+        try:
+            if len(parts) != 2:
+                raise ValueError("expected 'path label'")
+            samples.append((os.path.join(base_dir, parts[0]), int(parts[1]), f"line {lineno}"))
+        except ValueError as exc:
+            raise ValueError(f"{list_file}:{lineno}: malformed line {line!r} ({exc})") from None
     return samples
 
 
 def _read_classes(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 class VTabDataset(ImageListDataset):
@@ -64,15 +70,18 @@ class VTabDataset(ImageListDataset):
         split: ``train`` (train800.txt), ``val`` (val200.txt), ``trainval`` (train800val200.txt)
             or ``test`` (test.txt).
         transform: applied to the RGB PIL image.
-        skip_bad_images: decode every image once now and drop unreadable ones.
+        skip_bad_images: decode every image once now and drop unreadable ones (missing ones too).
+        allow_outside_root: accept list paths that leave the task folder (``../x.png``).
 
     ``classes`` come from ``classes.txt`` when present; otherwise the number of classes is
     ``1 + the largest label`` found in any of the task's list files and the names are
     ``"0", "1", ...``.
 
     Raises:
-        DatasetNotFoundError: the task folder or the split's list file is missing.
-        ValueError: an unknown split name, a malformed line, or a label outside ``classes.txt``.
+        DatasetNotFoundError: the task folder, the split's list file or a listed image is missing.
+        EmptySplitError: the list file lists no image.
+        ValueError: an unknown split name, a malformed line, a path outside the task folder, or a
+            label outside ``classes.txt``.
     """
 
     def __init__(
@@ -81,6 +90,7 @@ class VTabDataset(ImageListDataset):
         split: str,
         transform: Callable[[Any], Any] | None = None,
         skip_bad_images: bool = False,
+        allow_outside_root: bool = False,
     ) -> None:
         self.root = os.fspath(root)
         self.split = split
@@ -94,7 +104,9 @@ class VTabDataset(ImageListDataset):
                 f"VTAB split {split!r} expects list file '{list_file}', which does not exist"
             )
         self.list_file = list_file
-        samples = read_list_file(list_file, self.root)
+        listed = _read_listed(list_file, self.root)
+        check_listed_images(listed, f"'{list_file}'", self.root, allow_outside_root, check_exists=not skip_bad_images)
+        samples = [(path, label) for path, label, _ in listed]
         classes_file = os.path.join(self.root, "classes.txt")
         if os.path.isfile(classes_file):
             classes = _read_classes(classes_file)

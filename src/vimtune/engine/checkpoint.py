@@ -17,17 +17,42 @@ from typing import IO, Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import save
+
+from vimtune.models.checkpoint import load_safetensors
 
 CHECKPOINT_FORMAT = "vimtune-train-checkpoint/1"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class OutputWriteError(OSError):
+    """A file could not be written (disk full, read-only folder...); the previous file is unchanged."""
+
+    def __str__(self) -> str:  # OSError's default __str__ would add an errno prefix
+        return self.args[0]
+
+
+def _write_failed(path: Path, err: BaseException) -> OutputWriteError:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+    return OutputWriteError(
+        f"cannot write '{path}': {reason}; the previous '{path.name}', if any, is unchanged "
+        "(free disk space or make the folder writable, then run again)"
+    )
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` so that it is replaced whole or not at all."""
+    """Write ``path`` through ``write(file)`` so that it is replaced whole or not at all.
+
+    Raises:
+        OutputWriteError: the folder is not writable or the disk is full (torch reports the latter
+            from its zip writer as a RuntimeError); the old file is left as it was.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _write_failed(path, err) from err
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # as a plain open() would, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
@@ -35,8 +60,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "inline_container" in str(err)):
+            raise _write_failed(path, err) from err
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -123,8 +150,7 @@ def load_weights(model: Any, trainable: Any, path: str | os.PathLike) -> None:
 
     Raises:
         FileNotFoundError: no such file.
-        vimtune.models.CheckpointError: the weights do not fit the model (keys listed).
+        vimtune.models.CheckpointError: a truncated file, NaN/inf values, or weights that do not fit
+            the model (keys listed).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"weights file not found: '{path}'")
-    trainable.load_trainable_state(model, load_file(str(path)))
+    trainable.load_trainable_state(model, load_safetensors(path))

@@ -55,13 +55,15 @@ class DataConfig:
         root: dataset folder (``ROOT/<split>/<class>/...`` for imagefolder, the task folder for VTAB).
         train_split: split trained on (``train`` or ``trainval``).
         val_split: split evaluated after every epoch to select the epoch (protocol ``val``);
-            ``None`` for none.
+            ``None`` for none. Kinds without a validation split (CIFAR) skip ``val`` with a note.
         test_split: split tested at the end (``None``: no test).
         batch_size: images per process and per step (the global batch is
             ``batch_size * world_size * optim.accum_steps``).
         eval_batch_size: batch for evaluation (default ``batch_size``).
         num_workers: DataLoader worker processes per training process.
         skip_bad_images: drop unreadable images (with a warning) instead of failing.
+        allow_outside_root: accept list-file paths that leave the dataset root (``../x.png``);
+            refused by default.
         augment: augmentation settings (see :class:`vimtune.data.AugmentConfig`).
     """
 
@@ -74,6 +76,7 @@ class DataConfig:
     eval_batch_size: int | None = None
     num_workers: int = 2
     skip_bad_images: bool = False
+    allow_outside_root: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -253,9 +256,23 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (an empty file gives ``{}``)."""
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    """Read a YAML mapping (an empty file gives ``{}``).
+
+    Raises:
+        ValueError: not UTF-8, not valid YAML, or content that safe loading refuses (python object
+            tags); the message names the file and, where known, the line.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file '{path}' is not UTF-8 text ({err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ValueError(f"config file '{path}' is not valid YAML{where}: {problem} (expected a mapping of "
+                         "plain keys and values; python object tags are refused)") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file '{path}' must hold a mapping at the top level")
     return data

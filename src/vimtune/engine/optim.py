@@ -14,6 +14,10 @@ from vimtune.engine.config import OptimConfig
 from vimtune.engine.trainable import Trainable
 
 REFERENCE_BATCH = 512
+#: ``optim.sched`` names: timm's schedulers that need no metric, and ``const`` for timm's ``constant``.
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "wsd", "rsqrt", "constant", "const")
+#: A peak learning rate below this is reported as tiny at the start of a run.
+TINY_LR = 1e-5
 
 
 def scale_lrs(cfg: OptimConfig, global_batch: int) -> OptimConfig:
@@ -55,10 +59,15 @@ def build_scheduler(optimizer: Optimizer, cfg: OptimConfig, epochs: int, updates
 
     Call ``scheduler.step(epoch)`` at every epoch start and, with ``step_on_updates``,
     ``scheduler.step_update(global_step)`` after every optimizer update.
+
+    Raises:
+        ValueError: an ``optim.sched`` not in :data:`SCHEDULES`.
     """
+    if cfg.sched not in SCHEDULES:
+        raise ValueError(f"optim.sched={cfg.sched!r}: expected one of {', '.join(SCHEDULES)}")
     scheduler, _ = create_scheduler_v2(
         optimizer,
-        sched=cfg.sched,
+        sched="constant" if cfg.sched == "const" else cfg.sched,
         num_epochs=epochs,
         min_lr=cfg.min_lr,
         warmup_lr=cfg.warmup_lr,
@@ -67,3 +76,39 @@ def build_scheduler(optimizer: Optimizer, cfg: OptimConfig, epochs: int, updates
         updates_per_epoch=updates_per_epoch,
     )
     return scheduler
+
+
+def describe_schedule(base: OptimConfig, scaled: OptimConfig, global_batch: int, epochs: int,
+                      updates_per_epoch: int) -> tuple[str, list[str]]:
+    """A one-line summary of the effective learning-rate schedule, and warnings about it.
+
+    Warns when the warmup covers at least half of the run (the line then gives the highest lr the
+    run actually reaches) and when the peak lr after batch scaling is below :data:`TINY_LR`.
+
+    Args:
+        base: the configured ``optim`` section.
+        scaled: ``base`` after :func:`scale_lrs`.
+        global_batch: images per optimizer update over all processes.
+        epochs: ``train.epochs``.
+        updates_per_epoch: optimizer updates per epoch.
+    """
+    per = updates_per_epoch if scaled.step_on_updates else 1  # schedule steps per epoch
+    warmup_t, last_t = scaled.warmup_epochs * per, epochs * per - 1
+    reached = scaled.lr if last_t >= warmup_t else (
+        scaled.warmup_lr + last_t * (scaled.lr - scaled.warmup_lr) / warmup_t)
+    scaling = (f" (base {base.lr:.3g} x global batch {global_batch} / {REFERENCE_BATCH})" if scaled.scale_lr
+               else " (not scaled by batch)")
+    line = (f"lr schedule: {scaled.sched}, peak lr {scaled.lr:.3g}{scaling}, warmup {scaled.warmup_epochs} epochs "
+            f"({scaled.warmup_epochs * updates_per_epoch} updates) from {scaled.warmup_lr:.3g}, "
+            f"{epochs} epochs = {epochs * updates_per_epoch} updates, min lr {scaled.min_lr:.3g}")
+    warnings = []
+    if epochs > 0 and scaled.warmup_epochs >= epochs / 2:
+        warnings.append(
+            f"warning: the warmup ({scaled.warmup_epochs} epochs) covers "
+            f"{min(100.0, 100 * scaled.warmup_epochs / epochs):.0f}% of the {epochs}-epoch run; the highest lr "
+            f"reached is {reached:.3g}. Lower optim.warmup_epochs (--set optim.warmup_epochs=N) or train longer")
+    if scaled.lr < TINY_LR:
+        warnings.append(
+            f"warning: the peak lr {scaled.lr:.3g} is tiny{scaling}; raise --lr"
+            + (" or set optim.scale_lr=false" if scaled.scale_lr else ""))
+    return line, warnings

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -18,6 +17,7 @@ from vimtune.engine.plots import save_confusion_png
 from vimtune.engine.protocols import Selection, available_protocols, select
 from vimtune.engine.run_dir import RunFiles
 from vimtune.engine.trainable import Trainable
+from vimtune.models.checkpoint import load_safetensors
 
 
 def evaluate_selection(
@@ -30,7 +30,7 @@ def evaluate_selection(
     bf16: bool = False,
 ) -> ClassificationMeter:
     """Load the selected weights into ``model`` (read on rank 0, sent to the others) and evaluate."""
-    state = load_file(str(selection.weights)) if ctx.is_main else None
+    state = load_safetensors(selection.weights) if ctx.is_main else None
     trainable.load_trainable_state(model, broadcast_object(state, ctx))
     return evaluate(model, loader, num_classes, ctx, bf16, desc=f"test ({selection.protocol})")
 

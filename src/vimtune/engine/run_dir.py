@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,31 @@ class RunFiles:
         return self.root / "eval"
 
     def read_history(self) -> list[dict[str, Any]]:
-        """The per-epoch records of ``metrics.jsonl`` (empty when there is none)."""
+        """The per-epoch records of ``metrics.jsonl`` (empty when there is none).
+
+        A torn last line (a write cut short) is left out with a warning.
+
+        Raises:
+            ValueError: a line before the last one that is not a JSON record (file and line named).
+        """
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(self.metrics.read_text(encoding="utf-8").splitlines(), 1)
+                 if line.strip()]
+        records = []
+        for index, (lineno, line) in enumerate(lines):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"a {type(record).__name__}, not a record")
+            except ValueError as err:
+                if index < len(lines) - 1:
+                    raise ValueError(f"'{self.metrics}' line {lineno} is not a JSON record ({err})") from None
+                warnings.warn(f"'{self.metrics}' line {lineno} is cut short (an interrupted write?); "
+                              f"using the {len(records)} complete records before it", stacklevel=2)
+                break
+            records.append(record)
+        return records
 
     def read_classes(self) -> list[str]:
         """The class names saved at the start of training."""

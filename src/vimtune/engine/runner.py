@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ from vimtune.engine.builder import (
     build_eval_loaders,
     build_split,
     build_train_loader,
+    missing_val_note,
     split_name,
 )
 from vimtune.engine.checkpoint import atomic_write_text, save_weights
 from vimtune.engine.config import ModelConfig, RunConfig, build_config, read_yaml, to_dict, write_yaml
 from vimtune.engine.distributed import DistContext, barrier, init_distributed, shutdown_distributed
+from vimtune.engine.optim import describe_schedule
 from vimtune.engine.report import format_results, protocol_results
 from vimtune.engine.run_dir import RunFiles, prepare_run_dir
 from vimtune.engine.run_lock import run_lock
@@ -39,6 +42,7 @@ from vimtune.engine.run_record import (
 from vimtune.engine.trainer import Trainer
 from vimtune.methods import Method, save_adapter
 from vimtune.models.provenance import BACKBONE_FILE
+from vimtune.models.spec_check import check_model_spec
 
 
 def load_run_config(run_dir: str | Path, overrides: list[tuple[str, Any]] = ()) -> RunConfig:
@@ -115,6 +119,7 @@ def interrupted_message(files: RunFiles) -> str:
 
 def _run(cfg: RunConfig, ctx: DistContext, files: RunFiles, resume: bool, overwrite: bool,
          held: ExitStack) -> dict[str, Any]:
+    check_model_spec(cfg.model.name, cfg.model.kwargs)  # before any data is read or memory allocated
     backbone_file = run_backbone_file(cfg.model, files, resume)
     random_seed(cfg.train.seed)  # the same initial weights on every process
     train_set = build_split(cfg.data, "train")
@@ -148,6 +153,12 @@ def _run(cfg: RunConfig, ctx: DistContext, files: RunFiles, resume: bool, overwr
         start = f"resuming after epoch {trainer.state.epoch}" if resumed else "starting"
         tqdm.write(f"run folder {files.root}: {start} ({len(train_set)} training images, "
                    f"{train_set.num_classes} classes, {ctx.world_size} process(es) x batch {cfg.data.batch_size})")
+        line, warnings = describe_schedule(cfg.optim, trainer.optim_cfg, trainer.global_batch, cfg.train.epochs,
+                                           trainer.updates_per_epoch)
+        tqdm.write(line)
+        for message in [*warnings, missing_val_note(cfg.data)]:
+            if message:
+                tqdm.write(message, file=sys.stderr)
     barrier(ctx)
     state = trainer.fit()
     if ctx.is_main and cfg.model.method is not None:

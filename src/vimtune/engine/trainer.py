@@ -86,11 +86,11 @@ class Trainer:
         self.files = files
         self.ctx = ctx
         self.mixup = mixup
-        global_batch = cfg.data.batch_size * ctx.world_size * cfg.optim.accum_steps
-        self.optim_cfg = scale_lrs(cfg.optim, global_batch)
+        self.global_batch = cfg.data.batch_size * ctx.world_size * cfg.optim.accum_steps
+        self.optim_cfg = scale_lrs(cfg.optim, self.global_batch)
         self.optimizer = build_optimizer(self.model, trainable, self.optim_cfg)
-        updates = math.ceil(len(train_loader) / cfg.optim.accum_steps)  # optimizer updates per epoch
-        self.scheduler = build_scheduler(self.optimizer, self.optim_cfg, cfg.train.epochs, updates)
+        self.updates_per_epoch = math.ceil(len(train_loader) / cfg.optim.accum_steps)
+        self.scheduler = build_scheduler(self.optimizer, self.optim_cfg, cfg.train.epochs, self.updates_per_epoch)
         self.ema: ModelEmaV3 | None = None
         self.state = TrainState()
 

@@ -24,14 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from vimtune import __version__
 from vimtune.methods.base import Method
 from vimtune.methods.registry import from_config
-from vimtune.models.checkpoint import CheckpointError, adapt_state_dict, check_keys, read_state_dict
+from vimtune.models.checkpoint import (
+    CheckpointError,
+    adapt_state_dict,
+    check_keys,
+    load_safetensors,
+    read_state_dict,
+)
 from vimtune.models.provenance import ProvenanceError, check_weights, local_weights_file
+from vimtune.models.spec_check import check_model_spec
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"
@@ -81,13 +88,17 @@ def save_adapter(model: nn.Module, method: Method, directory: str | os.PathLike,
 
     Returns:
         The directory.
+
+    Each file is replaced whole or not at all (a full disk leaves the previous adapter intact).
     """
+    from vimtune.engine.checkpoint import atomic_write, atomic_write_text  # engine imports this package
+
     spec = _backbone_spec(backbone)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in method.trainable_state(model).items()}
-    # written with open() (mode 0666 less the umask, as the run's other files), not save_file (0600)
-    (directory / WEIGHTS_FILE).write_bytes(save(state, metadata={"format": FORMAT}))
+    blob = save(state, metadata={"format": FORMAT})
+    atomic_write(directory / WEIGHTS_FILE, lambda f: f.write(blob))
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -97,21 +108,43 @@ def save_adapter(model: nn.Module, method: Method, directory: str | os.PathLike,
         "num_classes": model.num_classes,
         "parameters": method.describe(model),
     }
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``adapter.json`` of ``directory``, checked to be a vimtune adapter."""
+    """The parsed ``adapter.json`` of ``directory``, checked to be a vimtune adapter that can be built.
+
+    Raises:
+        FileNotFoundError: no ``adapter.json``.
+        CheckpointError: not JSON, not a vimtune adapter, or a backbone / class count / method that
+            is not a known, buildable configuration (see :func:`~vimtune.models.spec_check.check_model_spec`);
+            the message names the file and the key. Nothing is built before this check passes.
+    """
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in '{directory}' (expected a directory written by save_adapter)")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"'{path}' is not valid JSON ({err}); expected the {CONFIG_FILE} save_adapter "
+                              "writes") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"'{path}' holds {type(config).__name__}, expected a JSON object")
     if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"'{path}' is not a {FORMAT} v{FORMAT_VERSION} config (format={config.get('format')!r}, "
             f"format_version={config.get('format_version')!r})"
         )
+    backbone, method = config.get("backbone"), config.get("method")
+    try:
+        if not isinstance(backbone, dict) or not isinstance(method, dict):
+            raise ValueError("'backbone' and 'method' must be JSON objects")
+        check_model_spec(backbone.get("name"), backbone.get("kwargs", {}), config.get("num_classes"),
+                         where="backbone.")
+        from_config(method)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"'{path}': {err}") from None
     return config
 
 
@@ -155,9 +188,9 @@ def load_adapter(directory: str | os.PathLike, backbone_weights: str | os.PathLi
     config = read_adapter_config(directory)
     weights_file = adapter_backbone_file(directory, config["backbone"].get("weights"), backbone_weights)
     method = from_config(config["method"])
-    model = timm.create_model(config["backbone"]["name"], **config["backbone"]["kwargs"])
+    model = timm.create_model(config["backbone"]["name"], **config["backbone"].get("kwargs", {}))
     head = [name for name in model.state_dict() if name.startswith("head.")]
     load_weights(model, weights_file, allowed_missing=head)
     method.attach(model, num_classes=config["num_classes"])
-    method.load_trainable_state(model, load_file(str(Path(directory) / WEIGHTS_FILE)))
+    method.load_trainable_state(model, load_safetensors(Path(directory) / WEIGHTS_FILE))
     return model, method

@@ -1,6 +1,13 @@
 """Vision Mamba models; importing this registers the named configs with timm."""
 
-from vimtune.models.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_state_dict
+from vimtune.models.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    check_finite,
+    load_checkpoint,
+    load_safetensors,
+    read_state_dict,
+)
 from vimtune.models.mamba import BiMambaMixer, Block, RMSNorm
 from vimtune.models.pos_embed import resize_pos_embed
 from vimtune.models.vim import VisionMamba
@@ -14,8 +21,10 @@ __all__ = [
     "LoadReport",
     "RMSNorm",
     "VisionMamba",
+    "check_finite",
     "create_vim",
     "load_checkpoint",
+    "load_safetensors",
     "read_state_dict",
     "resize_pos_embed",
 ]

@@ -2,6 +2,8 @@
 
 Loading is safe by default: ``torch.load(weights_only=True)`` with an allow-list holding only
 what the release pickles besides tensors (an ``argparse.Namespace`` of training arguments).
+Every file read here is refused, naming the file, when it is truncated or not of its format, and
+when a tensor holds NaN or infinity (naming the tensors).
 """
 
 from __future__ import annotations
@@ -35,6 +37,36 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
 
 
+def load_safetensors(path: str | os.PathLike) -> StateDict:
+    """Read a ``.safetensors`` file, refusing a truncated or foreign file with its path and size.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a complete safetensors file, or non-finite values (see :func:`check_finite`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: '{path}'")
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - SafetensorError has no public base class to name
+        raise CheckpointError(
+            f"cannot read '{path}' ({path.stat().st_size} bytes): expected a complete .safetensors file "
+            f"(truncated by an interrupted copy or download?): {err}"
+        ) from None
+    check_finite(state, str(path))
+    return state
+
+
+def check_finite(state: Mapping[str, Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming every floating-point tensor of ``state`` with NaN or inf."""
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f", ... ({len(bad)} in all)" if len(bad) > 10 else "")
+        raise CheckpointError(f"'{source}': {len(bad)} tensors hold NaN or infinite values: {shown}; "
+                              "these weights are unusable (a diverged run?)")
+
+
 def _unwrap(checkpoint: object, use_ema: bool, source: str) -> StateDict:
     """Pick the weights out of a training checkpoint dict (``model`` / ``state_dict`` / ``model_ema``)."""
     if not isinstance(checkpoint, Mapping):
@@ -66,6 +98,11 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict
     Accepts a ``.safetensors`` file, a plain ``torch.save``-d state dict, or a training
     checkpoint such as the release's (``{'model', 'optimizer', 'args', ...}``). ``use_ema``
     reads the ``model_ema`` weights, and is an error when the file has none.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: unreadable (truncated, foreign, unsafe pickle) or non-finite weights, or
+            ``use_ema`` on a file without EMA weights.
     """
     path = Path(path)
     if not path.is_file():
@@ -74,7 +111,7 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict
         if use_ema:
             raise CheckpointError(f"'{path}': EMA weights were asked for (use_ema=True), but a .safetensors "
                                   "file holds one set of weights; load it with use_ema=False")
-        return load_file(str(path))
+        return load_safetensors(path)
     try:
         with torch.serialization.safe_globals(RELEASE_SAFE_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -83,7 +120,9 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict
             f"cannot read checkpoint '{path}' safely (weights_only=True, allowed extra types: "
             f"{[t.__qualname__ for t in RELEASE_SAFE_GLOBALS]}): {err}"
         ) from err
-    return _unwrap(checkpoint, use_ema, str(path))
+    state = _unwrap(checkpoint, use_ema, str(path))
+    check_finite(state, str(path))
+    return state
 
 
 def adapt_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> tuple[StateDict, LoadReport]:
