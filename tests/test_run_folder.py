@@ -19,9 +19,9 @@ from vimtune.cli import main
 from vimtune.engine import load_checkpoint_state
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("data") / "data", {"train": 4, "val": 2, "test": 2})
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data", {"train": 4, "val": 2, "test": 2})
 
 
 def _train(data: Path, run: Path, *extra: str) -> int:

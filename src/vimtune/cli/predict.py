@@ -34,7 +34,8 @@ def image_files(paths: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run_dir, args.protocol)
+    moved = [("model.backbone_weights", args.backbone_weights)] if args.backbone_weights else []
+    loaded = load_run(args.run_dir, args.protocol, moved)
     if loaded.selection.warning:
         print(loaded.selection.warning, file=sys.stderr)
     args.images = image_files(args.images)
@@ -61,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by train/finetune")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="which epoch's weights (default: val, else last)")
+    parser.add_argument("--backbone-weights", metavar="PATH",
+                        help="where the run's backbone weights are now, if moved (checked against its run.json)")
     parser.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a list")
     parser.set_defaults(func=run)
