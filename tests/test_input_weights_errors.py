@@ -45,6 +45,14 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     return backbone, run, task
 
 
+@pytest.fixture
+def run_copy(finetuned: tuple[Path, Path, Path], tmp_path: Path) -> Path:
+    """A private copy of the fine-tuned run folder, for tests that break or fill it."""
+    copy = tmp_path / "run"
+    shutil.copytree(finetuned[1], copy)
+    return copy
+
+
 def _truncated(source: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
@@ -161,11 +169,8 @@ def test_huge_model_configs_are_refused_without_allocating(tmp_path: Path, capsy
     assert not run.exists()
 
 
-def test_malformed_and_unsafe_config_yaml(finetuned: tuple[Path, Path, Path], tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    _, run, _ = finetuned
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+def test_malformed_and_unsafe_config_yaml(run_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    copy = run_copy
     (copy / "config.yaml").write_text("model:\n  name: [unclosed\n")
     assert main(["eval", str(copy)]) == 1
     err = capsys.readouterr().err
@@ -211,11 +216,9 @@ class _FullDisk:
 
 
 def test_disk_full_keeps_the_previous_checkpoint_and_adapter(
-    finetuned: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    finetuned: tuple[Path, Path, Path], run_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, run, _ = finetuned
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    copy = run_copy
     before = checksums(copy)
     monkeypatch.setattr("vimtune.engine.checkpoint.os.fdopen", _FullDisk(os.fdopen))
     with pytest.raises(OutputWriteError, match=f"cannot write '{copy / 'checkpoint.pt'}': No space left on device"):
@@ -227,12 +230,9 @@ def test_disk_full_keeps_the_previous_checkpoint_and_adapter(
 
 
 def test_disk_full_during_training_is_one_clean_line(
-    finetuned: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str]
+    run_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, run, _ = finetuned
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    copy = run_copy
     checkpoint = (copy / "checkpoint.pt").read_bytes()
 
     def disk_fills_up(obj, f) -> None:
@@ -249,12 +249,9 @@ def test_disk_full_during_training_is_one_clean_line(
 
 
 def test_unwritable_run_folder_is_one_clean_line(
-    finetuned: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str]
+    run_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, run, _ = finetuned
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    copy = run_copy
 
     def read_only(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
