@@ -12,9 +12,11 @@ repeating once it has spent ``--budget-s`` seconds, so slow backends at long L g
 the JSON); a combination whose autograd graph would need more than ``--max-gib`` is skipped and marked so.
 Exp floor: the time of ``torch.exp`` over B*E*L*N float32 values (one exp per state update, the least a
 selective scan must compute), as repeated calls on one cache-resident buffer of at most ``EXP_BUFFER``
-values on the same threads, run in the same round-robin as the backends and counted as the number of
-calls times the fastest call (:class:`ExpFloor`); every backend's time is also given as a multiple of it,
-a ratio that means the same on any machine.
+values on the same threads, timed like a backend (best pass) in the same round-robin (:class:`ExpFloor`;
+the JSON also has the number of calls times the fastest single call); every backend's time is also given
+as a multiple of it, a ratio that means the same on any machine. On a loaded machine at several threads
+the floor's many short parallel calls suffer more from other processes than one kernel call does: run it
+on a quiet machine, or at one thread.
 Peak extra memory of fwd+bwd: a fresh subprocess builds the inputs and the output cotangent, warms the
 backend up on a tiny problem, resets its peak RSS (Linux VmHWM) to the current RSS, runs forward+backward
 once and reports VmHWM minus the RSS before (outputs and gradients included).
@@ -100,9 +102,10 @@ class ExpFloor:
     EXP_BUFFER)`` calls on one buffer of at most ``EXP_BUFFER`` step-size-like values (in [-8, 0]) written to
     a second buffer, so both stay in cache, on the current torch threads.
 
-    Calling it runs one pass of all the calls and times each call; :attr:`seconds` is ``calls`` times the
-    fastest single call seen so far. Taking the best per call, not per pass, keeps a pass of many short
-    parallel calls from counting every time another process takes a core from one of its threads."""
+    Calling it runs one pass of all the calls (the floor is the best pass, timed like a backend's call) and
+    also times each call: :attr:`best_call_seconds` is ``calls`` times the fastest single call, what the
+    pass would take if no other process ever took a core from it (on a loaded machine a pass of many short
+    parallel calls loses a time slice far more often than one long kernel call does)."""
 
     def __init__(self, shape: tuple[int, int, int, int]) -> None:
         updates = shape[0] * shape[1] * shape[2] * shape[3]
@@ -119,7 +122,7 @@ class ExpFloor:
             self.best_call = min(self.best_call, time.perf_counter() - start)
 
     @property
-    def seconds(self) -> float:
+    def best_call_seconds(self) -> float:
         return self.calls * self.best_call
 
 
@@ -306,8 +309,8 @@ def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats
                      for name, fn in fns.items() if gib[name] <= max_gib}
             floor = ExpFloor(shape)
             timed = time_steps(steps | {EXP_FLOOR: floor}, repeats, budget_s)
-            rows.append({"shape": shape_name, "mode": mode, "backend": EXP_FLOOR, "seconds": floor.seconds,
-                         "passes_seconds_all": timed[EXP_FLOOR]["seconds_all"], "calls": floor.calls})
+            rows.append({"shape": shape_name, "mode": mode, "backend": EXP_FLOOR, **timed[EXP_FLOOR],
+                         "calls": floor.calls, "best_call_seconds": floor.best_call_seconds})
             for name in fns:
                 row: dict[str, Any] = {"shape": shape_name, "mode": mode, "backend": name}
                 if name in timed:
