@@ -198,15 +198,22 @@ def test_allocator_bench_marks_a_failed_workload() -> None:
     assert "| w | error | error |" in allocator.to_markdown(rows, MACHINE, "vimtune bench allocator", rounds=1)
 
 
-def test_exp_floor_runs_one_exp_per_state_update_on_a_cache_sized_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exp_floor_runs_one_exp_per_state_update_and_records_the_fastest_call(monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
     real_exp = torch.exp
     monkeypatch.setattr(torch, "exp", lambda x, out: sizes.append(x.numel()) or real_exp(x, out=out))
-    scan.exp_floor_step((2, 4, 8, 16))()
-    assert sizes == [2 * 4 * 8 * 16]
+    small = scan.ExpFloor((2, 4, 8, 16))
+    small()
+    assert sizes == [2 * 4 * 8 * 16] and small.calls == 1
     sizes.clear()
-    scan.exp_floor_step((8, 384, 197, 16))()
-    assert set(sizes) == {scan.EXP_BUFFER} and len(sizes) == -(-8 * 384 * 197 * 16 // scan.EXP_BUFFER)
+    floor = scan.ExpFloor((8, 384, 197, 16))
+    floor()
+    assert set(sizes) == {scan.EXP_BUFFER} and len(sizes) == floor.calls == -(-8 * 384 * 197 * 16 // scan.EXP_BUFFER)
+    timed = scan.ExpFloor((8, 384, 197, 16))
+    times = iter([0.0, 3.0, 3.0, 4.0] + [10.0 * i for i in range(2 * timed.calls)])  # calls of 3 s, 1 s, then 10 s
+    monkeypatch.setattr(scan.time, "perf_counter", lambda: next(times))
+    timed()
+    assert timed.best_call_seconds == timed.calls * 1.0
 
 
 def test_scan_table_gives_every_backend_as_a_multiple_of_the_exp_floor() -> None:

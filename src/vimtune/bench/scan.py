@@ -12,8 +12,11 @@ repeating once it has spent ``--budget-s`` seconds, so slow backends at long L g
 the JSON); a combination whose autograd graph would need more than ``--max-gib`` is skipped and marked so.
 Exp floor: the time of ``torch.exp`` over B*E*L*N float32 values (one exp per state update, the least a
 selective scan must compute), as repeated calls on one cache-resident buffer of at most ``EXP_BUFFER``
-values on the same threads, timed in the same round-robin as the backends; every backend's time is also
-given as a multiple of it, a ratio that means the same on any machine.
+values on the same threads, timed like a backend (best pass) in the same round-robin (:class:`ExpFloor`;
+the JSON also has the number of calls times the fastest single call); every backend's time is also given
+as a multiple of it, a ratio that means the same on any machine. On a loaded machine at several threads
+the floor's many short parallel calls suffer more from other processes than one kernel call does: run it
+on a quiet machine, or at one thread.
 Peak extra memory of fwd+bwd: a fresh subprocess builds the inputs and the output cotangent, warms the
 backend up on a tiny problem, resets its peak RSS (Linux VmHWM) to the current RSS, runs forward+backward
 once and reports VmHWM minus the RSS before (outputs and gradients included).
@@ -94,21 +97,33 @@ def make_inputs(shape: tuple[int, int, int, int], grad: bool, seed: int = 0) -> 
     return {k: v.requires_grad_(grad) for k, v in inputs.items()}
 
 
-def exp_floor_step(shape: tuple[int, int, int, int]) -> Callable[[], None]:
-    """A zero-argument call running ``torch.exp`` over B*E*L*N float32 values: ``ceil(B*E*L*N /
-    EXP_BUFFER)`` calls on one buffer of at most ``EXP_BUFFER`` step-size-like values (in [-8, 0]), written
-    to a second buffer, so both stay in cache; runs on the current torch threads."""
-    updates = shape[0] * shape[1] * shape[2] * shape[3]
-    size = min(updates, EXP_BUFFER)
-    x = torch.rand(size, generator=torch.Generator().manual_seed(2)) * -8.0
-    out = torch.empty_like(x)
-    calls = -(-updates // size)
+class ExpFloor:
+    """The exp floor of one shape: ``torch.exp`` over B*E*L*N float32 values, as ``calls = ceil(B*E*L*N /
+    EXP_BUFFER)`` calls on one buffer of at most ``EXP_BUFFER`` step-size-like values (in [-8, 0]) written to
+    a second buffer, so both stay in cache, on the current torch threads.
 
-    def exp_floor() -> None:
-        for _ in range(calls):
-            torch.exp(x, out=out)
+    Calling it runs one pass of all the calls (the floor is the best pass, timed like a backend's call) and
+    also times each call: :attr:`best_call_seconds` is ``calls`` times the fastest single call, what the
+    pass would take if no other process ever took a core from it (on a loaded machine a pass of many short
+    parallel calls loses a time slice far more often than one long kernel call does)."""
 
-    return exp_floor
+    def __init__(self, shape: tuple[int, int, int, int]) -> None:
+        updates = shape[0] * shape[1] * shape[2] * shape[3]
+        size = min(updates, EXP_BUFFER)
+        self.x = torch.rand(size, generator=torch.Generator().manual_seed(2)) * -8.0
+        self.out = torch.empty_like(self.x)
+        self.calls = -(-updates // size)
+        self.best_call = float("inf")
+
+    def __call__(self) -> None:
+        for _ in range(self.calls):
+            start = time.perf_counter()
+            torch.exp(self.x, out=self.out)
+            self.best_call = min(self.best_call, time.perf_counter() - start)
+
+    @property
+    def best_call_seconds(self) -> float:
+        return self.calls * self.best_call
 
 
 def graph_gib(backend: str, shape: tuple[int, int, int, int]) -> float:
@@ -292,8 +307,10 @@ def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats
             gib = {name: graph_gib(name, shape) if mode == "fwd+bwd" else 0.0 for name in fns}
             steps = {name: step_fn(fn, make_inputs(shape, mode == "fwd+bwd"), mode)
                      for name, fn in fns.items() if gib[name] <= max_gib}
-            timed = time_steps(steps | {EXP_FLOOR: exp_floor_step(shape)}, repeats, budget_s)
-            rows.append({"shape": shape_name, "mode": mode, "backend": EXP_FLOOR, **timed[EXP_FLOOR]})
+            floor = ExpFloor(shape)
+            timed = time_steps(steps | {EXP_FLOOR: floor}, repeats, budget_s)
+            rows.append({"shape": shape_name, "mode": mode, "backend": EXP_FLOOR, **timed[EXP_FLOOR],
+                         "calls": floor.calls, "best_call_seconds": floor.best_call_seconds})
             for name in fns:
                 row: dict[str, Any] = {"shape": shape_name, "mode": mode, "backend": name}
                 if name in timed:
