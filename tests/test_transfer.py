@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -82,25 +83,31 @@ def test_results_file_merges_cells_saved_by_another_process(tmp_path: Path) -> N
         ResultsFile.open(path, header, False)
 
 
-def test_grid_skips_a_cell_that_another_process_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("other", ["finished", "running"])
+def test_grid_skips_a_cell_that_another_process_finished_or_is_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other: str) -> None:
     path = tmp_path / "transfer.json"
     header = {"fingerprint": "abc", "protocol": {}, "backbone": {}}
+    theirs = ResultsFile.open(path, header, False)  # another open file: its lock conflicts like another process's
     ran: list[str] = []
 
     def fake_run_cell(task_dir: Path, run_dir: Path, method: str, seed: int, *args: object, **kwargs: object) -> dict:
         ran.append(method)
-        other = ResultsFile.open(path, header, False)  # another process finishes "b" meanwhile
-        other.cells["t/b/0"] = {"task": "t", "by": "other"}
-        other.save()
+        if other == "finished":  # another process finishes "b" meanwhile
+            theirs.cells["t/b/0"] = {"task": "t", "by": "other"}
+            theirs.save()
         return {"seconds": 1.0, "protocols": {}}
 
     monkeypatch.setattr(grid_module, "run_cell", fake_run_cell)
-    results = ResultsFile.open(path, header, False)
-    Grid(tmp_path, tmp_path / "runs", None, None, results, log=lambda _: None).run(
-        [("t", "a", 0), ("t", "b", 0), ("t", "c", 0)])
+    grid = Grid(tmp_path, tmp_path / "runs", None, None, ResultsFile.open(path, header, False), log=lambda _: None)
+    with theirs.claim("t/b/0") if other == "running" else contextlib.nullcontext(True) as mine:
+        assert mine
+        grid.run([("t", "a", 0), ("t", "b", 0), ("t", "c", 0)])
     assert ran == ["a", "c"]
     cells = json.loads(path.read_text())["cells"]
-    assert sorted(cells) == ["t/a/0", "t/b/0", "t/c/0"] and cells["t/b/0"]["by"] == "other"
+    assert sorted(cells) == (["t/a/0", "t/b/0", "t/c/0"] if other == "finished" else ["t/a/0", "t/c/0"])
+    grid.run([("t", "b", 0)])
+    assert ran == ["a", "c"] + (["b"] if other == "running" else [])  # a released claim: the cell runs now
 
 
 def test_agreement_and_best_baseline_follow_the_numbers() -> None:

@@ -90,6 +90,13 @@ def test_choice_breaks_ties_towards_fewer_epochs_then_the_default_rate() -> None
     assert plan.chosen("t", "svp", records) is None  # unfinished grid: nothing chosen yet
 
 
+def test_choice_ignores_a_test_accuracy_even_when_a_record_carries_one() -> None:
+    grid = _plan().selection("t", "svp")
+    records = {t.key: {"val_acc": 0.5 + 0.01 * n} for n, t in enumerate(grid)}  # the last cell is best on val
+    with_test = {k: {**r, "test_acc": 1.0 - r["val_acc"]} for k, r in records.items()}  # ... and worst on test
+    assert choose(grid, with_test) == choose(grid, records) == grid[-1]
+
+
 def test_plan_runs_a_whole_task_before_the_next_one() -> None:
     plan = VtabPlan(tasks=["a", "b"], methods=["svp", "linear"], epochs=(2,))
     records: dict[str, Any] = {}
@@ -115,7 +122,7 @@ def test_a_cell_claimed_by_another_process_is_not_run_twice(tmp_path: Path) -> N
     path = tmp_path / "vtab.json"
     plan = VtabPlan(tasks=["t"], methods=["linear"], lr_factors=(1.0, 3.0), epochs=(2,), spread_seeds=())
     first, second = plan.selection("t", "linear")
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")
     started, release = ctx.Event(), ctx.Event()
     other = ctx.Process(target=_claiming_worker, args=(str(path), first.key, started, release))
     other.start()
@@ -171,12 +178,12 @@ def test_vtab_protocol_end_to_end_on_a_tiny_task(tmp_path: Path) -> None:
     out = tmp_path / "results" / "vtab"
     argv = ["--protocol", "vtab", *TINY_ARGS, "--no-pretrained", "--data-root", str(tmp_path / "vtab"),
             "--out", str(out), "--work-dir", str(tmp_path / "runs"), "--methods", "linear", "svp",
-            "--lr-factors", "1", "3", "--grid-epochs", "1", "--batch-size", "4", "--warmup-epochs", "0",
+            "--lr-factors", "1", "--grid-epochs", "1", "--batch-size", "4", "--warmup-epochs", "0",
             "--spread-seeds", "0", "1", "--compare", str(tmp_path / "none.json")]
     assert main(argv) == 0
     data = json.loads(out.with_suffix(".json").read_text())
     stages = sorted((c["method"], c["stage"], c["seed"]) for c in data["cells"].values())
-    assert stages == sorted([("linear", SELECT, 0)] * 2 + [("svp", SELECT, 0)] * 2 + [
+    assert stages == sorted([("linear", SELECT, 0), ("svp", SELECT, 0),
         ("linear", FINAL, 0), ("linear", FINAL, 1), ("svp", FINAL, 0), ("svp", FINAL, 1)])
     for cell in data["cells"].values():
         train_list = Path(cell["run_dir"], "config.yaml").read_text()
@@ -188,5 +195,9 @@ def test_vtab_protocol_end_to_end_on_a_tiny_task(tmp_path: Path) -> None:
             assert cell["splits"]["train"] == "trainval" and 0 <= cell["test_acc"] <= 1
     markdown = out.with_suffix(".md").read_text()
     assert "Status: **complete**" in markdown and "| svp |" in markdown
+    out.with_suffix(".md").unlink()
+    assert main([*argv, "--methods", "linear", "svp", "full", "--report-only"]) == 0  # runs nothing
+    assert json.loads(out.with_suffix(".json").read_text())["cells"] == data["cells"]
+    assert "Final runs still missing: toy: full" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         main([*argv, "--epochs", "3"])  # a one-lr option is refused, not ignored

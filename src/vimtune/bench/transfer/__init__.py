@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="learning rates of the grid, as multiples of each method's default (default 1/3 1 3)")
     vtab.add_argument("--grid-epochs", nargs="+", type=int, default=[10, 20], metavar="E",
                       help="epoch counts of the grid, each a run of its own (default 10 20)")
+    vtab.add_argument("--report-only", action="store_true",
+                      help="write STEM.md / STEM.png from the trials cached so far and run nothing (e.g. while "
+                           "another process is still running the plan)")
     vtab.add_argument("--compare", type=Path, default=Path("benchmarks/results/transfer.json"),
                       help="one-lr results to compare with (default %(default)s)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/transfer"),
@@ -170,8 +173,12 @@ def main_vtab(args: argparse.Namespace, argv: list[str]) -> int:
         print(backbone.warning)
     trainer = EngineTrainer(args.data_root, args.work_dir / header["fingerprint"], backbone, args.batch_size,
                             args.warmup_epochs, args.device)
-    run_plan(plan, trainer, results)
-    results.save()
+    if args.report_only:  # the file's own header: the command and machine of the run that wrote it
+        header = {**header, **{k: v for k, v in json.loads(results.path.read_text(encoding="utf-8")).items()
+                               if k != "cells"}} if results.path.is_file() else header
+    else:
+        run_plan(plan, trainer, results)
+        results.save()
     one_lr = None
     if args.compare.is_file():
         one_lr = TransferTable(list(json.loads(args.compare.read_text(encoding="utf-8"))["cells"].values()))

@@ -14,6 +14,7 @@ from typing import Any
 
 from vimtune.bench.transfer.report import MethodSummary, Stat, TransferTable, agreement_lines
 from vimtune.bench.transfer.vtab import SELECT, VtabPlan, default_lr
+from vimtune.demo import METHOD_VARIANTS
 from vimtune.viz import plot_accuracy_vs_params
 
 
@@ -22,6 +23,7 @@ class VtabTable:
 
     def __init__(self, plan: VtabPlan, records: Mapping[str, Mapping[str, Any]]) -> None:
         self.plan, self.records = plan, records
+        self.methods = [m for m in METHOD_VARIANTS if m in plan.methods]  # the one-lr table's row order
         self.complete_tasks = [t for t in plan.tasks if all(self.finals(t, m) for m in plan.methods)]
 
     def finals(self, task: str, method: str) -> list[Mapping[str, Any]]:
@@ -43,7 +45,7 @@ class VtabTable:
         if not tasks:
             return []
         rows = []
-        for method in self.plan.methods:
+        for method in self.methods:
             per_task = {t: self.stat(t, method).mean for t in tasks}
             rows.append(MethodSummary(method, self.params(method, tasks), statistics.fmean(per_task.values()),
                                       per_task))
@@ -78,7 +80,7 @@ def accuracy_rows(table: VtabTable) -> list[str]:
     full = summary.get("full")
     head = ["method", "trainable params", "vs full", *table.plan.tasks, "mean", "trials", "CPU min"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for method in table.plan.methods:
+    for method in table.methods:
         params = sorted({f[0]["trainable_params"] for t in table.plan.tasks if (f := table.finals(t, method))})
         shown = "-" if not params else f"{params[0]:,}" if len(params) == 1 else f"{params[0]:,}-{params[-1]:,}"
         ratio = f"{summary[method].params / full.params:.2%}" if full and method in summary else "-"
@@ -93,7 +95,7 @@ def chosen_rows(table: VtabTable) -> list[str]:
     """Markdown: per method, its default rate and the chosen (rate, epochs, val accuracy) per task."""
     head = ["method", "default lr", *table.plan.tasks]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for method in table.plan.methods:
+    for method in table.methods:
         cells = [table.chosen_text(t, method) for t in table.plan.tasks]
         lines.append("| " + " | ".join([method, f"{default_lr(method):.3g}", *cells]) + " |")
     return lines
@@ -101,7 +103,7 @@ def chosen_rows(table: VtabTable) -> list[str]:
 
 def spread_rows(table: VtabTable) -> list[str]:
     """Markdown: every (task, method) whose final run has several seeds."""
-    rows = [(t, m, table.finals(t, m)) for t in table.plan.tasks for m in table.plan.methods
+    rows = [(t, m, table.finals(t, m)) for t in table.plan.tasks for m in table.methods
             if len(table.finals(t, m)) > 1]
     if not rows:
         return ["No final run has more than one seed yet."]
@@ -134,7 +136,7 @@ def ranking(summary: Mapping[str, MethodSummary]) -> str:
 def comparison_rows(table: VtabTable, before: Mapping[str, MethodSummary]) -> list[str]:
     """Markdown: the one-lr table's mean next to this protocol's, over the complete tasks."""
     after = {s.method: s for s in table.summary()}
-    common = [m for m in table.plan.methods if m in after and m in before]
+    common = [m for m in table.methods if m in after and m in before]
     if not common:
         return ["No task is complete under both protocols yet: nothing to compare."]
     lines = ["| method | one lr (`val` protocol) | vtab protocol | change |", "|---|---:|---:|---:|"]
@@ -161,7 +163,7 @@ def write_vtab_outputs(header: dict[str, Any], plan: VtabPlan, records: Mapping[
     """``STEM.md`` (and ``STEM.png`` once a task is complete); returns the markdown's path."""
     table = VtabTable(plan, records)
     summary = table.summary()
-    before = one_lr_summary(one_lr, table.complete_tasks, list(plan.methods)) if one_lr else {}
+    before = one_lr_summary(one_lr, table.complete_tasks, table.methods) if one_lr else {}
     png = stem.with_suffix(".png")
     if summary:
         plot_accuracy_vs_params(
@@ -188,6 +190,7 @@ def write_vtab_outputs(header: dict[str, Any], plan: VtabPlan, records: Mapping[
         "images resized to the backbone's input size, a fresh head.",
         f"- Backbone: `{backbone['name']}` (sha256 {str(backbone['weights_sha256'])[:12]}...). "
         f"Data: `{header['data_root']}`. Machine: {header['machine']}.",
+        *([f"- **{backbone['warning']}**"] if backbone.get("warning") else []),
         f"- Accuracies in %; `a ± s (n)` = mean ± sample std over n seeds. Means over the tasks where every "
         f"method has its final run ({', '.join(table.complete_tasks) or 'none yet'}). `trials` and `CPU min`: "
         f"every run of the method so far, selection and final ({len(records)} trials, {selections} of them "
