@@ -153,7 +153,7 @@ def test_drop_path_is_stochastic_in_train_mode_only() -> None:
 
 
 def test_create_vim_unknown_name_and_backbone_bf16() -> None:
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="vim_gigantic"):
         create_vim("vim_gigantic")
     model = small_model().eval()
     out = model.to(torch.bfloat16)(torch.randn(1, 3, 40, 40, dtype=torch.bfloat16))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,23 @@ from vimtune.cli import main
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A one-epoch smoke run and its data: ``(data, run)``."""
+def pristine_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch smoke run: ``ROOT/run`` trained on ``ROOT/data``; tests get copies (``finished_run``)."""
     root = tmp_path_factory.mktemp("finished")
     data = make_image_folder(root / "data", {"train": 4, "val": 2, "test": 2})
-    run = root / "run"
-    assert main(["train", *SMOKE, "--data", str(data), "--output-dir", str(run), "--epochs", "1"]) == 0
-    return data, run
+    assert main(["train", *SMOKE, "--data", str(data), "--output-dir", str(root / "run"), "--epochs", "1"]) == 0
+    return root
+
+
+@pytest.fixture
+def finished_run(pristine_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """This test's own copy of the pristine run and its data, ``(data, run)``: the tests corrupt images and
+    resume runs (which rewrites config.yaml), so none may see another's changes."""
+    root = tmp_path / "finished"
+    shutil.copytree(pristine_run, root)
+    config = root / "run" / "config.yaml"
+    config.write_text(config.read_text().replace(str(pristine_run / "data"), str(root / "data")))
+    return root / "data", root / "run"
 
 
 def _saved(run: Path) -> dict[str, str]:
