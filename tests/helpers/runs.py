@@ -115,3 +115,10 @@ def assert_same_training(run: Path, reference: Path) -> None:
                 for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
     assert records(run) == records(reference)
+
+
+class NoSchedule:
+    """A stand-in for the engine's scheduler that keeps the learning rate (for EpochRunner unit tests)."""
+
+    def step_update(self, num_updates: int) -> None:
+        pass
