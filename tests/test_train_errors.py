@@ -120,3 +120,17 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(
     assert "training loss is nan" in err and "at epoch 2, step 1/" in err
     assert f"checkpoint '{run / 'checkpoint.pt'}' (epoch 1) is unchanged" in err
     assert _saved(run) == before
+
+
+def test_eval_refuses_a_split_with_other_classes(
+    finished_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = finished_run
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    (other / "test" / "stripes").rename(other / "test" / "zigzag")
+    before = checksums(run)
+    assert main(["eval", str(run), "--data", str(other)]) == 1
+    assert ("the evaluated split's classes ['circle', 'square', 'zigzag'] differ from the model's "
+            "['circle', 'square', 'stripes']") in capsys.readouterr().err
+    assert checksums(run) == before
