@@ -23,6 +23,7 @@ from vimtune.engine import load_checkpoint_state
 
 EPOCHS = 3
 THREADS = 2
+# seed 1: with seed 0 this run's RandAugment draws a 0-bit posterize, which Pillow rejects (issue 16)
 TRAIN_ARGS = ["--epochs", str(EPOCHS), "--batch-size", "2", "--num-workers", "1", "--ema", "--seed", "1",
               "--set", "train.ema_decay=0.9", "--set", "data.augment.recipe=deit",
               "--set", "model.kwargs.drop_path_rate=0.1"]
@@ -34,7 +35,7 @@ def _start_and_kill(data: Path, run: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     cmd = vimtune_cmd("train", *SMOKE, "--data", str(data), "--output-dir", str(run), *TRAIN_ARGS)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while not (run / "checkpoint.pt").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
