@@ -75,7 +75,7 @@ def test_missing_committed_weights_fail_clearly_or_fall_back_loudly(tmp_path: Pa
         resolve_backbone(BackboneSpec())
     resolved = resolve_backbone(BackboneSpec(), random_fallback=True)
     assert resolved.file is None and "RANDOMLY INITIALISED" in resolved.warning
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="backbone weights .* not found"):
         resolve_backbone(BackboneSpec(weights=str(missing)), random_fallback=True)  # an explicit file must exist
 
 

@@ -9,17 +9,11 @@ import torch
 from torch import nn
 
 import vimtune.models  # noqa: F401 - registers the Vim configs with timm
+from helpers.runs import NoSchedule
 from vimtune.engine.distributed import DistContext
 from vimtune.engine.loop import EpochRunner
 
 BATCH = 4
-
-
-class NoSchedule:
-    """A scheduler that keeps the learning rate."""
-
-    def step_update(self, num_updates: int) -> None:
-        pass
 
 
 def _model() -> nn.Module:

@@ -622,9 +622,12 @@ def test_training_step_under_bfloat16_autocast_follows_float32() -> None:
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
     (loss32, grads32), (loss16, grads16) = results
-    torch.testing.assert_close(loss16.float(), loss32, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(loss16.float(), loss32, rtol=0, atol=2e-3)  # observed 4.7e-4
+    errors = {}
     for name, g32 in grads32.items():
         g16 = grads16[name]
-        assert g16.dtype == torch.float32 and torch.isfinite(g16).all(), name
-        error = (g16 - g32).norm() / g32.norm().clamp(min=1e-12)
-        assert error < 0.1, f"d{name}: relative error {error:.3f}"
+        assert g16.dtype == torch.float32, name
+        errors[name] = float((g16 - g32).norm() / g32.norm().clamp(min=1e-12))
+    # observed: at most 3.5% (layers.1.mixer.x_proj.weight), half the parameters below 0.6%
+    assert max(errors.values()) < 0.07, errors
+    assert sorted(errors.values())[len(errors) // 2] < 0.02, errors

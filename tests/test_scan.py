@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from helpers.scan_cases import make_scan_inputs
-from vimtune.ops import available_backends, resolve_backend, selective_scan
 from vimtune.ops.scan_chunked import selective_scan_chunked
 from vimtune.ops.scan_reference import selective_scan_reference
 
@@ -90,17 +89,3 @@ def test_without_optional_inputs_and_softplus() -> None:
     ref = selective_scan_reference(**x)
     torch.testing.assert_close(selective_scan_chunked(**x, chunk_size=4), ref, rtol=1e-10, atol=1e-10)
 
-
-def test_dispatch_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    x = make_scan_inputs(1, 2, 5, 3, seed=6)
-    assert set(available_backends("cpu")) >= {"reference", "chunked"}
-    monkeypatch.setenv("VIMTUNE_SCAN_BACKEND", "reference")
-    assert resolve_backend("cpu") == "reference"
-    assert resolve_backend("cpu", "chunked") == "chunked"
-    torch.testing.assert_close(selective_scan(**x), selective_scan(**x, backend="chunked"))
-    with pytest.raises(ValueError, match="unknown selective-scan backend 'nope'"):
-        resolve_backend("cpu", "nope")
-    with pytest.raises(RuntimeError, match="'cuda' is not available on cpu"):
-        resolve_backend("cpu", "cuda")
-    monkeypatch.delenv("VIMTUNE_SCAN_BACKEND")
-    assert resolve_backend("cpu") in ("cpu", "chunked")

@@ -127,18 +127,24 @@ def test_prompts_are_inserted_before_every_block() -> None:
     assert not any(".prompter." in key for key in model.state_dict())  # stored once, under svp.
 
 
-def test_odd_patch_counts_work_in_both_variants() -> None:
-    x = images(size=36)  # 9 x 9 = 81 patches with 4-pixel patches: one more token after the cls
-    outputs = []
+def test_odd_patch_counts_work_in_both_variants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """81 patches (one more token after the cls token than before it), float64: each variant's model output
+    equals the same model with its prompt bank replaced by the plain formula, and the variants differ."""
+    x = images(size=36).double()  # 9 x 9 = 81 patches with 4-pixel patches
+    outputs = {}
     for variant in ("paper", "release"):
         torch.manual_seed(0)
         method = build("svp", rank=4, group_size=2, variant=variant)
-        model = method.attach(timm.create_model("vim_nano_patch4_32", num_classes=3)).eval()
+        model = method.attach(timm.create_model("vim_nano_patch4_32", num_classes=3, scan_backend="chunked"))
+        model = model.double().eval()
         perturb([p for _, p in method.trainable_parameters(model)])
-        with torch.no_grad():
-            outputs.append(model(x))
-    assert outputs[0].shape == (2, 3) and torch.isfinite(outputs[1]).all()
-    assert not torch.allclose(outputs[0], outputs[1])
+        with torch.no_grad(), monkeypatch.context() as patch:
+            outputs[variant] = model(x)
+            patch.setattr(SelectivePrompts, "forward", plain_prompts)
+            expected = model(x)
+        assert outputs[variant].shape == (2, 3)
+        torch.testing.assert_close(outputs[variant], expected, rtol=1e-12, atol=1e-12)
+    assert (outputs["paper"] - outputs["release"]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("group_size, expected", [(8, 1_644_288), (12, 1_496_064), (6, 1_792_512),

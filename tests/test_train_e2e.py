@@ -1,4 +1,9 @@
-"""End to end: train in a subprocess, SIGKILL it after the first checkpoint, resume, evaluate, predict."""
+"""End to end: train in a subprocess, SIGKILL it after the first checkpoint, resume, evaluate, predict.
+
+The run uses the DeiT recipe (RandAugment, random erasing, mixup / cutmix, label smoothing), drop path,
+an EMA and one data worker, so that the resumed run matches an uninterrupted one bit for bit only when
+every random stream (the main process's, the loader's and the worker's) is restored. Every part runs on
+the same number of torch threads (the kernels' reductions are split by thread count)."""
 
 from __future__ import annotations
 
@@ -11,24 +16,26 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from helpers.runs import SMOKE, checksums, make_image_folder, vimtune_cmd
+from helpers.runs import SMOKE, assert_same_training, checksums, make_image_folder, vimtune_cmd
 from vimtune.cli import main
-from vimtune.engine import build_config, load_checkpoint_state, load_recipe, run_training
+from vimtune.engine import load_checkpoint_state
 
-EPOCHS = 6
-TRAIN_ARGS = ["--epochs", str(EPOCHS), "--batch-size", "2"]
+EPOCHS = 3
+THREADS = 2
+# seed 1: with seed 0 this run's RandAugment draws a 0-bit posterize, which Pillow rejects (issue 16)
+TRAIN_ARGS = ["--epochs", str(EPOCHS), "--batch-size", "2", "--num-workers", "1", "--ema", "--seed", "1",
+              "--set", "train.ema_decay=0.9", "--set", "data.augment.recipe=deit",
+              "--set", "model.kwargs.drop_path_rate=0.1"]
 
 
 def _start_and_kill(data: Path, run: Path, tmp_path: Path) -> None:
     """Start ``vimtune train`` and SIGKILL it as soon as its first epoch checkpoint exists."""
     log = (tmp_path / "killed.log").open("w")
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     cmd = vimtune_cmd("train", *SMOKE, "--data", str(data), "--output-dir", str(run), *TRAIN_ARGS)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while not (run / "checkpoint.pt").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
@@ -40,7 +47,9 @@ def _start_and_kill(data: Path, run: Path, tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def test_killed_run_resumes_exactly_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_killed_run_resumes_exactly_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  torch_threads) -> None:
+    torch_threads(THREADS)
     data = make_image_folder(tmp_path / "data")
     run = tmp_path / "run"
     _start_and_kill(data, run, tmp_path)
@@ -71,15 +80,9 @@ def test_killed_run_resumes_exactly_and_evaluates(tmp_path: Path, capsys: pytest
     assert final["protocols"]["last"]["epoch"] == EPOCHS and final["protocols"]["last"]["test_count"] == 6
     assert final["trainable_params"] == final["total_params"] > 0
 
-    # the resumed run ends with the weights of an uninterrupted one
-    cfg = build_config(load_recipe("smoke"), [("data.root", str(data)), ("output_dir", str(tmp_path / "ref")),
-                                              ("train.epochs", EPOCHS), ("data.batch_size", 2)])
-    run_training(cfg)
-    resumed = load_file(run / "weights/last.safetensors")
-    reference = load_file(tmp_path / "ref/weights/last.safetensors")
-    assert resumed.keys() == reference.keys()
-    for key in resumed:
-        torch.testing.assert_close(resumed[key], reference[key], msg=key)
+    # the resumed run is, bit for bit, an uninterrupted one
+    assert main(["train", *SMOKE, "--data", str(data), "--output-dir", str(tmp_path / "ref"), *TRAIN_ARGS]) == 0
+    assert_same_training(run, tmp_path / "ref")
 
     before = checksums(run)
     capsys.readouterr()

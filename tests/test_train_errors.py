@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,23 @@ from vimtune.cli import main
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A one-epoch smoke run and its data: ``(data, run)``."""
+def pristine_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch smoke run: ``ROOT/run`` trained on ``ROOT/data``; tests get copies (``finished_run``)."""
     root = tmp_path_factory.mktemp("finished")
     data = make_image_folder(root / "data", {"train": 4, "val": 2, "test": 2})
-    run = root / "run"
-    assert main(["train", *SMOKE, "--data", str(data), "--output-dir", str(run), "--epochs", "1"]) == 0
-    return data, run
+    assert main(["train", *SMOKE, "--data", str(data), "--output-dir", str(root / "run"), "--epochs", "1"]) == 0
+    return root
+
+
+@pytest.fixture
+def finished_run(pristine_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """This test's own copy of the pristine run and its data, ``(data, run)``: the tests corrupt images and
+    resume runs (which rewrites config.yaml), so none may see another's changes."""
+    root = tmp_path / "finished"
+    shutil.copytree(pristine_run, root)
+    config = root / "run" / "config.yaml"
+    config.write_text(config.read_text().replace(str(pristine_run / "data"), str(root / "data")))
+    return root / "data", root / "run"
 
 
 def _saved(run: Path) -> dict[str, str]:
@@ -109,3 +120,17 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(
     assert "training loss is nan" in err and "at epoch 2, step 1/" in err
     assert f"checkpoint '{run / 'checkpoint.pt'}' (epoch 1) is unchanged" in err
     assert _saved(run) == before
+
+
+def test_eval_refuses_a_split_with_other_classes(
+    finished_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = finished_run
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    (other / "test" / "stripes").rename(other / "test" / "zigzag")
+    before = checksums(run)
+    assert main(["eval", str(run), "--data", str(other)]) == 1
+    assert ("the evaluated split's classes ['circle', 'square', 'zigzag'] differ from the model's "
+            "['circle', 'square', 'stripes']") in capsys.readouterr().err
+    assert checksums(run) == before

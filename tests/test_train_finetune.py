@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+import vimtune.engine.runner as runner
 import vimtune.models  # noqa: F401 - registers the Vim configs
-from helpers.runs import SMOKE, make_vtab_task
+from helpers.runs import SMOKE, assert_identical, assert_same_training, make_vtab_task
 from vimtune.cli import main
 from vimtune.engine import load_checkpoint_state
 from vimtune.engine.inference import load_run
@@ -56,3 +57,51 @@ def test_svp_finetune_saves_only_the_adapter_and_extends_on_resume(
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert json.loads((run / "final_metrics.json").read_text())["epochs"] == 3
+
+
+class RunStoppedError(Exception):
+    """Stands for a run stopped mid-epoch (a crash, Ctrl-C, a lost machine)."""
+
+
+def test_interrupted_finetune_resumes_bit_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   torch_threads) -> None:
+    """SVP with the SVP recipe (mixup / cutmix, RandAugment), an EMA, accumulation over 2 batches with a short
+    last group (3 batches per epoch) and a data worker, stopped in its third epoch and resumed: the same
+    checkpoint, weights, EMA, optimizer state, RNG streams and records as an uninterrupted run."""
+    torch_threads(2)
+    task = make_vtab_task(tmp_path / "task")
+    backbone = timm.create_model("vim_nano_patch4_32", num_classes=10, depth=2, embed_dim=32, img_size=16)
+    save_file(backbone.state_dict(), tmp_path / "backbone.safetensors")
+    args = ["finetune", *SMOKE, *SVP, "--backbone-weights", str(tmp_path / "backbone.safetensors"),
+            "--data-kind", "vtab", "--data", str(task), "--epochs", "3", "--batch-size", "4", "--accum-steps", "2",
+            "--ema", "--num-workers", "1", "--seed", "1", "--set", "train.ema_decay=0.9",
+            "--set", "data.augment.recipe=svp", "--set", "model.kwargs.drop_path_rate=0.1"]
+    assert main([*args, "--output-dir", str(tmp_path / "reference")]) == 0
+
+    forwards = 0
+
+    def stop_in_epoch_3(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        nonlocal forwards
+        forwards += module.training
+        if forwards == 2 * 3 + 2:  # the second batch of epoch 3, inside its first accumulation group
+            raise RunStoppedError
+        return output
+
+    def interrupted_model(*a: object, **kw: object) -> tuple:
+        model, trainable = build_model(*a, **kw)
+        model.register_forward_hook(stop_in_epoch_3)
+        return model, trainable
+
+    build_model = runner.build_model
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "build_model", interrupted_model)
+        with pytest.raises(RunStoppedError):
+            main([*args, "--output-dir", str(run)])
+    assert load_checkpoint_state(run / "checkpoint.pt")["epoch"] == 2
+    torch.rand(5)  # the stopped process's random streams moved on; the resume must restore them
+
+    assert main(["finetune", "--output-dir", str(run), "--resume"]) == 0
+    assert_same_training(run, tmp_path / "reference")
+    reference_adapter = load_file(tmp_path / "reference" / "adapter" / "adapter.safetensors")
+    assert_identical(load_file(run / "adapter" / "adapter.safetensors"), reference_adapter, "adapter")

@@ -23,7 +23,7 @@ def require_kernel(available: Callable[[], bool], what: str) -> None:
     if ok:
         return
     reason = "; ".join(str(w.message) for w in caught) or "see the RuntimeWarning of its first build"
-    message = f"the {what} is unavailable: {reason}"
+    message = f"the {what} could not be used: {reason}"
     if in_ci():
         pytest.fail(f"{message} (CI=true: a kernel that does not build fails the run)", pytrace=False)
     pytest.skip(message)

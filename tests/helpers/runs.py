@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from safetensors.torch import load_file
+
+from vimtune.engine import load_checkpoint_state
 
 SMOKE = ["--config", "smoke"]
 CLASSES = ("circle", "square", "stripes")
@@ -74,3 +79,46 @@ def checksums(folder: Path) -> dict[str, str]:
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*")) if p.is_file()
     }
+
+
+def assert_identical(actual: object, expected: object, where: str = "") -> None:
+    """Nested dicts / lists / tuples of tensors and plain values are equal, tensors bit for bit."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor) and actual.dtype == expected.dtype, where
+        assert torch.equal(actual, expected), f"{where}: tensors differ"
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), f"{where}: keys differ"
+        for key in expected:
+            assert_identical(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), f"{where}: lengths differ"
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_identical(a, e, f"{where}[{i}]")
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
+
+
+def assert_same_training(run: Path, reference: Path) -> None:
+    """Two run folders hold the same training, bit for bit: every saved weight file, the checkpoint's
+    weights, EMA, optimizer state and RNG streams, and the per-epoch records (epoch times aside)."""
+    resumed, uninterrupted = load_checkpoint_state(run / "checkpoint.pt"), load_checkpoint_state(
+        reference / "checkpoint.pt")
+    for key in ("epoch", "global_step", "best", "model", "ema", "optimizer", "rng"):
+        assert_identical(resumed[key], uninterrupted[key], key)
+    weights = sorted(p.name for p in (reference / "weights").iterdir())
+    assert sorted(p.name for p in (run / "weights").iterdir()) == weights
+    for name in weights:
+        assert_identical(load_file(run / "weights" / name), load_file(reference / "weights" / name), name)
+
+    def records(folder: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if k != "epoch_time"}
+                for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert records(run) == records(reference)
+
+
+class NoSchedule:
+    """A stand-in for the engine's scheduler that keeps the learning rate (for EpochRunner unit tests)."""
+
+    def step_update(self, num_updates: int) -> None:
+        pass

@@ -34,6 +34,11 @@ def build_loader(
       generator also seeds the workers' ``random``/``numpy``/``torch`` states, so augmentation
       is reproducible for a fixed ``num_workers``); evaluation reads in order.
 
+    Training workers start afresh every epoch, seeded from the generator: a resumed run that
+    restores the generator's state then continues every worker's random stream exactly, which
+    workers kept alive across epochs (whose streams no checkpoint holds) would not allow.
+    Evaluation workers, which draw no random numbers, stay alive across epochs.
+
     Training drops the last incomplete batch (Mixup needs an even, full batch); evaluation keeps
     every sample.
 
@@ -59,7 +64,7 @@ def build_loader(
         pin_memory=pin_memory,
         drop_last=train,
         generator=generator,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0 and not train,
         collate_fn=collate_fn,
     )
 
