@@ -51,7 +51,7 @@ def save_confusion_png(confusion: torch.Tensor, classes: list[str], path: str | 
 CURVE_PANELS = (
     ("loss", "cross-entropy", [("train_loss", "train"), ("val_loss", "val"), ("test_loss", "test")]),
     ("top-1 accuracy", "%", [("train_top1", "train"), ("val_top1", "val"), ("test_top1", "test")]),
-    ("learning rate", "lr", [("lr", "peak lr of the epoch")]),
+    ("learning rate", "lr", [("lr", "at the end of the epoch")]),
 )
 
 
