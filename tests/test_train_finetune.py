@@ -44,11 +44,28 @@ def test_svp_finetune_saves_only_the_adapter_and_extends_on_resume(
     final = json.loads((run / "final_metrics.json").read_text())
     assert set(final["protocols"]) == {"val", "last", "best-test"}
     assert 0 < final["trainable_params"] < final["total_params"]
+    # the run's pictures: curves every epoch, a confusion matrix per protocol, the report embedding them
+    assert (run / "curves.png").is_file() and (run / "report.html").is_file()
+    assert {p.name for p in (run / "eval").glob("*_confusion.png")} == {
+        f"{p}_test_confusion.png" for p in ("val", "last", "best-test")}
+    assert (run / "report.html").read_text().count("data:image/png;base64,") == 4
 
     images = torch.randn(2, 3, 16, 16)
     adapted, _ = load_adapter(run / "adapter", backbone_weights=tmp_path / "backbone.safetensors")
     loaded = load_run(run, "last")
     torch.testing.assert_close(adapted.eval()(images), loaded.model(images))
+
+    image = str(task / "images" / "test_000.png")
+    assert main(["viz", str(run), image, str(task / "images" / "test_001.png"), "--out", str(tmp_path / "viz")]) == 0
+    assert {p.name for p in (tmp_path / "viz").iterdir()} == {"attention.png", "gates.png", "svp_prompts.png"}
+    backbone_file = str(tmp_path / "backbone.safetensors")
+    assert main(["viz", "--checkpoint", str(run / "adapter"), "--backbone-weights", backbone_file, image,
+                 "--out", str(tmp_path / "viz-adapter"), "--prefix", "a_"]) == 0
+    assert {p.name for p in (tmp_path / "viz-adapter").iterdir()} == {"a_attention.png", "a_gates.png",
+                                                                      "a_svp_prompts.png"}
+    capsys.readouterr()
+    assert main(["viz", str(run), str(task / "classes.txt"), "--out", str(tmp_path / "bad")]) == 1
+    assert "classes.txt" in capsys.readouterr().err  # an error naming the file, no traceback
 
     assert main(["eval", str(run), "--protocol", "best-test"]) == 0
     assert "WARNING: protocol 'best-test'" in capsys.readouterr().err

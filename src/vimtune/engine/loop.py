@@ -66,15 +66,16 @@ class EpochRunner:
     mixup: Mixup | None = None
     ema: ModelEmaV3 | None = None
 
-    def run(self, loader: DataLoader, epoch: int, epochs: int, global_step: int) -> tuple[int, float]:
-        """Train one epoch (0-based ``epoch``); returns the new global step and the mean loss.
+    def run(self, loader: DataLoader, epoch: int, epochs: int, global_step: int) -> tuple[int, float, float | None]:
+        """Train one epoch (0-based ``epoch``); returns the new global step, the mean loss and the training top-1
+        (%, of the running weights in train mode; None under Mixup/CutMix, whose targets are mixed).
 
         Raises:
             NonFiniteLossError: a NaN/inf loss on any process, before its update is applied.
         """
         self.model.train()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        loss_sum = torch.zeros(2, dtype=torch.float64)  # (summed loss, samples)
+        loss_sum = torch.zeros(3, dtype=torch.float64)  # (summed loss, samples, correct top-1)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not self.ctx.is_main)
         steps = len(loader)
         for step, (images, targets) in enumerate(bar):
@@ -96,7 +97,8 @@ class EpochRunner:
                 self._check_finite(loss, epoch, step, steps, global_step)
                 (loss / group_size).backward()
             value = float(loss.detach())
-            loss_sum += torch.tensor([value * len(images), len(images)], dtype=torch.float64)
+            correct = float((logits.detach().argmax(dim=1) == targets).sum()) if targets.dim() == 1 else 0.0
+            loss_sum += torch.tensor([value * len(images), len(images), correct], dtype=torch.float64)
             if last_of_group:
                 if self.clip_grad is not None:
                     nn.utils.clip_grad_norm_(params, self.clip_grad)
@@ -108,7 +110,9 @@ class EpochRunner:
                 self.scheduler.step_update(num_updates=global_step)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
         all_reduce(loss_sum, self.ctx)
-        return global_step, float(loss_sum[0] / loss_sum[1].clamp(min=1))
+        samples = loss_sum[1].clamp(min=1)
+        top1 = None if self.mixup is not None else float(100 * loss_sum[2] / samples)
+        return global_step, float(loss_sum[0] / samples), top1
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int, steps: int, global_step: int) -> None:
         finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)

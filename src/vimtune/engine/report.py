@@ -41,18 +41,24 @@ def protocol_results(
     files: RunFiles,
     history: list[dict[str, Any]],
     loader: DataLoader,
-    num_classes: int,
+    classes: list[str],
+    split: str,
     ctx: DistContext,
     bf16: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Test every protocol the run supports: ``{protocol: {epoch, test_top1, test_top5, ...}}``.
 
-    Rank 0 reads the files; every process takes part in the (sharded) evaluation.
+    Rank 0 reads the files and writes each protocol's :func:`write_evaluation` files (``eval/<protocol>_<split>``:
+    per-class accuracy, confusion matrix); every process takes part in the (sharded) evaluation.
     """
     results: dict[str, dict[str, Any]] = {}
     for protocol in available_protocols(history):
         selection = broadcast_object(select(files, history, protocol) if ctx.is_main else None, ctx)
-        summary = evaluate_selection(model, trainable, selection, loader, num_classes, ctx, bf16).summary()
+        meter = evaluate_selection(model, trainable, selection, loader, len(classes), ctx, bf16)
+        summary = meter.summary()
+        if ctx.is_main:
+            meta = {"split": split, "protocol": protocol, "epoch": selection.epoch, "weights": str(selection.weights)}
+            write_evaluation(meter, classes, files.eval_dir, f"{protocol}_{split}", meta)
         record = history[selection.epoch - 1]
         results[protocol] = {
             "epoch": selection.epoch,

@@ -82,6 +82,21 @@ class RunFiles:
         return self.root / "adapter"
 
     @property
+    def curves(self) -> Path:
+        """Loss, accuracy and learning rate against epoch (PNG), redrawn after every epoch."""
+        return self.root / "curves.png"
+
+    @property
+    def report(self) -> Path:
+        """The self-contained HTML report of the run."""
+        return self.root / "report.html"
+
+    @property
+    def viz_dir(self) -> Path:
+        """Pictures of ``vimtune viz`` that ``vimtune report`` embeds."""
+        return self.root / "viz"
+
+    @property
     def eval_dir(self) -> Path:
         """Outputs of ``vimtune eval``."""
         return self.root / "eval"

@@ -28,6 +28,7 @@ from vimtune.engine.builder import (
 from vimtune.engine.checkpoint import atomic_write_text, save_weights
 from vimtune.engine.config import ModelConfig, RunConfig, build_config, read_yaml, to_dict, write_yaml
 from vimtune.engine.distributed import DistContext, barrier, init_distributed, shutdown_distributed
+from vimtune.engine.html_report import write_report
 from vimtune.engine.optim import describe_schedule
 from vimtune.engine.report import format_results, protocol_results
 from vimtune.engine.run_dir import RunFiles, prepare_run_dir
@@ -172,11 +173,12 @@ def _run(cfg: RunConfig, ctx: DistContext, files: RunFiles, resume: bool, overwr
     }
     if "test" in loaders:
         final["protocols"] = protocol_results(
-            trainer.eval_model, trainable, files, state.history, loaders["test"], train_set.num_classes, ctx,
-            cfg.train.bf16,
+            trainer.eval_model, trainable, files, state.history, loaders["test"], list(train_set.classes),
+            cfg.data.test_split, ctx, cfg.train.bf16,
         )
     if ctx.is_main:
         atomic_write_text(files.final_metrics, json.dumps({**final, "config": to_dict(cfg)}, indent=2))
+        tqdm.write(f"wrote {write_report(files)}")
         tqdm.write(format_results(final["protocols"]) or "no test split configured: nothing tested")
     barrier(ctx)
     return final

@@ -29,6 +29,7 @@ from vimtune.engine.evaluate import evaluate
 from vimtune.engine.logger import RunLogger
 from vimtune.engine.loop import EpochRunner, NonFiniteLossError, build_criterion
 from vimtune.engine.optim import build_optimizer, build_scheduler, scale_lrs
+from vimtune.engine.plots import save_curves_png
 from vimtune.engine.run_dir import RunFiles
 from vimtune.engine.trainable import Trainable
 
@@ -146,7 +147,8 @@ class Trainer:
         self.scheduler.step(epoch)
         set_loader_epoch(self.train_loader, epoch)
         try:
-            global_step, loss = runner.run(self.train_loader, epoch, self.cfg.train.epochs, self.state.global_step)
+            global_step, loss, train_top1 = runner.run(self.train_loader, epoch, self.cfg.train.epochs,
+                                                       self.state.global_step)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{err}. {self._kept_checkpoint()}") from None
         record: dict[str, Any] = {
@@ -154,6 +156,7 @@ class Trainer:
             "global_step": global_step,
             "lr": max(group["lr"] for group in self.optimizer.param_groups),
             "train_loss": loss,
+            **({"train_top1": train_top1} if train_top1 is not None else {}),
         }
         for role, loader in self.eval_loaders.items():
             summary = evaluate(self.eval_model, loader, self.num_classes, self.ctx, self.cfg.train.bf16,
@@ -169,6 +172,7 @@ class Trainer:
             self._save_best(record)
             self._save_checkpoint(rng)
             logger.log_epoch(record)
+            save_curves_png(self.state.history, self.files.curves, title=self.files.root.name)
         barrier(self.ctx)
 
     def _save_best(self, record: dict[str, Any]) -> None:
