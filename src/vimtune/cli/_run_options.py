@@ -11,6 +11,7 @@ from typing import Any
 
 from vimtune.data import DATASET_KINDS, BadImageError
 from vimtune.engine import RunConfig, build_config, load_recipe, load_run_config, parse_override, run_training
+from vimtune.models import release_spec
 
 #: explicit flag (argparse dest) -> config key
 FLAG_KEYS = {
@@ -61,8 +62,13 @@ def add_run_options(parser: argparse.ArgumentParser, finetune: bool) -> None:
     model.add_argument("--model", help="timm model name, e.g. vim_micro_patch4_32")
     if finetune:
         model.add_argument("--method", help="PEFT method: svp, linear, full, ... (see vimtune.methods)")
-        model.add_argument("--backbone-weights", metavar="PATH",
-                           help="pretrained backbone (.pth release file, state dict or .safetensors)")
+        weights = model.add_mutually_exclusive_group()
+        weights.add_argument("--backbone-weights", metavar="SPEC",
+                             help="pretrained backbone: a file (.pth release file, state dict or .safetensors) "
+                                  "or hf-hub:OWNER/REPO/FILE, e.g. "
+                                  "hf-hub:hustvl/Vim-small-midclstok/vim_s_midclstok_80p5acc.pth")
+        weights.add_argument("--pretrained", action="store_true",
+                             help="the authors' released ImageNet weights of --model (from the Hugging Face Hub)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", metavar="ROOT", help="dataset folder")
     data.add_argument("--data-kind", choices=DATASET_KINDS, help="dataset layout")
@@ -96,6 +102,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run configuration: recipe (or the resumed run's config.yaml) + overrides + flags."""
     overrides = overrides_from_args(args)
     cfg = build_config(load_recipe(args.config) if args.config else {}, overrides)
+    if getattr(args, "pretrained", False):
+        cfg.model.backbone_weights = release_spec(cfg.model.name)
     if args.resume:
         cfg = load_run_config(cfg.run_dir(), overrides)
     return cfg

@@ -30,7 +30,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, Trainabl
     """
     model = timm.create_model(cfg.name, num_classes=num_classes, **cfg.kwargs)
     if cfg.backbone_weights:
-        load_checkpoint(model, cfg.backbone_weights, strict=True)
+        load_checkpoint(model, cfg.backbone_weights, strict=True, allow_stride_change=cfg.allow_stride_change)
     if cfg.method is None:
         return model, WholeModel()
     try:
