@@ -23,6 +23,9 @@ class _RegisterAfter:
     def __init__(self, loader: object) -> None:
         self.loader = loader
 
+    def __getattr__(self, name: str) -> object:  # everything else (resource readers...) is timm's loader's
+        return getattr(self.loader, name)
+
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
         return self.loader.create_module(spec)
 
