@@ -20,7 +20,7 @@ import yaml
 from hub_cache import DEPTH, REVISION, TINY_FILE, TINY_REPO, TINY_STRIDE8_FILE, offline_hub, tiny_release_cache
 from test_engine_support import SMOKE, make_vtab_task
 from vimtune.cli import main
-from vimtune.models import CheckpointError, load_checkpoint, release_spec, resolve_weights
+from vimtune.models import RELEASES, CheckpointError, load_checkpoint, release_spec, resolve_weights
 
 __all__ = ["offline_hub"]  # the fixture, imported for pytest
 
@@ -124,3 +124,10 @@ def test_finetune_pretrained_records_the_hub_spec(
     stride8.remove("--pretrained")
     assert main(stride8) == 1
     assert "model.allow_stride_change=true" in capsys.readouterr().err
+
+
+def test_release_table_matches_the_configs() -> None:
+    for name, release in RELEASES.items():
+        model = timm.create_model(name, depth=1, num_classes=0)
+        assert model.patch_embed.stride == release.stride, name
+        assert timm.models.get_pretrained_cfg(name).hf_hub_id == release.hub_id

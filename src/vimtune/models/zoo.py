@@ -17,9 +17,11 @@ from vimtune.models.releases import RELEASES
 from vimtune.models.vim import VisionMamba
 
 _ARCHITECTURES: dict[str, dict[str, Any]] = {
-    **{name: dict(embed_dim=dim, patch_size=16, stride=RELEASES[name].stride) for name, dim in (
-        ("vim_tiny_patch16_224", 192), ("vim_tiny_patch16_stride8_224", 192), ("vim_small_patch16_224", 384),
-        ("vim_small_patch16_stride8_224", 384), ("vim_base_patch16_224", 768))},
+    "vim_tiny_patch16_224": dict(embed_dim=192, patch_size=16),
+    "vim_tiny_patch16_stride8_224": dict(embed_dim=192, patch_size=16, stride=8),
+    "vim_small_patch16_224": dict(embed_dim=384, patch_size=16),
+    "vim_small_patch16_stride8_224": dict(embed_dim=384, patch_size=16, stride=8),
+    "vim_base_patch16_224": dict(embed_dim=768, patch_size=16),
     "vim_micro_patch4_32": dict(embed_dim=128, depth=12, patch_size=4, img_size=32),
     "vim_nano_patch4_32": dict(embed_dim=64, depth=4, patch_size=4, img_size=32),
 }
