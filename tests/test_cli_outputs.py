@@ -13,7 +13,7 @@ import timm
 import torch
 
 import vimtune.models  # noqa: F401 - registers the Vim configs
-from test_engine_support import SMOKE, make_image_folder
+from helpers.runs import SMOKE, make_image_folder
 from vimtune.cli import main
 from vimtune.methods import build, load_adapter, save_adapter
 from vimtune.methods.svp_release import release_group_size

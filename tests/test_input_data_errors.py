@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_engine_support import SMOKE, make_vtab_task
+from helpers.runs import SMOKE, make_vtab_task
 from vimtune.cli import main
 from vimtune.data import DatasetNotFoundError, EmptySplitError, UnsafePickleError, build_dataset
 from vimtune.engine import build_config

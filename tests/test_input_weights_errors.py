@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from test_engine_support import SMOKE, checksums, make_vtab_task
+from helpers.runs import SMOKE, checksums, make_vtab_task
 from vimtune.cli import main
 from vimtune.cli._errors import one_line
 from vimtune.data import AugmentationError, build_dataset

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import vimtune.models  # noqa: F401 - registers the Vim configs
-from test_engine_support import SMOKE, make_vtab_task
+from helpers.runs import SMOKE, make_vtab_task
 from vimtune.cli import main
 from vimtune.engine.inference import load_run
 from vimtune.methods import build, load_adapter, save_adapter

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import vimtune.engine.runner as runner
-from test_engine_support import SMOKE, checksums, make_image_folder, vimtune_cmd
+from helpers.runs import SMOKE, checksums, make_image_folder, vimtune_cmd
 from vimtune.cli import main
 from vimtune.engine import load_checkpoint_state
 

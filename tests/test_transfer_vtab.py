@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from test_demo import TINY_ARGS
-from test_engine_support import make_vtab_task
+from helpers.runs import make_vtab_task
+from helpers.tiny_models import TINY_BACKBONE_ARGS as TINY_ARGS
 from vimtune.bench.transfer import main
 from vimtune.bench.transfer.grid import ResultsFile
 from vimtune.bench.transfer.vtab import FINAL, SELECT, Trial, VtabPlan, choose, run_plan

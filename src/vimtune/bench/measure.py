@@ -5,7 +5,7 @@ measurement makes the peak resident-set size (``ru_maxrss``) belong to that meas
 
 Spec keys: ``model`` (timm name), ``model_kwargs`` (dict), ``method`` (name or null) and
 ``method_options``, ``mode`` (``infer`` | ``train``), ``batch``, ``img_size``, ``dtype``
-(``float32`` | ``bfloat16``), ``repeats``, ``warmup``, ``threads``.
+(``float32`` | ``bfloat16``), ``repeats``, ``warmup``, ``threads``, ``grad_checkpointing`` (bool).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def build(spec: dict[str, Any]) -> torch.nn.Module:
     import vimtune.models  # noqa: F401  (registers vim_* with timm)
 
     model = timm.create_model(spec["model"], **spec.get("model_kwargs", {}))
+    model.set_grad_checkpointing(bool(spec.get("grad_checkpointing")))
     if spec.get("method"):
         from vimtune.methods import build as build_method
 

@@ -14,6 +14,7 @@ from vimtune.cli._errors import one_line
 from vimtune.data import DATASET_KINDS, BadImageError
 from vimtune.engine import RunConfig, build_config, load_recipe, load_run_config, parse_override, run_training
 from vimtune.methods.defaults import method_defaults
+from vimtune.models import release_spec
 
 #: explicit flag (argparse dest) -> config key
 FLAG_KEYS = {
@@ -66,12 +67,17 @@ def add_run_options(parser: argparse.ArgumentParser, finetune: bool) -> None:
     model.add_argument("--model", help="timm model name, e.g. vim_micro_patch4_32")
     if finetune:
         model.add_argument("--method", help="PEFT method: svp, linear, full, ... (see vimtune.methods)")
-        model.add_argument("--backbone-weights", metavar="PATH",
-                           help="pretrained backbone (.pth release file, state dict or .safetensors); its "
-                                "source and SHA-256 are recorded in the run's run.json")
-        model.add_argument("--random-backbone", action="store_true", default=None,
-                           help="fine-tune a randomly initialised backbone on purpose (it is stored in the run "
-                                "folder as backbone.safetensors)")
+        weights = model.add_mutually_exclusive_group()
+        weights.add_argument("--backbone-weights", metavar="SPEC",
+                             help="pretrained backbone: a file (.pth release file, state dict or .safetensors) "
+                                  "or hf-hub:OWNER/REPO/FILE, e.g. "
+                                  "hf-hub:hustvl/Vim-small-midclstok/vim_s_midclstok_80p5acc.pth; its source and "
+                                  "SHA-256 are recorded in the run's run.json")
+        weights.add_argument("--pretrained", action="store_true",
+                             help="the authors' released ImageNet weights of --model (from the Hugging Face Hub)")
+        weights.add_argument("--random-backbone", action="store_true", default=None,
+                             help="fine-tune a randomly initialised backbone on purpose (it is stored in the run "
+                                  "folder as backbone.safetensors)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", metavar="ROOT", help="dataset folder")
     data.add_argument("--data-kind", choices=DATASET_KINDS, help="dataset layout")
@@ -115,6 +121,8 @@ def config_from_args(args: argparse.Namespace, finetune: bool = False) -> RunCon
     cfg = build_config(recipe, overrides)
     if finetune and cfg.model.method:
         cfg = build_config(with_method_defaults(recipe, cfg.model.method), overrides)
+    if getattr(args, "pretrained", False):
+        cfg.model.backbone_weights = release_spec(cfg.model.name)
     if args.resume:
         cfg = load_run_config(cfg.run_dir(), overrides)
     return cfg

@@ -44,7 +44,7 @@ def build_backbone(cfg: ModelConfig, num_classes: int, backbone_file: Path | Non
     check_model_spec(cfg.name, cfg.kwargs)
     model = timm.create_model(cfg.name, num_classes=num_classes, **cfg.kwargs)
     if backbone_file is not None:
-        load_checkpoint(model, backbone_file, strict=True)
+        load_checkpoint(model, backbone_file, strict=True, allow_stride_change=cfg.allow_stride_change)
     return model
 
 

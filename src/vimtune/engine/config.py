@@ -28,11 +28,14 @@ class ModelConfig:
     Attributes:
         name: a registered timm model name (``vim_micro_patch4_32``, ``vim_small_patch16_224``...).
         kwargs: constructor overrides (``depth``, ``embed_dim``, ``drop_path_rate``...).
-        backbone_weights: weights loaded before the method is attached (release ``.pth``, state
-            dict or ``.safetensors``); ``None`` trains from a fresh initialisation, which a
-            fine-tune (``method`` set) accepts only with ``random_backbone``.
+        backbone_weights: weights loaded before the method is attached: a file (release ``.pth``,
+            state dict or ``.safetensors``) or ``hf-hub:<owner>/<repo>/<file>`` (see
+            :func:`vimtune.models.resolve_weights`); ``None`` trains from a fresh initialisation,
+            which a fine-tune (``method`` set) accepts only with ``random_backbone``.
         random_backbone: fine-tune a randomly initialised backbone on purpose (``--random-backbone``);
             it is stored in the run folder so that evaluation uses exactly it.
+        allow_stride_change: load ``backbone_weights`` of another patch stride, resizing their
+            ``pos_embed`` (refused by default: see :func:`vimtune.models.load_checkpoint`).
         method: a :mod:`vimtune.methods` name (``svp``, ``linear``, ``full``...); ``None`` trains
             every parameter (``vimtune train``).
         method_options: keyword arguments of ``vimtune.methods.build``.
@@ -42,6 +45,7 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     backbone_weights: str | None = None
     random_backbone: bool = False
+    allow_stride_change: bool = False
     method: str | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
 

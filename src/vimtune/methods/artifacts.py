@@ -53,8 +53,9 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Tens
     As :func:`vimtune.models.load_checkpoint`: ``pos_embed`` is resized to the model's grid and a
     head of another shape is dropped (left as initialised).
     """
-    state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else dict(source)
-    state, report = adapt_state_dict(state, model)
+    is_file = isinstance(source, (str, os.PathLike))
+    state = read_state_dict(source) if is_file else dict(source)
+    state, report = adapt_state_dict(state, model, os.fspath(source) if is_file else None)
     check_keys(state, model, allowed_missing=(*allowed_missing, *report.reset_keys))
     model.load_state_dict(state, strict=False)
 

@@ -18,7 +18,9 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from vimtune.models.hub import resolve_weights
 from vimtune.models.pos_embed import resize_pos_embed, square_grid
+from vimtune.models.releases import release_for_file
 
 RELEASE_SAFE_GLOBALS: list[type] = [argparse.Namespace]
 HEAD_KEYS = ("head.weight", "head.bias")
@@ -96,17 +98,18 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict
     """Read the model weights stored at ``path``.
 
     Accepts a ``.safetensors`` file, a plain ``torch.save``-d state dict, or a training
-    checkpoint such as the release's (``{'model', 'optimizer', 'args', ...}``). ``use_ema``
-    reads the ``model_ema`` weights, and is an error when the file has none.
+    checkpoint such as the release's (``{'model', 'optimizer', 'args', ...}``), as a local path or
+    an ``hf-hub:<owner>/<repo>/<file>`` spec (see :func:`vimtune.models.resolve_weights`).
+    ``use_ema`` reads the ``model_ema`` weights, and is an error when the file has none.
 
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: unreadable (truncated, foreign, unsafe pickle) or non-finite weights, or
             ``use_ema`` on a file without EMA weights.
     """
+    if not Path(path).is_file():
+        path = resolve_weights(path).path
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: '{path}'")
     if path.suffix == ".safetensors":
         if use_ema:
             raise CheckpointError(f"'{path}': EMA weights were asked for (use_ema=True), but a .safetensors "
@@ -125,22 +128,64 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict
     return state
 
 
-def adapt_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> tuple[StateDict, LoadReport]:
+def checkpoint_stride(source_name: str | None, old_grid: tuple[int, int] | None, model: nn.Module) -> int | None:
+    """The patch stride a checkpoint was trained with, when it can be told; else None.
+
+    Known for the authors' released files (by file name). For another file whose ``pos_embed``
+    grid ``old_grid`` differs from the model's, it is inferred when that grid is exactly what a
+    stride of patch / 2 or patch gives at the model's image size (the grid of a stride-8 file
+    loaded at the size it was trained at).
+    """
+    release = release_for_file(source_name) if source_name else None
+    if release is not None:
+        return release[1].stride
+    if old_grid is None or tuple(old_grid) == tuple(model.grid_size):
+        return None
+    embed = model.patch_embed
+    height, width = model.img_size
+    for stride in (embed.patch_size // 2, embed.patch_size):
+        if old_grid == ((height - embed.patch_size) // stride + 1, (width - embed.patch_size) // stride + 1):
+            return stride
+    return None
+
+
+def adapt_state_dict(
+    state_dict: Mapping[str, Tensor],
+    model: nn.Module,
+    source_name: str | None = None,
+    allow_stride_change: bool = False,
+) -> tuple[StateDict, LoadReport]:
     """Make a Vim state dict fit ``model``: resize ``pos_embed``, drop a head of another shape.
 
     Args:
         state_dict: weights with the release's names.
-        model: a :class:`~vimtune.models.vim.VisionMamba` (uses ``grid_size`` and ``head``).
+        model: a :class:`~vimtune.models.vim.VisionMamba` (uses ``grid_size``, ``patch_embed`` and ``head``).
+        source_name: the file the weights come from (its name tells a released file's stride).
+        allow_stride_change: resize ``pos_embed`` also for a checkpoint of another patch stride
+            (see :func:`checkpoint_stride`); refused by default, since the features would be wrong.
 
     Returns:
         The adapted state dict and a report of what was changed.
+
+    Raises:
+        CheckpointError: a checkpoint of another stride without ``allow_stride_change``.
     """
     state = dict(state_dict)
     report = LoadReport()
     target = model.state_dict()
     pos = state.get("pos_embed")
-    if pos is not None and pos.shape != target["pos_embed"].shape:
-        old_grid = square_grid(pos.shape[1] - 1)
+    old_grid = square_grid(pos.shape[1] - 1) if pos is not None and pos.shape != target["pos_embed"].shape else None
+    stride = checkpoint_stride(source_name, old_grid, model)
+    if stride is not None and stride != model.patch_embed.stride:
+        if not allow_stride_change:
+            raise CheckpointError(
+                f"{source_name or 'checkpoint'}: stride-{stride} weights for a stride-{model.patch_embed.stride} "
+                "model (its pos_embed would be resized onto another grid, giving silently wrong features); "
+                f"build the model with stride={stride}, or pass allow_stride_change=True "
+                "(CLI: --set model.allow_stride_change=true) to resize pos_embed anyway"
+            )
+        report.notes.append(f"stride-{stride} weights loaded into a stride-{model.patch_embed.stride} model")
+    if old_grid is not None:
         state["pos_embed"] = resize_pos_embed(pos, model.grid_size, old_grid=old_grid)
         report.notes.append(f"pos_embed resized from grid {old_grid} to {tuple(model.grid_size)}")
     for key in HEAD_KEYS:
@@ -182,17 +227,21 @@ def load_checkpoint(
     source: str | os.PathLike | Mapping[str, Tensor],
     strict: bool = True,
     use_ema: bool = False,
+    allow_stride_change: bool = False,
 ) -> LoadReport:
     """Load weights into a VisionMamba, adapting ``pos_embed`` and the head as needed.
 
     Args:
         model: the model to fill in place.
-        source: a path (see :func:`read_state_dict`) or a state dict.
+        source: a path or ``hf-hub:`` spec (see :func:`read_state_dict`) or a state dict.
         strict: raise on missing/unexpected/mis-shaped keys (a dropped head is allowed).
         use_ema: load the file's EMA weights (an error when it has none).
+        allow_stride_change: resize ``pos_embed`` of a checkpoint of another patch stride instead
+            of refusing it (see :func:`adapt_state_dict`).
     """
-    state = read_state_dict(source, use_ema) if isinstance(source, (str, os.PathLike)) else dict(source)
-    state, report = adapt_state_dict(state, model)
+    is_file = isinstance(source, (str, os.PathLike))
+    state = read_state_dict(source, use_ema) if is_file else dict(source)
+    state, report = adapt_state_dict(state, model, os.fspath(source) if is_file else None, allow_stride_change)
     if strict:
         check_keys(state, model, allowed_missing=tuple(report.reset_keys))
     result = model.load_state_dict(state, strict=False)

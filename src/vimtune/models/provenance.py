@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vimtune.models.checkpoint import CheckpointError
+from vimtune.models.hub import HUB_PREFIX, resolve_weights
 
 #: Name of a stored random backbone, in a run folder and in an adapter folder.
 BACKBONE_FILE = "backbone.safetensors"
@@ -69,6 +70,8 @@ def check_weights(record: dict[str, Any], local_file: str | os.PathLike, owner: 
 def local_weights_file(source: str | os.PathLike) -> Path:
     """The local file that backbone weights named ``source`` are read from (a path is its own file).
 
-    The one place a weights name becomes a file: hub ids resolve here to their cached file.
+    The one place a weights name becomes a file: ``hf-hub:`` ids resolve here to their cached file
+    (see :func:`vimtune.models.hub.resolve_weights`).
     """
-    return Path(source)
+    text = os.fspath(source)
+    return resolve_weights(text).path if text.startswith(HUB_PREFIX) else Path(text)

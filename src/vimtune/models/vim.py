@@ -8,10 +8,14 @@ and timm's model API (``forward_features`` / ``forward_head`` / ``reset_classifi
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
 from timm.layers import DropPath, lecun_normal_, trunc_normal_
+from timm.models import checkpoint
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from vimtune.models.mamba import Block, RMSNorm
@@ -44,6 +48,10 @@ class TokenEmbedHook(Protocol):
     def __call__(self, tokens: Tensor, cls_index: int) -> tuple[Tensor, int]: ...
 
     def cls_index(self, num_patches: int) -> int: ...
+
+    def remove(self, tokens: Tensor, cls_index: int) -> tuple[Tensor, int]:
+        """Inverse of ``__call__``: (B, T, D) -> (B, T - num_extra_tokens, D) and the cls index without them."""
+        ...
 
 
 class VisionMamba(nn.Module):
@@ -103,6 +111,10 @@ class VisionMamba(nn.Module):
         self.norm_f = RMSNorm(embed_dim, eps=norm_eps)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.embed_hook: TokenEmbedHook | None = None
+        self.grad_checkpointing = False
+        self.feature_info = [
+            dict(module=f"layers.{i}", num_chs=embed_dim, reduction=stride) for i in range(depth)
+        ]
         self.init_weights()
 
     # ----------------------------------------------------------------- init
@@ -144,6 +156,25 @@ class VisionMamba(nn.Module):
             trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
+        """Parameter groups for timm's layer-wise lr decay: the embedding, one group per block, the final norm."""
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed",
+            blocks=r"^layers\.(\d+)" if coarse else [(r"^layers\.(\d+)", None), (r"^norm_f", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's norm + mixer in the backward pass instead of keeping its activations."""
+        self.grad_checkpointing = enable
+
+    def load_pretrained(self, path: str) -> None:
+        """Load a weights file (release ``.pth``, state dict, ``.safetensors``): timm's ``pretrained=True`` calls it."""
+        from vimtune.models.checkpoint import load_checkpoint  # the checkpoint module builds on this one
+
+        load_checkpoint(self, path, strict=True)
+
     # ----------------------------------------------------------------- forward
     def cls_index(self, num_patches: int) -> int:
         """Index of the cls token in a sequence built from ``num_patches`` patches."""
@@ -174,19 +205,39 @@ class VisionMamba(nn.Module):
         return self._run_blocks([tokens], cls_index)
 
     def _run_blocks(self, handed_over: list[Tensor], cls_index: int) -> Tensor:
-        """:meth:`forward_blocks` on the tokens in the one-element list ``handed_over``, which it empties.
+        """:meth:`forward_blocks` on the tokens in the one-element list ``handed_over``, which it empties."""
+        last = deque(self._residual_stream(handed_over, cls_index, len(self.layers)), maxlen=1)
+        return self._final_norm(last.pop())
 
-        Each block runs in its two halves so that, while a mixer runs, this loop holds only the residual
-        stream: the previous mixer output and residual are dropped once added, and the embedded tokens
-        too when the caller kept no reference to them (a lower inference peak).
+    def _final_norm(self, residual: Tensor) -> Tensor:
+        """The final norm of the residual stream (B, T, D), in the norm's dtype (kept when pruned away)."""
+        weight = getattr(self.norm_f, "weight", residual)
+        return self.norm_f(residual).to(weight.dtype)
+
+    def _mix(self, layer: nn.Module, residual: Tensor) -> Tensor:
+        """``layer.mix(residual)``, recomputed in the backward pass when grad checkpointing is on."""
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(layer.mix, residual)
+        return layer.mix(residual)
+
+    def _residual_stream(self, handed_over: list[Tensor], cls_index: int, num_blocks: int) -> Iterator[Tensor]:
+        """Yield the residual stream (B, T, D) after each of the first ``num_blocks`` blocks.
+
+        After block i it is what block i + 1's norm reads (the final norm's input after the last
+        block): block i's mixer output added (with its drop path and block i + 1's hooks) to the
+        stream. ``handed_over`` is a one-element list of embedded tokens that this empties, so that
+        while a mixer runs the loop holds only the residual stream (a lower inference peak when
+        the caller kept no reference to the tokens).
         """
-        hidden, residual = handed_over.pop(), None
-        for layer in self.layers:
-            residual = layer.add_residual(hidden, residual, cls_index)
-            del hidden  # the previous mixer output, now in the residual stream
-            hidden = layer.mix(residual)
-        residual = residual + self.drop_path(hidden).to(residual.dtype)
-        return self.norm_f(residual).to(self.norm_f.weight.dtype)
+        residual = self.layers[0].add_residual(handed_over.pop(), None, cls_index)
+        for i in range(num_blocks):
+            hidden = self._mix(self.layers[i], residual)
+            if i + 1 < len(self.layers):
+                residual = self.layers[i + 1].add_residual(hidden, residual, cls_index)
+            else:
+                residual = residual + self.drop_path(hidden).to(residual.dtype)
+            del hidden  # now in the residual stream
+            yield residual
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> all output tokens (B, T, D), the cls token at ``cls_index(M)``."""
@@ -194,6 +245,79 @@ class VisionMamba(nn.Module):
         handed_over = [tokens]
         del tokens  # freed once the residual stream has moved past them
         return self._run_blocks(handed_over, cls_index)
+
+    def split_cls(self, tokens: Tensor, cls_index: int) -> tuple[Tensor, Tensor]:
+        """Tokens (B, T, D) -> patch tokens (B, M, D) in grid order and the cls token (B, 1, D).
+
+        Extra tokens an ``embed_hook`` inserted (e.g. VPT prompts) are taken out with it.
+        """
+        if self.embed_hook is not None:
+            tokens, cls_index = self.embed_hook.remove(tokens, cls_index)
+        patches = torch.cat([tokens[:, :cls_index], tokens[:, cls_index + 1:]], dim=1)
+        return patches, tokens[:, cls_index:cls_index + 1]
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """The residual stream after chosen blocks, as patch-grid feature maps (timm's ViT semantics).
+
+        Args:
+            x: images (B, C, H, W), any size of at least one patch.
+            indices: blocks to return: the last n for an int, all for None, else a list (negative
+                counts from the end).
+            return_prefix_tokens: return (features, cls token (B, 1, D)) pairs.
+            norm: apply the final norm to each (so the last block with ``norm=True`` gives the
+                patch tokens of :meth:`forward_features`).
+            stop_early: run no block past the last one asked for.
+            output_fmt: ``"NCHW"`` for (B, D, rows, cols) maps, ``"NLC"`` for (B, rows * cols, D).
+            intermediates_only: return only the list of intermediates.
+
+        Returns:
+            The intermediates, or (all output tokens (B, T, D) as :meth:`forward_features` gives
+            them, the intermediates).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        grid = self.patch_embed.grid_size(x.shape[-2], x.shape[-1])
+        tokens, cls_index = self.embed(x)
+        handed_over = [tokens]
+        del tokens
+        num_blocks = max_index + 1 if stop_early or intermediates_only else len(self.layers)
+        intermediates, prefixes = [], []
+        for i, residual in enumerate(self._residual_stream(handed_over, cls_index, num_blocks)):
+            if i in take:
+                patches, cls = self.split_cls(self._final_norm(residual) if norm else residual, cls_index)
+                if output_fmt == "NCHW":
+                    patches = patches.reshape(patches.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(patches)
+                prefixes.append(cls)
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefixes, strict=True))
+        if intermediates_only:
+            return intermediates
+        return self._final_norm(residual), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False, prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and the final norm / head); returns the kept indices."""
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        if max_index + 1 < len(self.layers):
+            self.drop_path = self.layers[max_index + 1].drop_path  # the drop path the last kept output had
+        self.layers = self.layers[: max_index + 1]
+        if prune_norm:
+            self.norm_f = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def pool(self, tokens: Tensor) -> Tensor:
         """(B, T, D) -> (B, D): the cls token (``global_pool='token'``) or the mean of all tokens."""

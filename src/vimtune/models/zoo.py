@@ -1,4 +1,9 @@
-"""Named Vim configurations, registered with timm (``timm.create_model("vim_small_patch16_224")``)."""
+"""Named Vim configurations, registered with timm (``timm.create_model("vim_small_patch16_224")``).
+
+The released configs' ``pretrained_cfg`` names their file on the Hugging Face Hub (``hf_hub_id`` +
+``hf_hub_filename``): ``pretrained=True`` downloads it once through timm and ``huggingface_hub``
+into the Hugging Face cache, and :meth:`VisionMamba.load_pretrained` reads it (``custom_load``).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,24 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from vimtune.models.checkpoint import CheckpointError, load_checkpoint
+from vimtune.models.releases import RELEASES
 from vimtune.models.vim import VisionMamba
+
+_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "vim_tiny_patch16_224": dict(embed_dim=192, patch_size=16),
+    "vim_tiny_patch16_stride8_224": dict(embed_dim=192, patch_size=16, stride=8),
+    "vim_small_patch16_224": dict(embed_dim=384, patch_size=16),
+    "vim_small_patch16_stride8_224": dict(embed_dim=384, patch_size=16, stride=8),
+    "vim_base_patch16_224": dict(embed_dim=768, patch_size=16),
+    "vim_micro_patch4_32": dict(embed_dim=128, depth=12, patch_size=4, img_size=32),
+    "vim_nano_patch4_32": dict(embed_dim=64, depth=4, patch_size=4, img_size=32),
+}
 
 # name -> (constructor arguments, release file, ImageNet-1k top-1 of the release)
 MODEL_CONFIGS: dict[str, tuple[dict[str, Any], str | None, float | None]] = {
-    "vim_tiny_patch16_224": (dict(embed_dim=192, patch_size=16), "vim_t_midclstok_76p1acc.pth", 76.1),
-    "vim_tiny_patch16_stride8_224": (
-        dict(embed_dim=192, patch_size=16, stride=8), "vim_t_midclstok_ft_78p3acc.pth", 78.3),
-    "vim_small_patch16_224": (dict(embed_dim=384, patch_size=16), "vim_s_midclstok_80p5acc.pth", 80.5),
-    "vim_small_patch16_stride8_224": (
-        dict(embed_dim=384, patch_size=16, stride=8), "vim_s_midclstok_ft_81p6acc.pth", 81.6),
-    "vim_base_patch16_224": (dict(embed_dim=768, patch_size=16), "vim_b_midclstok_81p9acc.pth", 81.9),
-    "vim_micro_patch4_32": (dict(embed_dim=128, depth=12, patch_size=4, img_size=32), None, None),
-    "vim_nano_patch4_32": (dict(embed_dim=64, depth=4, patch_size=4, img_size=32), None, None),
+    name: (kwargs, RELEASES[name].filename if name in RELEASES else None,
+           RELEASES[name].top1 if name in RELEASES else None)
+    for name, kwargs in _ARCHITECTURES.items()
 }
 
 # Backbones trained by this project and shipped inside the package (model card beside each file).
@@ -32,8 +41,12 @@ COMMITTED_WEIGHTS: dict[str, str] = {"vim_micro_patch4_32": "vim_micro_patch4_32
 def _cfg(name: str) -> dict[str, Any]:
     kwargs, release_file, _ = MODEL_CONFIGS[name]
     size = kwargs.get("img_size", 224)
+    release = RELEASES.get(name)
     return {
         "url": "",
+        "hf_hub_id": release.hub_id if release else None,
+        "hf_hub_filename": release.filename if release else None,
+        "custom_load": "hf",  # timm fetches the file, VisionMamba.load_pretrained reads the release layout
         "num_classes": 1000 if release_file else 10,
         "input_size": (3, size, size),
         "pool_size": None,
@@ -45,7 +58,7 @@ def _cfg(name: str) -> dict[str, Any]:
         "classifier": "head",
         "license": "apache-2.0",
         "paper_ids": "arXiv:2401.09417",
-        "notes": (f"release file: {release_file}",) if release_file else None,
+        "notes": (f"release file: {release.spec}",) if release else None,
         "file": str(WEIGHTS_DIR / COMMITTED_WEIGHTS[name]) if name in COMMITTED_WEIGHTS else None,
     }
 
@@ -56,29 +69,21 @@ default_cfgs = generate_default_cfgs({name: _cfg(name) for name in MODEL_CONFIGS
 def create_vim(name: str, pretrained: bool = False, **kwargs: Any) -> VisionMamba:
     """Build the named config; ``kwargs`` override its arguments as in timm's ViT.
 
-    With ``pretrained=True`` the weights come from ``pretrained_cfg['file']`` (e.g.
-    ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))``),
-    a local ``.pth`` in the release's layout, a state dict file, or a ``.safetensors`` file.
+    With ``pretrained=True`` the weights come from the config's ``pretrained_cfg``: the authors'
+    release on the Hugging Face Hub, the file committed in the package, or an overlay such as
+    ``pretrained_cfg_overlay=dict(file=PATH)`` (release ``.pth``, state dict or ``.safetensors``).
+    ``features_only=True`` (with ``out_indices``, default the last 3 blocks) gives timm's feature
+    wrapper over :meth:`VisionMamba.forward_intermediates`.
     """
     config = {**MODEL_CONFIGS[name][0], **kwargs}
-    pretrained_cfg_overlay = config.pop("pretrained_cfg_overlay", None)
-    model = build_model_with_cfg(
-        VisionMamba, name, pretrained=False, pretrained_cfg_overlay=pretrained_cfg_overlay, **config
+    overlay = config.pop("pretrained_cfg_overlay", None)
+    if overlay:  # a file or url given here is read by VisionMamba.load_pretrained too
+        overlay = {"custom_load": "hf", **overlay}
+    out_indices = config.pop("out_indices", 3)
+    return build_model_with_cfg(
+        VisionMamba, name, pretrained=pretrained, pretrained_cfg_overlay=overlay,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **config,
     )
-    if pretrained:
-        file = model.pretrained_cfg.get("file")
-        if file and not Path(file).is_file():
-            packaged = name in COMMITTED_WEIGHTS and Path(file) == WEIGHTS_DIR / COMMITTED_WEIGHTS[name]
-            where = "expected in the package" if packaged else "the file given in pretrained_cfg"
-            raise CheckpointError(f"the weights file of {name} is missing: '{file}' ({where})")
-        if not file:
-            raise CheckpointError(
-                f"no local weights for {name}: vimtune downloads nothing; pass "
-                "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth') (release .pth, state dict "
-                "or .safetensors)"
-            )
-        load_checkpoint(model, file, strict=True)
-    return model
 
 
 def _register(name: str) -> None:
