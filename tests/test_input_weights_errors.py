@@ -73,11 +73,11 @@ def _poisoned(source: Path, target: Path, value: float = float("nan")) -> tuple[
 def _load_as(kind: str, path: Path, run: Path) -> None:
     """Load ``path`` the way ``kind`` does: backbone, --checkpoint, run weights, adapter weights."""
     if kind == "backbone":
-        build_model(ModelConfig(**{**SMOKE_MODEL.__dict__, "backbone_weights": str(path)}), 3)
+        build_model(ModelConfig(**{**SMOKE_MODEL.__dict__, "backbone_weights": str(path)}), 3, path)
     elif kind == "checkpoint":
         load_checkpoint(timm.create_model(SMOKE_MODEL.name, num_classes=3, **SMOKE_MODEL.kwargs), path)
     elif kind == "run weights":
-        model, trainable = build_model(ModelConfig(**{**SMOKE_MODEL.__dict__, "method": "linear"}), 3)
+        model, trainable = build_model(ModelConfig(**{**SMOKE_MODEL.__dict__, "method": "linear"}), 3, None)
         load_weights(model, trainable, path)
     else:
         shutil.copy(run / "adapter" / "adapter.json", path.parent / "adapter.json")

@@ -44,12 +44,12 @@ def test_overwrite_deletes_only_the_runs_own_files(
     (run / "notes.txt").write_text("mine")
     (run / "extra").mkdir()
     (run / "extra" / "keep.png").write_bytes(b"png")
-    (run / "eval" / "old.json").parent.mkdir()
+    (run / "eval").mkdir(exist_ok=True)  # the end-of-run test already wrote its evaluation there
     (run / "eval" / "old.json").write_text("{}")
     assert _train(data, run, "--overwrite", "--set", "train.seed=1") == 0
     assert "kept 2 entries that are not the run's: extra, notes.txt" in capsys.readouterr().out
     assert (run / "notes.txt").read_text() == "mine" and (run / "extra" / "keep.png").read_bytes() == b"png"
-    assert not (run / "eval").exists()  # the old run's evaluation went with it
+    assert not (run / "eval" / "old.json").exists()  # the old run's evaluation went with it
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 1
 
 

@@ -18,7 +18,7 @@ from vimtune.models.provenance import BACKBONE_FILE
 
 #: Files a run writes at the top of its folder.
 RUN_FILES = ("run.json", "config.yaml", "classes.json", "metrics.jsonl", "final_metrics.json", "checkpoint.pt",
-             BACKBONE_FILE)
+             BACKBONE_FILE, "curves.png", "report.html")
 #: Folders a run writes (``eval`` by ``vimtune eval``).
 RUN_DIRS = ("weights", "adapter", "tensorboard", "eval")
 

@@ -15,8 +15,12 @@ from vimtune.data import AugmentConfig, build_eval_transform, load_rgb
 from vimtune.engine.builder import build_model
 from vimtune.engine.config import ModelConfig, build_config
 from vimtune.engine.inference import load_run, load_weights_file
+from vimtune.engine.run_dir import RunFiles
+from vimtune.engine.run_record import recorded_backbone_file
 from vimtune.methods import read_adapter_config
+from vimtune.methods.artifacts import adapter_backbone_file
 from vimtune.models import read_state_dict
+from vimtune.models.provenance import local_weights_file
 from vimtune.models.vim import VisionMamba
 from vimtune.viz.pictures import displayable
 
@@ -31,11 +35,11 @@ class VizSource:
     augment: AugmentConfig
 
 
-def _plain_backbone(name: str, kwargs: dict, weights: str | None, num_classes: int) -> VisionMamba | None:
-    """The backbone alone, from its weights file; None without one (nothing to compare with)."""
-    if weights is None:
+def _plain_backbone(name: str, kwargs: dict, weights_file: Path | None, num_classes: int) -> VisionMamba | None:
+    """The backbone alone, from its (already checked) weights file; None without one (nothing to compare with)."""
+    if weights_file is None:
         return None
-    model, _ = build_model(ModelConfig(name=name, kwargs=dict(kwargs), backbone_weights=str(weights)), num_classes)
+    model, _ = build_model(ModelConfig(name=name, kwargs=dict(kwargs)), num_classes, weights_file)
     return model.eval()
 
 
@@ -45,7 +49,8 @@ def from_run(run_dir: str | Path, protocol: str | None = None) -> VizSource:
     model_cfg = loaded.cfg.model
     plain = None
     if model_cfg.method is not None:
-        plain = _plain_backbone(model_cfg.name, model_cfg.kwargs, model_cfg.backbone_weights, len(loaded.classes))
+        weights_file = recorded_backbone_file(model_cfg, RunFiles(Path(run_dir)))
+        plain = _plain_backbone(model_cfg.name, model_cfg.kwargs, weights_file, len(loaded.classes))
     return VizSource(loaded.model, plain, model_cfg.method or "trained from scratch", loaded.cfg.data.augment)
 
 
@@ -63,7 +68,8 @@ def from_checkpoint(path: str | Path, model_name: str | None, backbone_weights: 
         cfg = build_config({}, [("model.name", backbone["name"]), ("model.kwargs", backbone["kwargs"]),
                                 ("model.backbone_weights", backbone_weights)])
         loaded = load_weights_file(path, cfg, [str(i) for i in range(config["num_classes"])])
-        plain = _plain_backbone(backbone["name"], backbone["kwargs"], backbone_weights, config["num_classes"])
+        weights_file = adapter_backbone_file(path, backbone.get("weights"), backbone_weights)
+        plain = _plain_backbone(backbone["name"], backbone["kwargs"], weights_file, config["num_classes"])
         method = config["method"]["name"]
     else:
         if model_name is None:
@@ -73,7 +79,8 @@ def from_checkpoint(path: str | Path, model_name: str | None, backbone_weights: 
             raise ValueError(f"'{path}' has no head.weight: cannot tell its number of classes")
         cfg = build_config({}, [("model.name", model_name)])
         loaded = load_weights_file(path, cfg, [str(i) for i in range(head.shape[0])])
-        plain = _plain_backbone(model_name, {}, backbone_weights, head.shape[0])
+        weights_file = local_weights_file(backbone_weights) if backbone_weights else None
+        plain = _plain_backbone(model_name, {}, weights_file, head.shape[0])
         method = "full model"
     size = img_size or loaded.model.img_size[0]
     return VizSource(loaded.model, plain, method, AugmentConfig(recipe="none", img_size=size))

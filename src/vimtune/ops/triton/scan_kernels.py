@@ -22,13 +22,13 @@ transpose), read in their own dtype and computed in float32 (float64 when an inp
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
-import torch
 from torch import Tensor
 
-from vimtune.ops.triton.math import sigmoid, softplus, softplus_grad
 from vimtune.ops.triton.layout import block_sizes, compute_dtype, new_activation, strides3
+from vimtune.ops.triton.math import sigmoid, softplus, softplus_grad
 
 DEFAULT_CHUNK = 64
 
