@@ -135,7 +135,7 @@ def test_odd_patch_counts_work_in_both_variants(monkeypatch: pytest.MonkeyPatch)
     for variant in ("paper", "release"):
         torch.manual_seed(0)
         method = build("svp", rank=4, group_size=2, variant=variant)
-        model = method.attach(timm.create_model("vim_nano_patch4_32", num_classes=3, scan_backend="chunked"))
+        model = method.attach(timm.create_model("vim_nano_patch4_32", num_classes=3, depth=2, scan_backend="chunked"))
         model = model.double().eval()
         perturb([p for _, p in method.trainable_parameters(model)])
         with torch.no_grad(), monkeypatch.context() as patch:
