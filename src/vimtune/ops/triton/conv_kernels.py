@@ -24,9 +24,7 @@ INTERPRETER_BLOCK_T, INTERPRETER_BLOCK_E = 64, 256
 @device_function
 def _source(t, shift, REVERSE: tl.constexpr):
     """The time index a tap ``shift`` steps away reads (later ones for ``REVERSE``)."""
-    if REVERSE:
-        return t + shift
-    return t - shift
+    return t + shift if REVERSE else t - shift
 
 
 @device_function

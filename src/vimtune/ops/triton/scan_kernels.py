@@ -36,18 +36,14 @@ DEFAULT_CHUNK = 64
 @device_function
 def _time(i, length, REVERSE: tl.constexpr):
     """Memory time index of scan step ``i``."""
-    if REVERSE:
-        return length - 1 - i
-    return i
+    return length - 1 - i if REVERSE else i
 
 
 @device_function
 def _step_delta(delta_ptr, off, mask, bias, SOFTPLUS: tl.constexpr, COMPUTE: tl.constexpr):
     """(raw delta + bias, step size) of one time step, (BLOCK_E,) each."""
     x = tl.load(delta_ptr + off, mask=mask, other=0.0).to(COMPUTE) + bias
-    if SOFTPLUS:
-        return x, softplus(x)
-    return x, x
+    return x, softplus(x) if SOFTPLUS else x
 
 
 @triton.jit
