@@ -83,11 +83,13 @@ class _ScanRecompute(torch.autograd.Function):
         return (*grads, None, None, None, None)
 
 
-def _direction(
-    mixer: BiMambaMixer, x: Tensor, z: Tensor, reverse: bool, conv: torch.nn.Conv1d, x_proj: torch.nn.Module,
-    dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor,
-) -> Tensor:
-    """One direction of the mixer on the Triton kernels. x, z: (B, T, E) -> y (B, T, E), original time order."""
+def _direction(mixer: BiMambaMixer, x: Tensor, z: Tensor, reverse: bool) -> Tensor:
+    """One direction of the mixer on the Triton kernels (the ``_b`` modules when ``reverse``).
+    x, z: (B, T, E) -> y (B, T, E), in original time order."""
+    if reverse:
+        conv, x_proj, dt_proj, A_log, D = mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log, mixer.D_b
+    else:
+        conv, x_proj, dt_proj, A_log, D = mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D
     u = conv1d_silu_triton(x, conv.weight, conv.bias, reverse)
     dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)  # column slices
     A = -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))
@@ -102,6 +104,5 @@ def bimamba_forward_triton(mixer: BiMambaMixer, hidden: Tensor) -> Tensor:
     LoRA's work); the conv and ``dt_proj`` weights are read as tensors.
     """
     x, z = mixer.in_proj(hidden).split(mixer.d_inner, dim=-1)  # (B, T, E) column slices
-    y = _direction(mixer, x, z, False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D)
-    y_bwd = _direction(mixer, x, z, True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log, mixer.D_b)
-    return mixer.out_proj(y.add_(y_bwd).div_(2))
+    y = _direction(mixer, x, z, reverse=False)
+    return mixer.out_proj(y.add_(_direction(mixer, x, z, reverse=True)).div_(2))

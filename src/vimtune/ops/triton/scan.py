@@ -46,18 +46,9 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
 
 def selective_scan_triton(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    return_last_state: bool = False,
-    reverse: bool = False,
-    chunk_size: int | None = None,
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+    delta_bias: Tensor | None = None, delta_softplus: bool = False, return_last_state: bool = False,
+    reverse: bool = False, chunk_size: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan with the Triton kernels; same meaning as the reference.
 
