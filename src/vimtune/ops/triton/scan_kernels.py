@@ -46,6 +46,20 @@ def _step_delta(delta_ptr, off, mask, bias, SOFTPLUS: tl.constexpr, COMPUTE: tl.
     return x, softplus(x) if SOFTPLUS else x
 
 
+@device_function
+def _channel_params(A_ptr, D_ptr, bias_ptr, e, n, channels, n_state, sA_e, sA_n, HAS_D: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+    """A (BLOCK_E, BLOCK_N) and D, bias (BLOCK_E,) of a channel block (zero where absent or out of range), and
+    the masks of valid channels, states and both."""
+    e_ok, n_ok = e < channels, n < n_state
+    mask = e_ok[:, None] & n_ok[None, :]
+    A = tl.load(A_ptr + e[:, None] * sA_e + n[None, :] * sA_n, mask=mask, other=0.0).to(COMPUTE)
+    zero = tl.zeros(e.shape, dtype=COMPUTE)  # tensors either way: a helper returns values of one kind
+    D = tl.load(D_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_D else zero
+    bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_BIAS else zero
+    return A, D, bias, e_ok, n_ok, mask
+
+
 @triton.jit
 def _summary_kernel(
     delta_ptr, p_ptr, z_ptr, q_ptr, A_ptr, bias_ptr, local_ptr, dsum_ptr,
@@ -63,10 +77,8 @@ def _summary_kernel(
     c = tl.program_id(2)
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     n = tl.arange(0, BLOCK_N)
-    e_ok, n_ok = e < channels, n < n_state
-    A = tl.load(A_ptr + e[:, None] * sA_e + n[None, :] * sA_n, mask=e_ok[:, None] & n_ok[None, :], other=0.0)
-    A = A.to(COMPUTE)
-    bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_BIAS else 0.0
+    A, _, bias, e_ok, n_ok, mask = _channel_params(A_ptr, None, bias_ptr, e, n, channels, n_state, sA_e, sA_n,
+                                                   False, HAS_BIAS, COMPUTE)
     x = tl.zeros([BLOCK_E, BLOCK_N], dtype=COMPUTE)
     dsum = tl.zeros([BLOCK_E], dtype=COMPUTE)
     steps = tl.minimum(length - c * CHUNK, CHUNK)
@@ -86,8 +98,7 @@ def _summary_kernel(
             x = a * x + (dl * p)[:, None] * q[None, :]
         dsum += dl
     chunk_row = b * n_chunks + c
-    tl.store(local_ptr + (chunk_row * channels + e[:, None]) * n_state + n[None, :], x,
-             mask=e_ok[:, None] & n_ok[None, :])
+    tl.store(local_ptr + (chunk_row * channels + e[:, None]) * n_state + n[None, :], x, mask=mask)
     tl.store(dsum_ptr + chunk_row * channels + e, dsum, mask=e_ok)
 
 
@@ -135,11 +146,8 @@ def _forward_kernel(
     c = tl.program_id(2)
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     n = tl.arange(0, BLOCK_N)
-    e_ok, n_ok = e < channels, n < n_state
-    mask = e_ok[:, None] & n_ok[None, :]
-    A = tl.load(A_ptr + e[:, None] * sA_e + n[None, :] * sA_n, mask=mask, other=0.0).to(COMPUTE)
-    D = tl.load(D_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_D else 0.0
-    bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_BIAS else 0.0
+    A, D, bias, e_ok, n_ok, mask = _channel_params(A_ptr, D_ptr, bias_ptr, e, n, channels, n_state, sA_e, sA_n,
+                                                   HAS_D, HAS_BIAS, COMPUTE)
     h = tl.load(enter_ptr + ((b * n_chunks + c) * channels + e[:, None]) * n_state + n[None, :], mask=mask,
                 other=0.0).to(COMPUTE)
     for j in range(tl.minimum(length - c * CHUNK, CHUNK)):
@@ -178,11 +186,8 @@ def _backward_kernel(
     ei = tl.arange(0, BLOCK_E)
     e = blk * BLOCK_E + ei
     n = tl.arange(0, BLOCK_N)
-    e_ok, n_ok = e < channels, n < n_state
-    mask = e_ok[:, None] & n_ok[None, :]
-    A = tl.load(A_ptr + e[:, None] * sA_e + n[None, :] * sA_n, mask=mask, other=0.0).to(COMPUTE)
-    D = tl.load(D_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_D else 0.0
-    bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_BIAS else 0.0
+    A, D, bias, e_ok, n_ok, mask = _channel_params(A_ptr, D_ptr, bias_ptr, e, n, channels, n_state, sA_e, sA_n,
+                                                   HAS_D, HAS_BIAS, COMPUTE)
     chunk_row = b * n_chunks + c
     state = (chunk_row * channels + e[:, None]) * n_state + n[None, :]
     program = (b * n_blocks + blk) * tl.num_programs(2) + c
