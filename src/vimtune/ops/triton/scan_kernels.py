@@ -47,17 +47,19 @@ def _step_delta(delta_ptr, off, mask, bias, SOFTPLUS: tl.constexpr, COMPUTE: tl.
 
 
 @device_function
-def _channel_params(A_ptr, D_ptr, bias_ptr, e, n, channels, n_state, sA_e, sA_n, HAS_D: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
-    """A (BLOCK_E, BLOCK_N) and D, bias (BLOCK_E,) of a channel block (zero where absent or out of range), and
-    the masks of valid channels, states and both."""
+def _channel_block(A_ptr, D_ptr, bias_ptr, channels, n_state, sA_e, sA_n, HAS_D: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's channel block (program axis 1): channel and state indices e, n; A (BLOCK_E, BLOCK_N) and
+    D, bias (BLOCK_E,) (zero where absent or out of range); the masks of valid channels, states and both."""
+    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    n = tl.arange(0, BLOCK_N)
     e_ok, n_ok = e < channels, n < n_state
     mask = e_ok[:, None] & n_ok[None, :]
     A = tl.load(A_ptr + e[:, None] * sA_e + n[None, :] * sA_n, mask=mask, other=0.0).to(COMPUTE)
     zero = tl.zeros(e.shape, dtype=COMPUTE)  # tensors either way: a helper returns values of one kind
     D = tl.load(D_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_D else zero
     bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_BIAS else zero
-    return A, D, bias, e_ok, n_ok, mask
+    return e, n, A, D, bias, e_ok, n_ok, mask
 
 
 @triton.jit
@@ -75,10 +77,8 @@ def _summary_kernel(
     step sizes (B, n_chunks, E)."""
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(2)
-    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    n = tl.arange(0, BLOCK_N)
-    A, _, bias, e_ok, n_ok, mask = _channel_params(A_ptr, None, bias_ptr, e, n, channels, n_state, sA_e, sA_n,
-                                                   False, HAS_BIAS, COMPUTE)
+    e, n, A, _, bias, e_ok, n_ok, mask = _channel_block(A_ptr, None, bias_ptr, channels, n_state, sA_e, sA_n,
+                                                        False, HAS_BIAS, COMPUTE, BLOCK_E, BLOCK_N)
     x = tl.zeros([BLOCK_E, BLOCK_N], dtype=COMPUTE)
     dsum = tl.zeros([BLOCK_E], dtype=COMPUTE)
     steps = tl.minimum(length - c * CHUNK, CHUNK)
@@ -144,10 +144,8 @@ def _forward_kernel(
     """The outputs of one chunk, from its entering state ``enter`` (B, n_chunks, E, N)."""
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(2)
-    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    n = tl.arange(0, BLOCK_N)
-    A, D, bias, e_ok, n_ok, mask = _channel_params(A_ptr, D_ptr, bias_ptr, e, n, channels, n_state, sA_e, sA_n,
-                                                   HAS_D, HAS_BIAS, COMPUTE)
+    e, n, A, D, bias, e_ok, n_ok, mask = _channel_block(A_ptr, D_ptr, bias_ptr, channels, n_state, sA_e, sA_n,
+                                                        HAS_D, HAS_BIAS, COMPUTE, BLOCK_E, BLOCK_N)
     h = tl.load(enter_ptr + ((b * n_chunks + c) * channels + e[:, None]) * n_state + n[None, :], mask=mask,
                 other=0.0).to(COMPUTE)
     for j in range(tl.minimum(length - c * CHUNK, CHUNK)):
@@ -183,11 +181,9 @@ def _backward_kernel(
     b = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     c = tl.program_id(2)
+    e, n, A, D, bias, e_ok, n_ok, mask = _channel_block(A_ptr, D_ptr, bias_ptr, channels, n_state, sA_e, sA_n,
+                                                        HAS_D, HAS_BIAS, COMPUTE, BLOCK_E, BLOCK_N)
     ei = tl.arange(0, BLOCK_E)
-    e = blk * BLOCK_E + ei
-    n = tl.arange(0, BLOCK_N)
-    A, D, bias, e_ok, n_ok, mask = _channel_params(A_ptr, D_ptr, bias_ptr, e, n, channels, n_state, sA_e, sA_n,
-                                                   HAS_D, HAS_BIAS, COMPUTE)
     chunk_row = b * n_chunks + c
     state = (chunk_row * channels + e[:, None]) * n_state + n[None, :]
     program = (b * n_blocks + blk) * tl.num_programs(2) + c
