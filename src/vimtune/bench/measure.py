@@ -5,7 +5,9 @@ measurement makes the peak resident-set size (``ru_maxrss``) belong to that meas
 
 Spec keys: ``model`` (timm name), ``model_kwargs`` (dict), ``method`` (name or null) and
 ``method_options``, ``mode`` (``infer`` | ``train``), ``batch``, ``img_size``, ``dtype``
-(``float32`` | ``bfloat16``), ``repeats``, ``warmup``, ``threads``, ``grad_checkpointing`` (bool).
+(``float32`` | ``bfloat16``), ``repeats``, ``warmup``, ``threads``, ``grad_checkpointing`` (bool), ``device`` (``cpu``
+(default) | ``cuda``). On CUDA every timed call ends with a synchronisation, and ``peak_extra_bytes`` is
+``torch.cuda.max_memory_allocated`` from before the model was built (weights + activations + workspace).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from vimtune.allocator import keep_freed_memory
+from vimtune.ops import resolve_backend
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -47,8 +50,9 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def warm_up_libraries() -> None:
-    """Import and load what every model uses lazily (timm, vimtune, oneDNN, OpenMP threads, vimtune kernels)."""
+def warm_up_libraries(device: torch.device | str = "cpu") -> None:
+    """Import and load what every model uses lazily (timm, vimtune, oneDNN, OpenMP threads, and on CPU the
+    vimtune C++ kernels, which a CUDA run never uses)."""
     import timm  # noqa: F401
 
     import vimtune.methods  # noqa: F401
@@ -58,8 +62,9 @@ def warm_up_libraries() -> None:
 
     torch.nn.functional.conv2d(torch.randn(1, 3, 32, 32), torch.randn(8, 3, 4, 4), stride=4)
     torch.randn(64, 64) @ torch.randn(64, 64)
-    cpu_kernel_available()
-    mixer_kernels_available()
+    if torch.device(device).type == "cpu":
+        cpu_kernel_available()
+        mixer_kernels_available()
 
 
 def build(spec: dict[str, Any]) -> torch.nn.Module:
@@ -83,21 +88,23 @@ def build(spec: dict[str, Any]) -> torch.nn.Module:
 
 
 def _step_fn(model: torch.nn.Module, spec: dict[str, Any], images: torch.Tensor):
-    """A zero-argument callable running one inference pass or one training step."""
+    """A zero-argument callable running one inference pass or one training step (synchronised on CUDA)."""
     dtype = DTYPES[spec.get("dtype", "float32")]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    sync = torch.cuda.synchronize if images.device.type == "cuda" else lambda: None
     if spec.get("mode", "infer") == "infer":
         model.eval()
 
         def infer() -> None:
             with torch.inference_mode(), autocast:
                 model(images)
+            sync()
 
         return infer
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    labels = torch.zeros(images.shape[0], dtype=torch.long)
+    labels = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
 
     def train_step() -> None:
         with autocast:
@@ -105,6 +112,7 @@ def _step_fn(model: torch.nn.Module, spec: dict[str, Any], images: torch.Tensor)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        sync()
 
     return train_step
 
@@ -113,11 +121,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the measurement described by ``spec`` in this process; returns times and memory."""
     torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
     torch.manual_seed(0)
-    warm_up_libraries()
+    device = torch.device(spec.get("device", "cpu"))
+    warm_up_libraries(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     baseline = current_rss_bytes()
-    model = build(spec)
+    model = build(spec).to(device)
     size = int(spec["img_size"])
-    images = torch.randn(int(spec["batch"]), 3, size, size)
+    images = torch.randn(int(spec["batch"]), 3, size, size).to(device)
     step = _step_fn(model, spec, images)
     for _ in range(int(spec.get("warmup", 1))):
         step()
@@ -130,6 +141,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_seconds = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
     best = min(times)
+    gpu = {}
+    if device.type == "cuda":
+        gpu = {"gpu": torch.cuda.get_device_name(device), "peak_rss_extra_bytes": peak_rss_bytes() - baseline,
+               "scan_backend": resolve_backend(device)}
     return {
         "seconds": best,
         "seconds_all": times,
@@ -139,7 +154,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_extra_bytes": peak_rss_bytes() - baseline,
         "threads": torch.get_num_threads(),
-    }
+    } | gpu | ({"peak_extra_bytes": torch.cuda.max_memory_allocated(device)} if gpu else {})
 
 
 def run_worker() -> None:

@@ -30,11 +30,12 @@ RESOLUTIONS = [224, 512, 640, 738, 1024, 1248]
 
 
 def measure_all(resolutions: list[int], batches: list[int], dtypes: list[str], repeats: int,
-                threads: int | None, max_batch_pixels: int) -> list[dict[str, Any]]:
+                threads: int | None, max_batch_pixels: int, device: str = "cpu") -> list[dict[str, Any]]:
     """Rows of (model, resolution, batch, dtype, images/s, peak memory), Vim and DeiT alternately.
 
-    A row has the timed process's fields (``peak_extra_bytes`` replaced by the live-memory process's;
-    the timed process's is kept as ``timed_peak_extra_bytes``), or ``error`` when either process failed.
+    A row has the timed process's fields (on CPU ``peak_extra_bytes`` replaced by the live-memory process's;
+    the timed process's is kept as ``timed_peak_extra_bytes``), or ``error`` when either process failed. On
+    CUDA one process gives both (``torch.cuda.max_memory_allocated``).
     """
     rows = []
     settings = [(res, batch, dtype) for res in resolutions for batch in batches for dtype in dtypes
@@ -47,8 +48,12 @@ def measure_all(resolutions: list[int], batches: list[int], dtypes: list[str], r
             spec = {"model": MODELS[model_key], "model_kwargs": {"img_size": res},
                     "mode": "infer", "batch": batch, "img_size": res, "dtype": dtype,
                     "repeats": repeats, "warmup": 1, "threads": threads,
-                    "fused_attn": model_key != "deit_eager"}
+                    "fused_attn": model_key != "deit_eager", "device": device}
             result = run_measurement(spec)
+            if device != "cpu":
+                rows.append({"model": model_key, "resolution": res, "batch": batch, "dtype": dtype, **result})
+                print(json.dumps(rows[-1]), flush=True)
+                continue
             memory = run_measurement(spec | {"repeats": 1, "warmup": 0}, env=LIVE_MEMORY_ENV)
             if "error" not in result and "error" not in memory:
                 result |= {"timed_peak_extra_bytes": result["peak_extra_bytes"],
@@ -83,7 +88,10 @@ def _ratio(num: dict[str, Any] | None, den: dict[str, Any] | None, key: str) -> 
 
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
     """Table with images/s and peak extra memory per model, plus the Vim/DeiT ratios."""
-    lines = [
+    gpu = next((r["gpu"] for r in rows if "gpu" in r), None)
+    lines = [f"GPU: {gpu}; every row on it, peak memory = `torch.cuda.max_memory_allocated` from before the model "
+             "was built (weights + activations + workspace); the RSS text below does not apply.", ""] if gpu else []
+    lines += [
         f"Machine: {machine_line(machine)}. Command: `{command}`.",
         "Peak memory = peak RSS of a fresh process running one pass, minus its RSS after a library warm-up, before",
         "the model was built (weights + activations + workspace), with glibc returning every freed block of 128 KiB",
@@ -170,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip batches > 1 above this many pixels per batch")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/resolution"),
                         help="output stem: writes STEM.<cpu>.md, .json and .png (<cpu>: model and ISA)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="run the models on this device (cuda: GPU memory from torch.cuda)")
     args = parser.parse_args(argv)
     machine = machine_description()
     rows = measure_all(args.resolutions, args.batches, args.dtypes, args.repeats, args.threads,
-                       args.max_batch_pixels)
+                       args.max_batch_pixels, args.device)
     command = ("vimtune bench resolution " + " ".join(argv or [])).strip()
     stem = write_results(args.out, to_markdown(rows, machine, command), machine, command, rows=rows)
     plot(rows, stem.with_name(stem.name + ".png"))

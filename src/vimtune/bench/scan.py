@@ -1,9 +1,12 @@
 """``vimtune bench scan``: the selective-scan backends timed at Vim shapes, forward and forward+backward.
 
-Backends: ``reference`` (sequential PyTorch), ``chunked`` (vectorised PyTorch), ``cpu`` (the C++ kernel)
-and ``mambapy`` (that package's parallel scan, when it imports). All run the Vim configuration: float32,
-D, z and delta_bias given, softplus on. Shapes: vim_tiny (E=384) and vim_small (E=768) at 224 px
-(L=197, batch 8) and 1248 px (L=6085, batch 1), N=16.
+Backends: ``reference`` (sequential PyTorch), ``chunked`` (vectorised PyTorch), ``cpu`` (the C++ kernel),
+``mambapy`` (that package's parallel scan, when it imports), and with ``--device cuda`` ``triton`` (the
+Triton kernels) and ``cuda`` (mamba_ssm's kernel, when it runs). All run the Vim configuration: float32,
+D, z and delta_bias given, softplus on. Default shapes: vim_tiny (E=384) and vim_small (E=768) at 224 px
+(L=197, batch 8) and 1248 px (L=6085, batch 1), N=16; also ``small-224-b32`` (batch 32) and ``tiny``.
+On CUDA every timed call ends with a synchronisation, each backend runs once untimed before the timing
+(Triton compiles its kernels then), and fwd+bwd memory is ``torch.cuda.max_memory_allocated`` in-process.
 
 Time = best of the timed repeats after one warm-up call; "forward" runs under ``no_grad``, "fwd+bwd" runs
 the forward with autograd and ``torch.autograd.grad`` for all eight inputs. At each shape and mode the
@@ -40,9 +43,13 @@ from torch import Tensor
 from vimtune.bench.measure import current_rss_bytes, high_water_rss_bytes
 from vimtune.bench.runner import machine_description, machine_line, run_json_worker, write_results
 from vimtune.ops.scan_chunked import DEFAULT_CHUNK, selective_scan_chunked
+from vimtune.ops.scan_cuda import cuda_kernel_available, selective_scan_cuda
 from vimtune.ops.scan_reference import gate_output, prepare_delta, selective_scan_reference
+from vimtune.ops.triton import triton_available
 
 SHAPES = {  # name -> (batch, E, L, N)
+    "tiny": (1, 16, 20, 4),  # smoke runs (e.g. the GPU script's CPU dry run)
+    "small-224-b32": (32, 768, 197, 16),  # the Triton target shape
     "tiny-224": (8, 384, 197, 16),
     "small-224": (8, 768, 197, 16),
     "tiny-1248": (1, 384, 6085, 16),
@@ -51,6 +58,9 @@ SHAPES = {  # name -> (batch, E, L, N)
 MODES = ("forward", "fwd+bwd")
 EXP_FLOOR = "exp floor"  # the name of the exp-floor step among the timed backends
 EXP_BUFFER = 1 << 16  # float32 values per torch.exp call of the floor: 2 x 256 KiB, in L2 on current CPUs
+DEFAULT_SHAPES = ["tiny-224", "small-224", "tiny-1248", "small-1248"]
+# (fast, slow) backend pairs whose speed ratio gets its own column when both ran
+PAIRS = (("cpu", "mambapy"), ("triton", "chunked"), ("triton", "cuda"))
 
 
 def _mambapy(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
@@ -63,14 +73,22 @@ def _mambapy(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     return gate_output(y.mT, u, None, z)
 
 
-def backends(names: list[str]) -> dict[str, Callable[..., Tensor]]:
-    """The requested backends that can run here (``cpu`` needs the kernel, ``mambapy`` the package)."""
+def backends(names: list[str], device: str = "cpu") -> dict[str, Callable[..., Tensor]]:
+    """The requested backends that can run on ``device`` (``cpu`` needs the kernel, ``mambapy`` the package,
+    ``triton`` CUDA or the interpreter, ``cuda`` a mamba_ssm that runs)."""
     table: dict[str, Callable[..., Tensor]] = {"reference": selective_scan_reference,
                                                "chunked": selective_scan_chunked}
-    from vimtune.ops.scan_cpu import cpu_kernel_available, selective_scan_cpu
+    if torch.device(device).type == "cpu" and "cpu" in names:
+        from vimtune.ops.scan_cpu import cpu_kernel_available, selective_scan_cpu
 
-    if cpu_kernel_available():
-        table["cpu"] = selective_scan_cpu
+        if cpu_kernel_available():
+            table["cpu"] = selective_scan_cpu
+    if "triton" in names and triton_available(device):
+        from vimtune.ops.triton.scan import selective_scan_triton
+
+        table["triton"] = selective_scan_triton
+    if "cuda" in names and cuda_kernel_available(device):
+        table["cuda"] = selective_scan_cuda
     try:
         import mambapy.mamba  # noqa: F401
 
@@ -80,8 +98,8 @@ def backends(names: list[str]) -> dict[str, Callable[..., Tensor]]:
     return {name: table[name] for name in names if name in table}
 
 
-def make_inputs(shape: tuple[int, int, int, int], grad: bool, seed: int = 0) -> dict[str, Tensor]:
-    """Float32 inputs with Vim-like statistics; all leaves require grad when ``grad``."""
+def make_inputs(shape: tuple[int, int, int, int], grad: bool, seed: int = 0, device: str = "cpu") -> dict[str, Tensor]:
+    """Float32 inputs with Vim-like statistics on ``device``; all leaves require grad when ``grad``."""
     batch, channels, length, state = shape
     g = torch.Generator().manual_seed(seed)
     inputs = {
@@ -94,7 +112,7 @@ def make_inputs(shape: tuple[int, int, int, int], grad: bool, seed: int = 0) -> 
         "z": torch.randn(batch, channels, length, generator=g),
         "delta_bias": torch.rand(channels, generator=g) - 4.0,
     }
-    return {k: v.requires_grad_(grad) for k, v in inputs.items()}
+    return {k: v.to(device).requires_grad_(grad) for k, v in inputs.items()}
 
 
 class ExpFloor:
@@ -138,18 +156,21 @@ def graph_gib(backend: str, shape: tuple[int, int, int, int]) -> float:
 
 
 def step_fn(fn: Callable[..., Tensor], inputs: dict[str, Tensor], mode: str) -> Callable[[], None]:
-    """A zero-argument call running one forward (no_grad) or one forward+backward."""
+    """A zero-argument call running one forward (no_grad) or one forward+backward (synchronised on CUDA)."""
+    sync = torch.cuda.synchronize if inputs["u"].is_cuda else lambda: None
     if mode == "forward":
         def forward() -> None:
             with torch.no_grad():
                 fn(**inputs, delta_softplus=True)
+            sync()
 
         return forward
-    cotangent = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1))
+    cotangent = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1)).to(inputs["u"].device)
     leaves = list(inputs.values())
 
     def forward_backward() -> None:
         torch.autograd.grad(fn(**inputs, delta_softplus=True), leaves, cotangent)
+        sync()
 
     return forward_backward
 
@@ -210,10 +231,12 @@ def measure_memory(backend: str, shape_name: str, threads: int) -> dict[str, Any
     return run_json_worker(["-m", "vimtune.bench.scan", "--memory-probe", spec])
 
 
-def check_accuracy(fns: dict[str, Callable[..., Tensor]], shape: tuple[int, int, int, int]) -> dict[str, float]:
+def check_accuracy(fns: dict[str, Callable[..., Tensor]], shape: tuple[int, int, int, int],
+                   device: str = "cpu") -> dict[str, float]:
     """Max |error| / max |reference| of out and of all gradients against the float64 reference."""
-    inputs = make_inputs(shape, grad=False)
+    inputs = make_inputs(shape, grad=False, device=device)
     cotangent = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cotangent = cotangent.to(device)
 
     def run(fn: Callable[..., Tensor], dtype: torch.dtype) -> list[Tensor]:
         leaves = {k: v.to(dtype).requires_grad_() for k, v in inputs.items()}
@@ -246,9 +269,11 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
     of the exp floor (rows with backend ``EXP_FLOOR``), per shape and mode."""
     names = list(dict.fromkeys(r["backend"] for r in rows if r["backend"] != EXP_FLOOR))
     others = [n for n in names if n != "reference"]
-    has_mambapy = "mambapy" in names and "cpu" in names
+    pairs = [(fast, slow) for fast, slow in PAIRS if fast in names and slow in names]
     load = machine.get("load_average_1min", (float("nan"), float("nan")))
-    lines = [
+    lines = [f"GPU: {machine['gpu']} (the backends ran on it; the CPU floor columns do not apply).", ""] \
+        if machine.get("gpu") else []
+    lines += [
         f"Machine: {machine_line(machine)}; 1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} "
         "(other work slows every backend).",
         f"Command: `{command}`. Times in ms, best of the repeats (all times in the JSON); `x ref` = reference",
@@ -257,17 +282,16 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
         "turn with the backends; `x exp` = backend time / exp floor (the same yardstick on any CPU).",
         "",
         "| shape (B, E, L, N) | mode | " + " | ".join(f"{n} ms" for n in names) + " | "
-        + " | ".join(f"{n} x ref" for n in others) + (" | cpu x mambapy" if has_mambapy else "")
+        + " | ".join(f"{n} x ref" for n in others) + "".join(f" | {fast} x {slow}" for fast, slow in pairs)
         + " | cpu Mupd/s | exp floor ms | " + " | ".join(f"{n} x exp" for n in names) + " |",
-        "|---|---|" + "---:|" * (2 * len(names) + len(others) + has_mambapy + 2),
+        "|---|---|" + "---:|" * (2 * len(names) + len(others) + len(pairs) + 2),
     ]
     for shape_name, mode in dict.fromkeys((r["shape"], r["mode"]) for r in rows):
         cells = {r["backend"]: r for r in rows if r["shape"] == shape_name and r["mode"] == mode}
         times = {n: c["seconds"] for n, c in cells.items() if "seconds" in c}
         row = [f"{shape_name} {SHAPES[shape_name]}", mode, *(_time_cell(cells.get(n, {})) for n in names)]
         row += [_ratio(times, "reference", name) for name in others]
-        if has_mambapy:
-            row.append(_ratio(times, "mambapy", "cpu"))
+        row += [_ratio(times, slow, fast) for fast, slow in pairs]
         row.append(f"{cells['cpu']['updates_per_s'] / 1e6:.0f}" if "cpu" in times else "-")
         row.append(f"{times[EXP_FLOOR] * 1e3:.2f}" if EXP_FLOOR in times else "-")
         row += [_ratio(times, name, EXP_FLOOR) for name in names]
@@ -291,22 +315,37 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
     return "\n".join(lines) + "\n"
 
 
+def cuda_memory(step: Callable[[], None], inputs: dict[str, Tensor]) -> dict[str, Any]:
+    """Peak extra CUDA memory of one call of ``step`` (``max_memory_allocated`` minus what was allocated before)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    extra = torch.cuda.max_memory_allocated() - before
+    input_bytes = sum(t.numel() * t.element_size() for t in inputs.values())
+    return {"peak_extra_bytes": extra, "input_bytes": input_bytes, "ratio_to_inputs": extra / input_bytes}
+
+
 def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats: int = 5, budget_s: float = 20.0,
                        max_gib: float = 6.0, memory_backends: tuple[str, ...] = ("cpu",),
-                       threads: int | None = None) -> list[dict[str, Any]]:
+                       threads: int | None = None, device: str = "cpu") -> list[dict[str, Any]]:
     """One row per (shape, mode, backend): time, updates/s, or why it was skipped, with memory for fwd+bwd;
     and one row per (shape, mode) with backend ``EXP_FLOOR``: the exp floor's time (see the module docstring)."""
     if threads:
         torch.set_num_threads(threads)
-    fns = backends(backend_names)
+    fns = backends(backend_names, device)
     rows = []
     for shape_name in shape_names:
         shape = SHAPES[shape_name]
         updates = shape[0] * shape[1] * shape[2] * shape[3]
         for mode in MODES:
             gib = {name: graph_gib(name, shape) if mode == "fwd+bwd" else 0.0 for name in fns}
-            steps = {name: step_fn(fn, make_inputs(shape, mode == "fwd+bwd"), mode)
-                     for name, fn in fns.items() if gib[name] <= max_gib}
+            inputs = {name: make_inputs(shape, mode == "fwd+bwd", device=device)
+                      for name in fns if gib[name] <= max_gib}
+            steps = {name: step_fn(fns[name], inputs[name], mode) for name in inputs}
+            if torch.device(device).type == "cuda":
+                for step in steps.values():  # compiles the Triton kernels for this shape: not timed
+                    step()
             floor = ExpFloor(shape)
             timed = time_steps(steps | {EXP_FLOOR: floor}, repeats, budget_s)
             rows.append({"shape": shape_name, "mode": mode, "backend": EXP_FLOOR, **timed[EXP_FLOOR],
@@ -317,8 +356,9 @@ def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats
                     row |= timed[name] | {"updates_per_s": updates / timed[name]["seconds"]}
                 else:
                     row["skipped"] = f"skipped (~{gib[name]:.0f} GiB graph)"
-                if mode == "fwd+bwd" and name in memory_backends:
-                    row["memory"] = measure_memory(name, shape_name, torch.get_num_threads())
+                if mode == "fwd+bwd" and name in memory_backends and name in steps:
+                    row["memory"] = (cuda_memory(steps[name], inputs[name]) if torch.device(device).type == "cuda"
+                                     else measure_memory(name, shape_name, torch.get_num_threads()))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
@@ -327,8 +367,9 @@ def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vimtune bench scan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", nargs="+", default=["reference", "chunked", "cpu", "mambapy"])
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--backends", nargs="+", default=["reference", "chunked", "cpu", "mambapy"],
+                        help="any of reference, chunked, cpu, mambapy, triton, cuda (left out where they cannot run)")
+    parser.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, choices=list(SHAPES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=20.0, help="stop repeating a measurement after this")
     parser.add_argument("--max-gib", type=float, default=6.0, help="skip fwd+bwd whose autograd graph is larger")
@@ -337,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scan"),
                         help="output stem: writes STEM.<cpu>.md and .json (<cpu>: model and ISA)")
+    parser.add_argument("--device", default="cpu", help="run the backends on this device (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
@@ -345,10 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load_before = os.getloadavg()[0]
     rows = run_scan_benchmark(args.backends, args.shapes, args.repeats, args.budget_s, args.max_gib,
-                              tuple(args.memory_backends), args.threads)
+                              tuple(args.memory_backends), args.threads, args.device)
     machine = machine_description() | {"load_average_1min": [load_before, os.getloadavg()[0]]}
+    if torch.device(args.device).type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     error_shape = args.shapes[0]
-    errors = check_accuracy(backends(args.backends), SHAPES[error_shape])
+    errors = check_accuracy(backends(args.backends, args.device), SHAPES[error_shape], args.device)
     command = ("vimtune bench scan " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     markdown = to_markdown(rows, machine, command, errors, f"{error_shape} {SHAPES[error_shape]}")
     write_results(args.out, markdown, machine, command, rows=rows, max_error_vs_float64=errors)

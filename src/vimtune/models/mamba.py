@@ -113,8 +113,13 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden (B, T, D) -> (B, T, D)."""
-        if resolve_backend(hidden.device, self.scan_backend) == "cpu" and mixer_kernels_available():
+        backend = resolve_backend(hidden.device, self.scan_backend)
+        if backend == "cpu" and mixer_kernels_available():
             return bimamba_forward_tm(self, hidden)  # time-major C++ kernels, no flips or transposes
+        if backend == "triton":
+            from vimtune.ops.triton.mixer import bimamba_forward_triton  # imports triton: only when used
+
+            return bimamba_forward_triton(self, hidden)  # time-major Triton kernels, likewise
         xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2E, T)
         x, z = xz.chunk(2, dim=1)
         y_fwd = self._scan_direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)

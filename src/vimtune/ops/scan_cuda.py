@@ -1,19 +1,38 @@
-"""Thin wrapper over mamba_ssm's fused CUDA selective scan (used when that package imports).
+"""Thin wrapper over mamba_ssm's fused CUDA selective scan (used when that package imports and runs).
 
-Not exercised by the test suite (no GPU there); it only forwards arguments, whose meaning is the
-same as :func:`vimtune.ops.scan_reference.selective_scan_reference`.
+Not exercised by the CPU test suite; it only forwards arguments, whose meaning is the same as
+:func:`vimtune.ops.scan_reference.selective_scan_reference`. A mamba_ssm that is installed but was
+built against another torch or CUDA often imports and then fails at its first call (``undefined symbol``),
+so availability is decided by a tiny call on the device, once per device.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 
+import torch
 from torch import Tensor
 
 
-def cuda_kernel_available() -> bool:
-    """True when ``mamba_ssm`` can be imported (its kernels need a CUDA device at call time)."""
-    return importlib.util.find_spec("mamba_ssm") is not None
+@functools.cache
+def _runs_on(device: str) -> bool:
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        u = torch.ones(1, 2, 3, device=device)
+        out = selective_scan_fn(u, u, -torch.ones(2, 4, device=device), torch.ones(1, 4, 3, device=device),
+                                torch.ones(1, 4, 3, device=device))
+        return bool(torch.isfinite(out).all())
+    except Exception:  # not installed, built for another torch/CUDA, no kernel image for this GPU, ...
+        return False
+
+
+def cuda_kernel_available(device: torch.device | str = "cuda") -> bool:
+    """True when ``mamba_ssm`` imports and its selective scan runs a tiny problem on the CUDA ``device``."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return _runs_on(str(device))
 
 
 def selective_scan_cuda(

@@ -28,26 +28,38 @@ import triton.language as tl
 from torch import Tensor
 
 from vimtune.ops.triton.layout import block_sizes, compute_dtype, new_activation, strides3
-from vimtune.ops.triton.math import sigmoid, softplus, softplus_grad
+from vimtune.ops.triton.math import device_function, sigmoid, softplus, softplus_grad
 
 DEFAULT_CHUNK = 64
 
 
-@triton.jit
+@device_function
 def _time(i, length, REVERSE: tl.constexpr):
     """Memory time index of scan step ``i``."""
-    if REVERSE:
-        return length - 1 - i
-    return i
+    return length - 1 - i if REVERSE else i
 
 
-@triton.jit
+@device_function
 def _step_delta(delta_ptr, off, mask, bias, SOFTPLUS: tl.constexpr, COMPUTE: tl.constexpr):
     """(raw delta + bias, step size) of one time step, (BLOCK_E,) each."""
     x = tl.load(delta_ptr + off, mask=mask, other=0.0).to(COMPUTE) + bias
-    if SOFTPLUS:
-        return x, softplus(x)
-    return x, x
+    return x, softplus(x) if SOFTPLUS else x
+
+
+@device_function
+def _channel_block(A_ptr, D_ptr, bias_ptr, channels, n_state, sA_e, sA_n, HAS_D: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's channel block (program axis 1): channel and state indices e, n; A (BLOCK_E, BLOCK_N) and
+    D, bias (BLOCK_E,) (zero where absent or out of range); the masks of valid channels, states and both."""
+    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    n = tl.arange(0, BLOCK_N)
+    e_ok, n_ok = e < channels, n < n_state
+    mask = e_ok[:, None] & n_ok[None, :]
+    A = tl.load(A_ptr + e[:, None] * sA_e + n[None, :] * sA_n, mask=mask, other=0.0).to(COMPUTE)
+    zero = tl.zeros(e.shape, dtype=COMPUTE)  # tensors either way: a helper returns values of one kind
+    D = tl.load(D_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_D else zero
+    bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_BIAS else zero
+    return e, n, A, D, bias, e_ok, n_ok, mask
 
 
 @triton.jit
@@ -65,38 +77,28 @@ def _summary_kernel(
     step sizes (B, n_chunks, E)."""
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(2)
-    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    n = tl.arange(0, BLOCK_N)
-    e_ok, n_ok = e < channels, n < n_state
-    A = tl.load(A_ptr + e[:, None] * sA_e + n[None, :] * sA_n, mask=e_ok[:, None] & n_ok[None, :], other=0.0)
-    A = A.to(COMPUTE)
-    bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_BIAS else 0.0
+    e, n, A, _, bias, e_ok, n_ok, mask = _channel_block(A_ptr, None, bias_ptr, channels, n_state, sA_e, sA_n,
+                                                        False, HAS_BIAS, COMPUTE, BLOCK_E, BLOCK_N)
     x = tl.zeros([BLOCK_E, BLOCK_N], dtype=COMPUTE)
     dsum = tl.zeros([BLOCK_E], dtype=COMPUTE)
-    for j in range(CHUNK):
-        if ADJOINT:
-            i = c * CHUNK + CHUNK - 1 - j
-        else:
-            i = c * CHUNK + j
-        ok = i < length
+    steps = tl.minimum(length - c * CHUNK, CHUNK)
+    for j in range(steps):
+        i = c * CHUNK + (steps - 1 - j if ADJOINT else j)
         t = _time(i, length, REVERSE)
-        m = e_ok & ok
-        _, dl = _step_delta(delta_ptr, b * sd_b + e * sd_e + t * sd_t, m, bias, SOFTPLUS, COMPUTE)
-        dl = tl.where(ok, dl, 0.0)
-        p = tl.load(p_ptr + b * sp_b + e * sp_e + t * sp_t, mask=m, other=0.0).to(COMPUTE)
-        q = tl.load(q_ptr + b * sq_b + n * sq_n + t * sq_t, mask=n_ok & ok, other=0.0).to(COMPUTE)
+        _, dl = _step_delta(delta_ptr, b * sd_b + e * sd_e + t * sd_t, e_ok, bias, SOFTPLUS, COMPUTE)
+        p = tl.load(p_ptr + b * sp_b + e * sp_e + t * sp_t, mask=e_ok, other=0.0).to(COMPUTE)
+        q = tl.load(q_ptr + b * sq_b + n * sq_n + t * sq_t, mask=n_ok, other=0.0).to(COMPUTE)
         a = tl.exp(dl[:, None] * A)
         if ADJOINT:
             if HAS_Z:
-                zt = tl.load(z_ptr + b * sz_b + e * sz_e + t * sz_t, mask=m, other=0.0).to(COMPUTE)
+                zt = tl.load(z_ptr + b * sz_b + e * sz_e + t * sz_t, mask=e_ok, other=0.0).to(COMPUTE)
                 p = p * zt * sigmoid(zt)
             x = a * (x + p[:, None] * q[None, :])
         else:
             x = a * x + (dl * p)[:, None] * q[None, :]
         dsum += dl
     chunk_row = b * n_chunks + c
-    tl.store(local_ptr + (chunk_row * channels + e[:, None]) * n_state + n[None, :], x,
-             mask=e_ok[:, None] & n_ok[None, :])
+    tl.store(local_ptr + (chunk_row * channels + e[:, None]) * n_state + n[None, :], x, mask=mask)
     tl.store(dsum_ptr + chunk_row * channels + e, dsum, mask=e_ok)
 
 
@@ -120,10 +122,7 @@ def _carry_kernel(
     else:
         x = tl.zeros([BLOCK_E, BLOCK_N], dtype=COMPUTE)
     for k in range(n_chunks):
-        if BACKWARDS:
-            c = n_chunks - 1 - k
-        else:
-            c = k
+        c = n_chunks - 1 - k if BACKWARDS else k
         chunk_row = b * n_chunks + c
         tl.store(enter_ptr + chunk_row * channels * n_state + state, x, mask=mask)
         dsum = tl.load(dsum_ptr + chunk_row * channels + e, mask=e < channels, other=0.0)
@@ -145,30 +144,22 @@ def _forward_kernel(
     """The outputs of one chunk, from its entering state ``enter`` (B, n_chunks, E, N)."""
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(2)
-    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    n = tl.arange(0, BLOCK_N)
-    e_ok, n_ok = e < channels, n < n_state
-    mask = e_ok[:, None] & n_ok[None, :]
-    A = tl.load(A_ptr + e[:, None] * sA_e + n[None, :] * sA_n, mask=mask, other=0.0).to(COMPUTE)
-    D = tl.load(D_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_D else 0.0
-    bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_BIAS else 0.0
+    e, n, A, D, bias, e_ok, n_ok, mask = _channel_block(A_ptr, D_ptr, bias_ptr, channels, n_state, sA_e, sA_n,
+                                                        HAS_D, HAS_BIAS, COMPUTE, BLOCK_E, BLOCK_N)
     h = tl.load(enter_ptr + ((b * n_chunks + c) * channels + e[:, None]) * n_state + n[None, :], mask=mask,
                 other=0.0).to(COMPUTE)
-    for j in range(CHUNK):
-        i = c * CHUNK + j
-        ok = i < length
-        t = _time(i, length, REVERSE)
-        m = e_ok & ok
-        _, dl = _step_delta(delta_ptr, b * sd_b + e * sd_e + t * sd_t, m, bias, SOFTPLUS, COMPUTE)
-        u = tl.load(u_ptr + b * su_b + e * su_e + t * su_t, mask=m, other=0.0).to(COMPUTE)
-        Bt = tl.load(B_ptr + b * sB_b + n * sB_n + t * sB_t, mask=n_ok & ok, other=0.0).to(COMPUTE)
-        Ct = tl.load(C_ptr + b * sC_b + n * sC_n + t * sC_t, mask=n_ok & ok, other=0.0).to(COMPUTE)
+    for j in range(tl.minimum(length - c * CHUNK, CHUNK)):
+        t = _time(c * CHUNK + j, length, REVERSE)
+        _, dl = _step_delta(delta_ptr, b * sd_b + e * sd_e + t * sd_t, e_ok, bias, SOFTPLUS, COMPUTE)
+        u = tl.load(u_ptr + b * su_b + e * su_e + t * su_t, mask=e_ok, other=0.0).to(COMPUTE)
+        Bt = tl.load(B_ptr + b * sB_b + n * sB_n + t * sB_t, mask=n_ok, other=0.0).to(COMPUTE)
+        Ct = tl.load(C_ptr + b * sC_b + n * sC_n + t * sC_t, mask=n_ok, other=0.0).to(COMPUTE)
         h = tl.exp(dl[:, None] * A) * h + (dl * u)[:, None] * Bt[None, :]
         y = tl.sum(h * Ct[None, :], axis=1) + D * u
         if HAS_Z:
-            zt = tl.load(z_ptr + b * sz_b + e * sz_e + t * sz_t, mask=m, other=0.0).to(COMPUTE)
+            zt = tl.load(z_ptr + b * sz_b + e * sz_e + t * sz_t, mask=e_ok, other=0.0).to(COMPUTE)
             y = y * zt * sigmoid(zt)
-        tl.store(out_ptr + b * so_b + e * so_e + t * so_t, y.to(out_ptr.dtype.element_ty), mask=m)
+        tl.store(out_ptr + b * so_b + e * so_e + t * so_t, y.to(out_ptr.dtype.element_ty), mask=e_ok)
 
 
 @triton.jit
@@ -190,28 +181,21 @@ def _backward_kernel(
     b = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     c = tl.program_id(2)
+    e, n, A, D, bias, e_ok, n_ok, mask = _channel_block(A_ptr, D_ptr, bias_ptr, channels, n_state, sA_e, sA_n,
+                                                        HAS_D, HAS_BIAS, COMPUTE, BLOCK_E, BLOCK_N)
     ei = tl.arange(0, BLOCK_E)
-    e = blk * BLOCK_E + ei
-    n = tl.arange(0, BLOCK_N)
-    e_ok, n_ok = e < channels, n < n_state
-    mask = e_ok[:, None] & n_ok[None, :]
-    A = tl.load(A_ptr + e[:, None] * sA_e + n[None, :] * sA_n, mask=mask, other=0.0).to(COMPUTE)
-    D = tl.load(D_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_D else 0.0
-    bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(COMPUTE) if HAS_BIAS else 0.0
     chunk_row = b * n_chunks + c
     state = (chunk_row * channels + e[:, None]) * n_state + n[None, :]
     program = (b * n_blocks + blk) * tl.num_programs(2) + c
     slot = (program * (CHUNK + 1) * BLOCK_E + ei[:, None]) * BLOCK_N + n[None, :]  # + k * BLOCK_E * BLOCK_N
     h = tl.load(enter_ptr + state, mask=mask, other=0.0).to(COMPUTE)
     tl.store(scratch_ptr + slot, h)
-    for j in range(CHUNK):
-        i = c * CHUNK + j
-        ok = i < length
-        t = _time(i, length, REVERSE)
-        m = e_ok & ok
-        _, dl = _step_delta(delta_ptr, b * sd_b + e * sd_e + t * sd_t, m, bias, SOFTPLUS, COMPUTE)
-        u = tl.load(u_ptr + b * su_b + e * su_e + t * su_t, mask=m, other=0.0).to(COMPUTE)
-        Bt = tl.load(B_ptr + b * sB_b + n * sB_n + t * sB_t, mask=n_ok & ok, other=0.0).to(COMPUTE)
+    steps = tl.minimum(length - c * CHUNK, CHUNK)
+    for j in range(steps):
+        t = _time(c * CHUNK + j, length, REVERSE)
+        _, dl = _step_delta(delta_ptr, b * sd_b + e * sd_e + t * sd_t, e_ok, bias, SOFTPLUS, COMPUTE)
+        u = tl.load(u_ptr + b * su_b + e * su_e + t * su_t, mask=e_ok, other=0.0).to(COMPUTE)
+        Bt = tl.load(B_ptr + b * sB_b + n * sB_n + t * sB_t, mask=n_ok, other=0.0).to(COMPUTE)
         h = tl.exp(dl[:, None] * A) * h + (dl * u)[:, None] * Bt[None, :]
         tl.store(scratch_ptr + slot + (j + 1) * BLOCK_E * BLOCK_N, h)
     tl.debug_barrier()  # the states written above are read below by other threads of the program
@@ -220,26 +204,22 @@ def _backward_kernel(
     dA = tl.zeros([BLOCK_E, BLOCK_N], dtype=COMPUTE)
     dD = tl.zeros([BLOCK_E], dtype=COMPUTE)
     dbias = tl.zeros([BLOCK_E], dtype=COMPUTE)
-    for jr in range(CHUNK):
-        j = CHUNK - 1 - jr
-        i = c * CHUNK + j
-        ok = i < length
-        t = _time(i, length, REVERSE)
-        m = e_ok & ok
-        x, dl = _step_delta(delta_ptr, b * sd_b + e * sd_e + t * sd_t, m, bias, SOFTPLUS, COMPUTE)
-        dl = tl.where(ok, dl, 0.0)  # a step past the end leaves the adjoint unchanged
-        u = tl.load(u_ptr + b * su_b + e * su_e + t * su_t, mask=m, other=0.0).to(COMPUTE)
-        Bt = tl.load(B_ptr + b * sB_b + n * sB_n + t * sB_t, mask=n_ok & ok, other=0.0).to(COMPUTE)
-        Ct = tl.load(C_ptr + b * sC_b + n * sC_n + t * sC_t, mask=n_ok & ok, other=0.0).to(COMPUTE)
-        dout = tl.load(dout_ptr + b * sdo_b + e * sdo_e + t * sdo_t, mask=m, other=0.0).to(COMPUTE)
+    for jr in range(steps):
+        j = steps - 1 - jr
+        t = _time(c * CHUNK + j, length, REVERSE)
+        x, dl = _step_delta(delta_ptr, b * sd_b + e * sd_e + t * sd_t, e_ok, bias, SOFTPLUS, COMPUTE)
+        u = tl.load(u_ptr + b * su_b + e * su_e + t * su_t, mask=e_ok, other=0.0).to(COMPUTE)
+        Bt = tl.load(B_ptr + b * sB_b + n * sB_n + t * sB_t, mask=n_ok, other=0.0).to(COMPUTE)
+        Ct = tl.load(C_ptr + b * sC_b + n * sC_n + t * sC_t, mask=n_ok, other=0.0).to(COMPUTE)
+        dout = tl.load(dout_ptr + b * sdo_b + e * sdo_e + t * sdo_t, mask=e_ok, other=0.0).to(COMPUTE)
         h = tl.load(scratch_ptr + slot + (j + 1) * BLOCK_E * BLOCK_N)
         h_prev = tl.load(scratch_ptr + slot + j * BLOCK_E * BLOCK_N)
         g = b * sg_b + e * sg_e + t * sg_t
         if HAS_Z:
-            zt = tl.load(z_ptr + b * sz_b + e * sz_e + t * sz_t, mask=m, other=0.0).to(COMPUTE)
+            zt = tl.load(z_ptr + b * sz_b + e * sz_e + t * sz_t, mask=e_ok, other=0.0).to(COMPUTE)
             sz = sigmoid(zt)
             y = tl.sum(h * Ct[None, :], axis=1) + D * u
-            tl.store(dz_ptr + g, (dout * y * sz * (1.0 + zt * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m)
+            tl.store(dz_ptr + g, (dout * y * sz * (1.0 + zt * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=e_ok)
             dy = dout * zt * sz
         else:
             dy = dout
@@ -252,13 +232,12 @@ def _backward_kernel(
         dh_next = a * dh
         if SOFTPLUS:
             dstep = dstep * softplus_grad(x)
-        dstep = tl.where(ok, dstep, 0.0)
         dbias += dstep
-        tl.store(du_ptr + g, du.to(du_ptr.dtype.element_ty), mask=m)
-        tl.store(ddelta_ptr + g, dstep.to(ddelta_ptr.dtype.element_ty), mask=m)
+        tl.store(du_ptr + g, du.to(du_ptr.dtype.element_ty), mask=e_ok)
+        tl.store(ddelta_ptr + g, dstep.to(ddelta_ptr.dtype.element_ty), mask=e_ok)
         per_block = ((b * n_blocks + blk) * n_state + n) * length + t
-        tl.store(dB_ptr + per_block, tl.sum(dh * (dl * u)[:, None], axis=0), mask=n_ok & ok)
-        tl.store(dC_ptr + per_block, tl.sum(dy[:, None] * h, axis=0), mask=n_ok & ok)
+        tl.store(dB_ptr + per_block, tl.sum(dh * (dl * u)[:, None], axis=0), mask=n_ok)
+        tl.store(dC_ptr + per_block, tl.sum(dy[:, None] * h, axis=0), mask=n_ok)
     tl.store(dA_ptr + state, dA, mask=mask)
     tl.store(dD_ptr + chunk_row * channels + e, dD, mask=e_ok)
     tl.store(dbias_ptr + chunk_row * channels + e, dbias, mask=e_ok)
@@ -319,12 +298,14 @@ def chunk_states(
 def scan_forward(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
     delta_bias: Tensor | None, delta_softplus: bool, reverse: bool, chunk: int | None = None,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Selective-scan forward.
 
     Args:
         u, delta, z: (B, E, L), any strides. A: (E, N). B, C: (B, N, L). D, delta_bias: (E,) or None.
         reverse: scan from t = L - 1 down to 0. chunk: steps per chunk (power of two).
+        out: (B, E, L) tensor to write the output into (any strides), or None for a new one.
 
     Returns:
         out (B, E, L) in the dtype of ``u`` (time-major memory when ``u`` is) and the last state (B, E, N)
@@ -335,7 +316,7 @@ def scan_forward(
     enter, last, _ = chunk_states(u, delta, A, B, delta_bias, delta_softplus, reverse, chunk)
     chunk, n_chunks = _chunks(length, chunk)
     block_e, block_n, warps = block_sizes(channels, n_state, u.device)
-    out = new_activation(u, u.dtype)
+    out = new_activation(u, u.dtype) if out is None else out
     flags = _flags(D, z, delta_bias, delta_softplus, reverse, enter.dtype)
     _forward_kernel[(batch, triton.cdiv(channels, block_e), n_chunks)](
         u, delta, A, B, C, D, z, delta_bias, enter, out, channels, length, n_state, n_chunks,
