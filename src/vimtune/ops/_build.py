@@ -6,16 +6,26 @@ cache afterwards. The build uses ``-march=native``, so the extension name carrie
 model and feature flags; torch hashes only the listed source, not the headers it includes, so the name
 also carries a hash of the source, of every header next to it (``csrc/*.h``) and of the compiler flags,
 and editing any of them builds a fresh extension.
+
+torch serialises builds of one extension with a ``lock`` file in its build folder and waits, without a
+time limit, while that file exists; a build killed midway (Ctrl-C, a time-out, ``kill -9``) leaves it
+behind, and every later process would then wait forever. A lock older than :data:`STALE_LOCK_SECONDS`
+(far longer than a build takes) is therefore removed, with a warning, before loading.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
+import time
 import warnings
 from pathlib import Path
 
 import torch
+
+#: Age after which a build lock counts as left behind by a killed build (a build takes minutes at most).
+STALE_LOCK_SECONDS = 20 * 60
 
 # 512-bit vectors where the CPU has them: the kernels' lane blocks are 16 float32 values, and gcc otherwise
 # splits some lane loops into 256-bit halves (on the measuring machine, at one thread, the scan and conv
@@ -48,6 +58,24 @@ def _source_tag(source: Path) -> str:
     return digest.hexdigest()[:10]
 
 
+def remove_stale_build_lock(extension: str, max_age_s: float = STALE_LOCK_SECONDS) -> Path | None:
+    """Remove ``extension``'s build lock when it is older than ``max_age_s``; the removed path, else None."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    for lock in [root / extension / "lock", *root.glob(f"*/{extension}/lock")]:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age > max_age_s:
+            warnings.warn(f"vimtune: removing the build lock '{lock}', left {age / 60:.0f} min ago by a build "
+                          "that did not finish (torch would wait for it forever)", RuntimeWarning, stacklevel=2)
+            lock.unlink(missing_ok=True)
+            return lock
+    return None
+
+
 def _failure_reason(exc: Exception) -> str:
     """The compiler's first ``error:`` line, else the first line of the message (at most 300 characters)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -75,8 +103,10 @@ def load_cpu_extension(name: str, source: Path, *, what: str, fallback: str) -> 
     try:
         from torch.utils.cpp_extension import load
 
+        extension = f"{name}_{_cpu_tag()}_{_source_tag(source)}"
+        remove_stale_build_lock(extension)
         load(
-            name=f"{name}_{_cpu_tag()}_{_source_tag(source)}",
+            name=extension,
             sources=[str(source)],
             extra_cflags=_CFLAGS,
             extra_ldflags=_LDFLAGS,
