@@ -27,7 +27,7 @@ def _train(batches: list[tuple[torch.Tensor, torch.Tensor]], accum_steps: int) -
     model = _model()
     runner = EpochRunner(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5), scheduler=NoSchedule(),
                          criterion=nn.CrossEntropyLoss(), ctx=DistContext(), accum_steps=accum_steps)
-    updates, loss = runner.run(batches, epoch=0, epochs=1, global_step=0)
+    updates, loss, _ = runner.run(batches, epoch=0, epochs=1, global_step=0)
     return model, updates, loss
 
 

@@ -33,6 +33,7 @@ def test_run_folder_rules(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"nothing to resume: run folder '{run}' does not exist"):
         prepare_run_dir(run, resume=True, overwrite=False)
     prepare_run_dir(run, resume=False, overwrite=False)
+    (run / "run.json").write_text("{}\n")
     (run / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(RunDirExistsError, match="already exists and holds files; pass --resume"):
         prepare_run_dir(run, resume=False, overwrite=False)
@@ -120,7 +121,7 @@ def test_training_step_runs_the_forward_under_bfloat16_autocast_when_asked(bf16:
     runner = EpochRunner(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scheduler=NoSchedule(),
                          criterion=nn.CrossEntropyLoss(), ctx=DistContext(), bf16=bf16)
     batches = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
-    updates, loss = runner.run(batches, epoch=0, epochs=1, global_step=0)
+    updates, loss, _ = runner.run(batches, epoch=0, epochs=1, global_step=0)
     expected = (True, torch.bfloat16) if bf16 else (False, torch.float32)
     assert seen == [expected, expected] and updates == 2 and 0 < loss < 5
     for name, p in model.named_parameters():  # float32 weights, all trained

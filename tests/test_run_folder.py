@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import vimtune.engine.runner as runner
 from helpers.runs import SMOKE, checksums, make_image_folder, vimtune_cmd
 from vimtune.cli import main
 from vimtune.engine import load_checkpoint_state
+from vimtune.engine.run_lock import run_lock
 
 
 @pytest.fixture
@@ -125,6 +127,24 @@ def test_a_second_process_on_a_run_is_refused_and_a_killed_one_leaves_no_lock(
     assert main(["train", "--output-dir", str(run), "--resume", "--epochs", str(done + 1)]) == 0  # no stale lock
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, done + 2))  # one trajectory, no interleaving
+
+
+HOLD_LOCK_THEN_DIE = """
+import os, sys, time
+from pathlib import Path
+from vimtune.engine.run_lock import run_lock
+with run_lock(Path(sys.argv[1])):
+    if os.fork() == 0:  # a data-loader worker that outlives its killed parent
+        time.sleep(30)
+        os._exit(0)
+    os._exit(0)  # dies holding the lock, like kill -9
+"""
+
+
+def test_a_forked_worker_that_outlives_a_killed_run_does_not_hold_its_lock(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", HOLD_LOCK_THEN_DIE, str(tmp_path)], check=True, timeout=60)
+    with run_lock(tmp_path):  # the orphaned child is still sleeping
+        pass
 
 
 def test_ctrl_c_prints_one_line_naming_the_checkpoint(data: Path, tmp_path: Path) -> None:

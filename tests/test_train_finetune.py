@@ -105,14 +105,14 @@ def test_interrupted_finetune_resumes_bit_exactly(tmp_path: Path, monkeypatch: p
         return output
 
     def interrupted_model(*a: object, **kw: object) -> tuple:
-        model, trainable = build_model(*a, **kw)
+        model, trainable = attach_method(*a, **kw)
         model.register_forward_hook(stop_in_epoch_3)
         return model, trainable
 
-    build_model = runner.build_model
+    attach_method = runner.attach_method
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(runner, "build_model", interrupted_model)
+        patch.setattr(runner, "attach_method", interrupted_model)
         with pytest.raises(RunStoppedError):
             main([*args, "--output-dir", str(run)])
     assert load_checkpoint_state(run / "checkpoint.pt")["epoch"] == 2

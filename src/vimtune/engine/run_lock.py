@@ -2,7 +2,9 @@
 
 The lock is ``fcntl.flock`` on ``RUN/.vimtune.lock``. The kernel drops it when the holder exits,
 however it exits (``kill -9`` included), so a killed run never leaves a stale lock behind; the
-empty lock file itself means nothing.
+empty lock file itself means nothing. A forked child (a data-loader worker) shares the lock's open
+file, so each child closes its copy at once: otherwise workers orphaned by a killed run would hold
+the lock until they noticed their parent had gone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_FILE = ".vimtune.lock"
+
+#: Lock descriptors this process holds; a forked child closes its copies of them.
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunLockedError(RuntimeError):
@@ -36,6 +50,8 @@ def run_lock(root: Path) -> Iterator[None]:
                 f"run folder '{root}' is in use by another vimtune process (training or resuming it); "
                 "wait for that process to finish or stop it, or choose another --output-dir"
             ) from None
+        _HELD.add(fd)
         yield
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases the lock
