@@ -43,6 +43,8 @@ class FakeTrainer:
 
 
 def _plan(**kwargs: Any) -> VtabPlan:
+    """The two-method plan on task ``t``; its rate grid stays fixed unless ``edge_steps`` is given."""
+    kwargs.setdefault("edge_steps", 0)
     return VtabPlan(tasks=["t"], methods=["svp", "linear"], lr_factors=(1 / 3, 1.0, 3.0), epochs=(2, 4), **kwargs)
 
 
@@ -81,7 +83,7 @@ def test_choice_is_made_on_val_whatever_the_test_accuracies(tmp_path: Path, test
 
 def test_choice_breaks_ties_towards_fewer_epochs_then_the_default_rate() -> None:
     plan = _plan()
-    grid = plan.selection("t", "svp")
+    grid = plan.selection("t", "svp", {})
     records = {t.key: {"val_acc": 0.5} for t in grid}
     assert (choose(grid, records).lr_factor, choose(grid, records).epochs) == (1.0, 2)
     records[Trial("t", "svp", SELECT, 1 / 3, 4, 0).key] = {"val_acc": 0.5001}
@@ -91,14 +93,52 @@ def test_choice_breaks_ties_towards_fewer_epochs_then_the_default_rate() -> None
 
 
 def test_choice_ignores_a_test_accuracy_even_when_a_record_carries_one() -> None:
-    grid = _plan().selection("t", "svp")
+    grid = _plan().selection("t", "svp", {})
     records = {t.key: {"val_acc": 0.5 + 0.01 * n} for n, t in enumerate(grid)}  # the last cell is best on val
     with_test = {k: {**r, "test_acc": 1.0 - r["val_acc"]} for k, r in records.items()}  # ... and worst on test
     assert choose(grid, with_test) == choose(grid, records) == grid[-1]
 
 
+def _finish(grid: list[Trial], records: dict[str, Any], best_factor: float) -> None:
+    """Record every unfinished cell of ``grid``: val 0.9 at ``best_factor``, 0.5 elsewhere."""
+    for t in grid:
+        records.setdefault(t.key, {"val_acc": 0.9 if t.lr_factor == best_factor else 0.5})
+
+
+@pytest.mark.parametrize(("best", "grown"), [(3.0, [1 / 3, 1.0, 3.0, 9.0]), (1 / 3, [1 / 9, 1 / 3, 1.0, 3.0]),
+                                             (1.0, [1 / 3, 1.0, 3.0])])
+def test_the_rate_grid_grows_past_the_edge_where_its_best_cell_lies(best: float, grown: list[float]) -> None:
+    plan = _plan(edge_steps=2)
+    records: dict[str, Any] = {}
+    assert plan.rates("t", "svp", records) == [1 / 3, 1.0, 3.0]  # nothing finished: the given grid
+    _finish(plan.selection("t", "svp", records), records, best)
+    assert plan.rates("t", "svp", records) == pytest.approx(grown)
+    if len(grown) == 3:  # best inside the grid: chosen at once
+        assert plan.chosen("t", "svp", records).lr_factor == best
+    else:  # the new rate's cells (both epoch counts) run before anything is chosen
+        new = [t for t in plan.runnable(records) if t.method == "svp"]
+        assert sorted((t.lr_factor, t.epochs) for t in new) == sorted((grown[0 if best < 1 else -1], e) for e in (2, 4))
+        _finish(new, records, best)  # no better there: the old edge stays best and the grid stops
+        assert plan.rates("t", "svp", records) == pytest.approx(grown)
+        assert plan.chosen("t", "svp", records).lr_factor == best
+
+
+def test_the_rate_grid_grows_at_most_edge_steps_times() -> None:
+    plan = _plan(edge_steps=2)
+    records: dict[str, Any] = {}
+    for _ in range(5):  # the highest rate always wins
+        grid = plan.selection("t", "svp", records)
+        top = max(t.lr_factor for t in grid)
+        for t in grid:
+            records.setdefault(t.key, {"val_acc": t.lr_factor / 100})
+        assert top <= 27.0
+    assert plan.rates("t", "svp", records) == pytest.approx([1 / 3, 1.0, 3.0, 9.0, 27.0])
+    assert plan.chosen("t", "svp", records).lr_factor == pytest.approx(27.0)
+    assert _plan(edge_steps=0).rates("t", "svp", records) == [1 / 3, 1.0, 3.0]
+
+
 def test_plan_runs_a_whole_task_before_the_next_one() -> None:
-    plan = VtabPlan(tasks=["a", "b"], methods=["svp", "linear"], epochs=(2,))
+    plan = VtabPlan(tasks=["a", "b"], methods=["svp", "linear"], epochs=(2,), edge_steps=0)
     records: dict[str, Any] = {}
     order = []
     while todo := plan.runnable(records):
@@ -120,8 +160,8 @@ def _claiming_worker(path: str, key: str, started: Any, release: Any) -> None:
 
 def test_a_cell_claimed_by_another_process_is_not_run_twice(tmp_path: Path) -> None:
     path = tmp_path / "vtab.json"
-    plan = VtabPlan(tasks=["t"], methods=["linear"], lr_factors=(1.0, 3.0), epochs=(2,), spread_seeds=())
-    first, second = plan.selection("t", "linear")
+    plan = VtabPlan(tasks=["t"], methods=["linear"], lr_factors=(1.0, 3.0), epochs=(2,), spread_seeds=(), edge_steps=0)
+    first, second = plan.selection("t", "linear", {})
     ctx = multiprocessing.get_context("fork")
     started, release = ctx.Event(), ctx.Event()
     other = ctx.Process(target=_claiming_worker, args=(str(path), first.key, started, release))

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="learning rates of the grid, as multiples of each method's default (default 1/3 1 3)")
     vtab.add_argument("--grid-epochs", nargs="+", type=int, default=[10, 20], metavar="E",
                       help="epoch counts of the grid, each a run of its own (default 10 20)")
+    vtab.add_argument("--edge-steps", type=int, default=2, metavar="N",
+                      help="when the best cell is on the grid's highest (lowest) rate, add the next rate in that "
+                           "direction, at most N times (default 2; 0 keeps the grid fixed)")
     vtab.add_argument("--report-only", action="store_true",
                       help="write STEM.md / STEM.png from the trials cached so far and run nothing (e.g. while "
                            "another process is still running the plan)")
@@ -152,7 +155,7 @@ def main_vtab(args: argparse.Namespace, argv: list[str]) -> int:
     seed = args.seeds[0]
     plan = VtabPlan(tasks=args.tasks or discover_tasks(args.data_root), methods=methods,
                     lr_factors=tuple(args.lr_factors), epochs=tuple(args.grid_epochs), seed=seed,
-                    spread_seeds=tuple(s for s in args.spread_seeds if s != seed))
+                    spread_seeds=tuple(s for s in args.spread_seeds if s != seed), edge_steps=args.edge_steps)
     trainer_settings = {"batch_size": args.batch_size, "warmup_epochs": args.warmup_epochs}
     identity = {"name": "vtab", "lr_factors": plan.lr_factors, "epochs": plan.epochs, "seed": seed,
                 **trainer_settings, "defaults": {m: method_defaults(m).optim() for m in METHOD_DEFAULTS}}
@@ -161,6 +164,8 @@ def main_vtab(args: argparse.Namespace, argv: list[str]) -> int:
         "command": shlex.join(["vimtune", "bench", "transfer", *argv]),
         "protocol": identity,
         "trainer": trainer_settings,
+        # outside the fingerprint: a cell's result does not depend on how far the grid grows
+        "edge_steps": plan.edge_steps,
         "backbone": backbone.describe(),
         "data_root": str(args.data_root),
         "machine": machine_line(machine_description()),

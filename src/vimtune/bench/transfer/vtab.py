@@ -6,7 +6,9 @@ Per (task, method):
    times the epoch counts) is trained on ``train800`` with seed 0 and scored by its val200
    accuracy after its LAST epoch (the retrain has no val split, so no earlier epoch can be
    reproduced; each epoch count is a real run with its own cosine schedule). These runs have no
-   test split: test is never evaluated for them.
+   test split: test is never evaluated for them. When the best cell lies on the grid's highest
+   (lowest) rate, the grid grows by one more rate in that direction (same ratio, every epoch
+   count), up to ``edge_steps`` times, so that a chosen rate is not just where the grid ended.
 2. *final*: the best cell by val (ties: fewer epochs, then the rate nearest the default, then
    the lower rate) is retrained on ``train800val200`` with the same seed and settings and tested
    once, after its last epoch.
@@ -112,6 +114,7 @@ class VtabPlan:
         epochs: epoch counts of the grid.
         seed: the seed of selection and of the first final run.
         spread_seeds: further seeds of the final runs of SVP and the best baseline.
+        edge_steps: how many rates the grid may grow past an edge where its best cell lies.
     """
 
     tasks: Sequence[str]
@@ -120,14 +123,39 @@ class VtabPlan:
     epochs: Sequence[int] = (10, 20)
     seed: int = 0
     spread_seeds: Sequence[int] = (1, 2)
+    edge_steps: int = 2
 
-    def selection(self, task: str, method: str) -> list[Trial]:
-        """The grid of ``method`` on ``task``, shorter runs first."""
-        return [Trial(task, method, SELECT, f, e, self.seed) for e in self.epochs for f in self.lr_factors]
+    def _cells(self, task: str, method: str, factors: Sequence[float]) -> list[Trial]:
+        return [Trial(task, method, SELECT, f, e, self.seed) for e in self.epochs for f in factors]
+
+    def rates(self, task: str, method: str, records: Mapping[str, Any]) -> list[float]:
+        """The grid's learning-rate factors, ascending: ``lr_factors``, grown past the edge where its best cell lies.
+
+        Each growth step adds the next rate beyond the edge (the ratio of the two edge rates) once
+        every cell of the grid so far is finished and the best of them (by :func:`choose`) is on that
+        edge; at most ``edge_steps`` steps.
+        """
+        factors = sorted(self.lr_factors)
+        for _ in range(self.edge_steps if len(factors) > 1 else 0):
+            grid = self._cells(task, method, factors)
+            if not all(t.key in records for t in grid):
+                break
+            best = choose(grid, records).lr_factor
+            if best == factors[-1]:
+                factors.append(factors[-1] * factors[-1] / factors[-2])
+            elif best == factors[0]:
+                factors.insert(0, factors[0] * factors[0] / factors[1])
+            else:
+                break
+        return factors
+
+    def selection(self, task: str, method: str, records: Mapping[str, Any]) -> list[Trial]:
+        """The grid of ``method`` on ``task`` as far as ``records`` have grown it, shorter runs first."""
+        return self._cells(task, method, self.rates(task, method, records))
 
     def chosen(self, task: str, method: str, records: Mapping[str, Any]) -> Trial | None:
-        """The selected grid cell, or ``None`` while some cell of the grid is unfinished."""
-        grid = self.selection(task, method)
+        """The selected grid cell, or ``None`` while some cell of the (grown) grid is unfinished."""
+        grid = self.selection(task, method, records)
         return choose(grid, records) if all(t.key in records for t in grid) else None
 
     def best_baseline(self, task: str, records: Mapping[str, Any]) -> str | None:
@@ -154,8 +182,9 @@ class VtabPlan:
         for task in self.tasks:
             for method in self.methods:
                 chosen = self.chosen(task, method, records)
-                todo += [t for t in self.selection(task, method) if t.key not in records] if chosen is None else []
-                if chosen is not None and chosen.final(self.seed).key not in records:
+                if chosen is None:
+                    todo += [t for t in self.selection(task, method, records) if t.key not in records]
+                elif chosen.final(self.seed).key not in records:
                     todo.append(chosen.final(self.seed))
             for method in self.spread_methods(task, records):
                 chosen = self.chosen(task, method, records)

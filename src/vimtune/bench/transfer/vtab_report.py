@@ -60,8 +60,9 @@ class VtabTable:
         """``"lr 3e-03, 20 ep (val 85.0)"``; the grid's progress while it runs; ``"-"`` before."""
         chosen = self.plan.chosen(task, method, self.records)
         if chosen is None:
-            done = sum(t.key in self.records for t in self.plan.selection(task, method))
-            return f"grid {done}/{len(self.plan.selection(task, method))}" if done else "-"
+            grid = self.plan.selection(task, method, self.records)
+            done = sum(t.key in self.records for t in grid)
+            return f"grid {done}/{len(grid)}" if done else "-"
         return f"lr {chosen.lr:.0e}, {chosen.epochs} ep (val {100 * self.records[chosen.key]['val_acc']:.1f})"
 
     def missing(self) -> list[str]:
@@ -183,6 +184,8 @@ def write_vtab_outputs(header: dict[str, Any], plan: VtabPlan, records: Mapping[
         f"({', '.join(f'{f:.3g}' for f in plan.lr_factors)}) x the method's default (`vimtune.methods.defaults`) "
         f"and {' or '.join(map(str, plan.epochs))} epochs, each trained on `train800.txt` with seed {plan.seed} "
         "and scored by its `val200.txt` accuracy after its last epoch (no test set is evaluated in these runs). "
+        f"When the best cell is on the highest (lowest) rate, the grid gains the next rate in that direction "
+        f"(same ratio, every epoch count), at most {plan.edge_steps} time(s). "
         "The best cell by val is retrained with the same seed and settings on `train800val200.txt` and tested "
         f"once on `test.txt` after its last epoch. SVP and the best baseline by val on each task: final runs with "
         f"seeds {', '.join(map(str, plan.spread_seeds))} too. Batch {header['trainer']['batch_size']}, AdamW "
