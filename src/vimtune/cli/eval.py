@@ -6,16 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from vimtune.choices import DATASET_KINDS, PROTOCOLS
 from vimtune.cli._run_options import add_config_options, overrides_from_args
-from vimtune.data import DATASET_KINDS
-from vimtune.engine import PROTOCOLS, build_config, init_distributed, load_recipe
-from vimtune.engine.builder import build_eval_loaders
-from vimtune.engine.evaluate import evaluate
-from vimtune.engine.inference import LoadedModel, load_run, load_weights_file
-from vimtune.engine.metrics import ClassificationMeter
-from vimtune.engine.report import format_per_class, write_evaluation
-from vimtune.engine.run_dir import RunFiles
+
+if TYPE_CHECKING:
+    from vimtune.engine.inference import LoadedModel
+    from vimtune.engine.metrics import ClassificationMeter
 
 EPILOG = """protocols:
   val        the epoch with the best validation top-1, tested once (needs a val split during training)
@@ -40,6 +38,12 @@ def unused_folder(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vimtune.engine import build_config, init_distributed, load_recipe  # torch: not for --help
+    from vimtune.engine.builder import build_eval_loaders
+    from vimtune.engine.evaluate import evaluate
+    from vimtune.engine.inference import load_run, load_weights_file
+    from vimtune.engine.run_dir import RunFiles
+
     overrides = overrides_from_args(args)
     loaded: LoadedModel | None = None
     if args.run_dir:
@@ -72,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(meter: ClassificationMeter, loaded: LoadedModel, out_dir: Path, stem: str) -> None:
     """Print the results and write the JSON and the confusion-matrix PNG."""
+    from vimtune.engine.report import format_per_class, write_evaluation
+
     split = loaded.cfg.data.test_split
     meta = {"split": split, "data": loaded.cfg.data.root}
     if loaded.selection is not None:
