@@ -46,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = overrides_from_args(args)
     loaded: LoadedModel | None = None
+    if args.run_dir and args.checkpoint:
+        raise ValueError(
+            f"give RUN_DIR '{args.run_dir}' or --checkpoint '{args.checkpoint}', not both: RUN_DIR tests the run's "
+            f"own weights (--protocol picks which); to test the file with the run's settings use --checkpoint "
+            f"{args.checkpoint} --config {Path(args.run_dir) / 'config.yaml'}"
+        )
     if args.run_dir:
         loaded = load_run(args.run_dir, args.protocol, overrides)
         out_dir = Path(args.output_dir) if args.output_dir else RunFiles(Path(args.run_dir)).eval_dir
@@ -102,7 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder written by train/finetune")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="which epoch's weights (default: val, else last)")
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help="instead of a run: full-model weights (.safetensors/.pth) or an adapter folder")
+                        help="instead of a run (not with RUN_DIR): full-model weights (.safetensors/.pth) or an "
+                             "adapter folder; --config RUN_DIR/config.yaml gives it a run's settings")
     parser.add_argument("--output-dir", help="where the results go (default: RUN_DIR/eval; with --checkpoint "
                                              "runs/eval-<name>, or runs/eval-<name>-2, -3, ... when it exists: "
                                              "never overwritten)")
