@@ -217,7 +217,7 @@ def test_resume_without_epochs_left_says_nothing_will_be_trained(
     records = (run / "metrics.jsonl").read_text()
     assert main(["train", "--output-dir", str(run), "--resume", "--epochs", "1"]) == 0
     err = capsys.readouterr().err
-    assert (f"nothing to train: run '{run}' has done 1 epochs and train.epochs is 1; only its final test and "
+    assert (f"nothing to train: run '{run}' is at epoch 1 and train.epochs is 1; only its final test and "
             "report are redone (pass --epochs above 1 to train more)") in err.splitlines()
     assert (run / "metrics.jsonl").read_text() == records
 

@@ -84,7 +84,7 @@ def run_inputs(cfg: RunConfig) -> dict[str, str | None]:
 
 def nothing_to_train_note(files: RunFiles, done: int, epochs: int) -> str:
     """The line a resumed run prints when ``train.epochs`` (``epochs``) is not above the ``done`` epochs."""
-    return (f"nothing to train: run '{files.root}' has done {done} epochs and train.epochs is {epochs}; "
+    return (f"nothing to train: run '{files.root}' is at epoch {done} and train.epochs is {epochs}; "
             f"only its final test and report are redone (pass --epochs above {done} to train more)")
 
 
