@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,9 @@ def test_finetune_pretrained_records_the_hub_spec(
                "--output-dir", str(tmp_path / "run8")]
     stride8.remove("--pretrained")
     assert main(stride8) == 1
-    assert "model.allow_stride_change=true" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model.allow_stride_change=true" in err
+    assert err.startswith(f"vimtune finetune: error: hf-hub:{TINY_REPO}/{TINY_STRIDE8_FILE} (cached as '")
 
 
 def test_release_table_matches_the_configs() -> None:
@@ -131,3 +134,50 @@ def test_release_table_matches_the_configs() -> None:
         model = timm.create_model(name, depth=1, num_classes=0)
         assert model.patch_embed.stride == release.stride, name
         assert timm.models.get_pretrained_cfg(name).hf_hub_id == release.hub_id
+
+
+def test_renamed_release_files_are_recognised_by_their_grid_at_other_sizes(
+    offline_hub: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """A release file under its own name, loaded into a model built for another image size than 224."""
+    _, payloads = offline_hub
+    own8, own16 = tmp_path / "my_vim_tiny_plus.pth", tmp_path / "my_vim_tiny.pth"
+    torch.save(payloads[TINY_STRIDE8_FILE], own8)
+    torch.save(payloads[TINY_FILE], own16)
+    model16 = timm.create_model("vim_tiny_patch16_224", depth=DEPTH, img_size=384)  # grid 24; the file's is 27
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(own8))}: stride-8 weights for a stride-16 model"):
+        load_checkpoint(model16, own8)
+    model8 = timm.create_model("vim_tiny_patch16_stride8_224", depth=DEPTH, img_size=256)  # grid 31; the file's 14
+    with pytest.raises(CheckpointError, match="stride-16 weights for a stride-8 model"):
+        load_checkpoint(model8, own16)
+    report = load_checkpoint(model16, own16)  # the same stride at another size is resized as usual
+    assert "pos_embed resized from grid (14, 14) to (24, 24)" in report.notes
+
+
+def test_stride_error_names_the_hub_spec_of_a_cached_file(offline_hub: tuple[Path, dict]) -> None:
+    cached = re.escape(f"/snapshots/{REVISION}/{TINY_STRIDE8_FILE}")
+    with pytest.raises(CheckpointError, match=rf"^hf-hub:{TINY_REPO}/{TINY_STRIDE8_FILE} \(cached as '.*{cached}'\): "
+                                              "stride-8 weights for a stride-16 model"):
+        timm.create_model("vim_tiny_patch16_224", pretrained=True, depth=DEPTH,
+                          pretrained_cfg_overlay=dict(hf_hub_filename=TINY_STRIDE8_FILE))
+
+
+def test_a_hub_file_missing_offline_names_repo_file_cache_and_fix(
+    offline_hub: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache, _ = offline_hub
+    small = RELEASES["vim_small_patch16_224"]  # not in the cache
+    expected = [f"cannot get {small.spec} (repository {small.hub_id}, file {small.filename})",
+                f"cache folder '{cache}'", "HF_HUB_OFFLINE is set", f"hf download {small.hub_id} {small.filename}",
+                "set HF_HUB_CACHE"]
+    with pytest.raises(FileNotFoundError) as caught:
+        timm.create_model("vim_small_patch16_224", pretrained=True, depth=DEPTH)
+    assert "\n" not in str(caught.value)
+    assert all(part in str(caught.value) for part in expected), str(caught.value)
+    task = make_vtab_task(tmp_path / "task")
+    for weights in (["--pretrained"], ["--backbone-weights", small.spec]):
+        args = ["finetune", *SMOKE, "--method", "linear", "--model", "vim_small_patch16_224", *weights,
+                "--data-kind", "vtab", "--data", str(task), "--output-dir", str(tmp_path / "run"), "--epochs", "1"]
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and all(part in err for part in expected), err

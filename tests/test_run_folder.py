@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,3 +157,85 @@ def test_ctrl_c_prints_one_line_naming_the_checkpoint(data: Path, tmp_path: Path
     assert "Traceback" not in "\n".join(lines)
     assert lines[-1].startswith(f"vimtune train: interrupted: the last checkpoint is '{run / 'checkpoint.pt'}' (")
     assert lines[-1].endswith(f"continue with --output-dir {run} --resume")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data, run): a finished one-epoch run; tests that change it take a copy (:func:`run_copy`)."""
+    root = tmp_path_factory.mktemp("finished")
+    data = make_image_folder(root / "data", {"train": 4, "val": 2, "test": 2})
+    assert _train(data, root / "run") == 0
+    return data, root / "run"
+
+
+@pytest.fixture
+def run_copy(finished_run: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    data, run = finished_run
+    return data, Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_overwrite_refuses_to_delete_an_input_of_the_new_run(
+    run_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = run_copy
+    weights = run / "weights" / "last.safetensors"  # a run file: --overwrite deletes it
+    before = checksums(run)
+    finetune = ["finetune", *SMOKE, "--method", "linear", "--data", str(data), "--output-dir", str(run),
+                "--backbone-weights", str(weights), "--overwrite"]
+    assert main(finetune) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (f"--overwrite refused: the --backbone-weights file '{weights}' lies inside the run folder '{run}'"
+            in err)
+    assert checksums(run) == before
+    shutil.copytree(data, run / "mydata")
+    before = checksums(run)
+    assert _train(run / "mydata", run, "--overwrite") == 1
+    assert f"the --data folder '{run / 'mydata'}' lies inside the run folder '{run}'" in capsys.readouterr().err
+    assert checksums(run) == before
+
+
+def test_eval_refuses_a_run_folder_with_a_checkpoint_file(
+    finished_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = finished_run
+    weights = run / "weights" / "last.safetensors"
+    out = tmp_path / "eval"
+    assert main(["eval", str(run), "--checkpoint", str(weights), "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"give RUN_DIR '{run}' or --checkpoint '{weights}', not both" in err
+    assert not out.exists()
+    suggested = ["eval", "--checkpoint", str(weights), "--config", str(run / "config.yaml"), "--output-dir", str(out)]
+    assert main(suggested) == 0  # what the message suggests works
+    assert (out / "last_test.json").is_file()
+
+
+def test_resume_without_epochs_left_says_nothing_will_be_trained(
+    run_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = run_copy
+    records = (run / "metrics.jsonl").read_text()
+    assert main(["train", "--output-dir", str(run), "--resume", "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert (f"nothing to train: run '{run}' is at epoch 1 and train.epochs is 1; only its final test and "
+            "report are redone (pass --epochs above 1 to train more)") in err.splitlines()
+    assert (run / "metrics.jsonl").read_text() == records
+
+
+def test_eval_and_predict_refuse_a_run_a_live_process_is_training(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    image = next((data / "test").rglob("*.png"))
+    training = _start_training(data, run, tmp_path / "train.log")
+    try:
+        for command in (["eval", str(run), "--output-dir", str(tmp_path / "eval")], ["predict", str(run), str(image)]):
+            assert main(command) == 1
+            assert training.poll() is None, "the training ended before eval/predict were tried"
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1
+            assert f"run folder '{run}' is being trained by a live vimtune process" in err
+    finally:
+        training.send_signal(signal.SIGKILL)
+        training.wait()
+    assert main(["predict", str(run), str(image)]) == 0  # the killed run's lock went with it

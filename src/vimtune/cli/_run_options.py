@@ -8,13 +8,16 @@ overrides; explicit flags. With ``--resume`` the run folder's own ``config.yaml`
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from vimtune.choices import DATASET_KINDS
 from vimtune.cli._errors import one_line
-from vimtune.data import DATASET_KINDS, BadImageError
-from vimtune.engine import RunConfig, build_config, load_recipe, load_run_config, parse_override, run_training
-from vimtune.methods.defaults import method_defaults
-from vimtune.models import release_spec
+
+if TYPE_CHECKING:
+    from vimtune.engine import RunConfig
+
+# The engine, data, methods and models packages import torch (seconds): they are imported in the
+# functions that run a command, so that building the parser (and ``--help``) stays fast.
 
 #: explicit flag (argparse dest) -> config key
 FLAG_KEYS = {
@@ -104,6 +107,8 @@ def add_run_options(parser: argparse.ArgumentParser, finetune: bool) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """``--set`` pairs followed by the explicit flags that were given."""
+    from vimtune.engine import parse_override
+
     pairs = [parse_override(text) for text in args.overrides]
     pairs += [(key, getattr(args, dest)) for dest, key in FLAG_KEYS.items() if getattr(args, dest, None) is not None]
     return pairs
@@ -111,11 +116,16 @@ def overrides_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
 
 def with_method_defaults(recipe: dict[str, Any], method: str) -> dict[str, Any]:
     """``recipe`` with ``method``'s default ``optim`` settings under the keys it leaves unset."""
+    from vimtune.methods.defaults import method_defaults
+
     return {**recipe, "optim": {**method_defaults(method).optim(), **recipe.get("optim", {})}}
 
 
 def config_from_args(args: argparse.Namespace, finetune: bool = False) -> RunConfig:
     """The run configuration: [method defaults +] recipe (or the resumed run's config.yaml) + overrides + flags."""
+    from vimtune.engine import build_config, load_recipe, load_run_config
+    from vimtune.models import release_spec
+
     overrides = overrides_from_args(args)
     recipe = load_recipe(args.config) if args.config else {}
     cfg = build_config(recipe, overrides)
@@ -130,6 +140,9 @@ def config_from_args(args: argparse.Namespace, finetune: bool = False) -> RunCon
 
 def train_from_args(args: argparse.Namespace, finetune: bool) -> int:
     """Build the config, check the command fits it, train; returns the exit status."""
+    from vimtune.data import BadImageError
+    from vimtune.engine import run_training
+
     cfg = config_from_args(args, finetune)
     if finetune and not cfg.model.method:
         raise ValueError("vimtune finetune needs a method: --method NAME (or model.method in the recipe)")

@@ -6,16 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from vimtune.choices import DATASET_KINDS, PROTOCOLS
 from vimtune.cli._run_options import add_config_options, overrides_from_args
-from vimtune.data import DATASET_KINDS
-from vimtune.engine import PROTOCOLS, build_config, init_distributed, load_recipe
-from vimtune.engine.builder import build_eval_loaders
-from vimtune.engine.evaluate import evaluate
-from vimtune.engine.inference import LoadedModel, load_run, load_weights_file
-from vimtune.engine.metrics import ClassificationMeter
-from vimtune.engine.report import format_per_class, write_evaluation
-from vimtune.engine.run_dir import RunFiles
+
+if TYPE_CHECKING:
+    from vimtune.engine.inference import LoadedModel
+    from vimtune.engine.metrics import ClassificationMeter
 
 EPILOG = """protocols:
   val        the epoch with the best validation top-1, tested once (needs a val split during training)
@@ -40,8 +38,20 @@ def unused_folder(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vimtune.engine import build_config, init_distributed, load_recipe  # torch: not for --help
+    from vimtune.engine.builder import build_eval_loaders
+    from vimtune.engine.evaluate import evaluate
+    from vimtune.engine.inference import load_run, load_weights_file
+    from vimtune.engine.run_dir import RunFiles
+
     overrides = overrides_from_args(args)
     loaded: LoadedModel | None = None
+    if args.run_dir and args.checkpoint:
+        raise ValueError(
+            f"give RUN_DIR '{args.run_dir}' or --checkpoint '{args.checkpoint}', not both: RUN_DIR tests the run's "
+            f"own weights (--protocol picks which); to test the file with the run's settings use --checkpoint "
+            f"{args.checkpoint} --config {Path(args.run_dir) / 'config.yaml'}"
+        )
     if args.run_dir:
         loaded = load_run(args.run_dir, args.protocol, overrides)
         out_dir = Path(args.output_dir) if args.output_dir else RunFiles(Path(args.run_dir)).eval_dir
@@ -72,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(meter: ClassificationMeter, loaded: LoadedModel, out_dir: Path, stem: str) -> None:
     """Print the results and write the JSON and the confusion-matrix PNG."""
+    from vimtune.engine.report import format_per_class, write_evaluation
+
     split = loaded.cfg.data.test_split
     meta = {"split": split, "data": loaded.cfg.data.root}
     if loaded.selection is not None:
@@ -96,7 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder written by train/finetune")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="which epoch's weights (default: val, else last)")
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help="instead of a run: full-model weights (.safetensors/.pth) or an adapter folder")
+                        help="instead of a run (not with RUN_DIR): full-model weights (.safetensors/.pth) or an "
+                             "adapter folder; --config RUN_DIR/config.yaml gives it a run's settings")
     parser.add_argument("--output-dir", help="where the results go (default: RUN_DIR/eval; with --checkpoint "
                                              "runs/eval-<name>, or runs/eval-<name>-2, -3, ... when it exists: "
                                              "never overwritten)")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from vimtune.ops import available_backends, resolve_backend
-
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # not for --help
+
     from vimtune.models.zoo_table import zoo_markdown
+    from vimtune.ops import available_backends, resolve_backend
 
     print(zoo_markdown())
     print()

@@ -9,9 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vimtune.data import BadImageError
-from vimtune.engine import PROTOCOLS
-from vimtune.engine.inference import load_run, predict_images
+from vimtune.choices import PROTOCOLS
 
 
 def image_files(paths: list[str]) -> list[str]:
@@ -34,6 +32,9 @@ def image_files(paths: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vimtune.data import BadImageError  # torch: not for --help
+    from vimtune.engine.inference import load_run, predict_images
+
     moved = [("model.backbone_weights", args.backbone_weights)] if args.backbone_weights else []
     loaded = load_run(args.run_dir, args.protocol, moved)
     if loaded.selection.warning:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vimtune.choices import PROTOCOLS
 from vimtune.cli.viz import draw
-from vimtune.engine import PROTOCOLS
-from vimtune.engine.html_report import write_report
-from vimtune.engine.run_dir import RunFiles
-from vimtune.viz.sources import from_run
 
 
 def run(args: argparse.Namespace) -> int:
+    from vimtune.engine.html_report import write_report  # torch: not for --help
+    from vimtune.engine.run_dir import RunFiles
+    from vimtune.viz.sources import from_run
+
     files = RunFiles(Path(args.run_dir))
     if not files.config.is_file():
         raise FileNotFoundError(f"'{files.root}' is not a run folder: '{files.config}' is missing")

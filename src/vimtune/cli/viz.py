@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vimtune.data import BadImageError
-from vimtune.engine import PROTOCOLS
-from vimtune.viz.pictures import make_pictures
-from vimtune.viz.sources import VizSource, from_checkpoint, from_run, load_images
+from vimtune.choices import PROTOCOLS
+
+if TYPE_CHECKING:
+    from vimtune.viz.sources import VizSource
 
 EPILOG = """examples:
   vimtune viz runs/svp-mnist img1.png img2.png --out pictures/
@@ -19,6 +20,10 @@ EPILOG = """examples:
 
 def draw(source: VizSource, images: list[str], out: Path, prefix: str = "") -> list[Path]:
     """Write the pictures of ``source`` on the image files ``images`` to ``out``; returns their paths."""
+    from vimtune.data import BadImageError  # torch: not for --help
+    from vimtune.viz.pictures import make_pictures
+    from vimtune.viz.sources import load_images
+
     try:
         inputs, shown = load_images(images, source.augment)
     except BadImageError as err:
@@ -29,6 +34,8 @@ def draw(source: VizSource, images: list[str], out: Path, prefix: str = "") -> l
 
 
 def run(args: argparse.Namespace) -> int:
+    from vimtune.viz.sources import from_checkpoint, from_run
+
     if args.checkpoint:
         source = from_checkpoint(args.checkpoint, args.model, args.backbone_weights, args.img_size)
         images = [args.run_dir, *args.images] if args.run_dir else args.images

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from vimtune.choices import DATASET_KINDS
+
 from .cifar import CIFARDataset
 from .errors import DatasetNotFoundError
 from .fgvc import FGVCDataset
@@ -15,9 +17,6 @@ from .imagefolder import ImageFolderDataset
 from .vtab import VTabDataset
 
 __all__ = ["DATASET_KINDS", "build_dataset", "has_split"]
-
-#: The ``kind`` values accepted by :func:`build_dataset`.
-DATASET_KINDS: tuple[str, ...] = ("imagefolder", "vtab", "fgvc", "cifar10", "cifar100")
 
 #: Kinds with a fixed set of splits (the others are folders or files named by the split).
 _FIXED_SPLITS: dict[str, tuple[str, ...]] = {"cifar10": ("train", "trainval", "test"),

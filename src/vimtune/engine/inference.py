@@ -15,6 +15,7 @@ from vimtune.engine.checkpoint import load_weights
 from vimtune.engine.config import ModelConfig, RunConfig
 from vimtune.engine.protocols import Selection, available_protocols, select
 from vimtune.engine.run_dir import RunFiles
+from vimtune.engine.run_lock import refuse_if_in_use
 from vimtune.engine.run_record import recorded_backbone_file
 from vimtune.engine.runner import load_run_config
 from vimtune.engine.trainable import Trainable
@@ -41,15 +42,18 @@ def default_protocol(history: list[dict[str, Any]]) -> str:
 def load_run(run_dir: str | Path, protocol: str | None = None, overrides: list[tuple[str, Any]] = ()) -> LoadedModel:
     """Rebuild a run's model from its ``config.yaml`` and load the weights ``protocol`` selects.
 
-    A fine-tuned run's backbone is the file its ``run.json`` records, checked by SHA-256.
+    A fine-tuned run's backbone is the file its ``run.json`` records, checked by SHA-256. A run
+    that a live process is training is refused (its files are half-written).
 
     Raises:
         FileNotFoundError: not a run folder, or the selected weights are missing.
+        vimtune.engine.run_lock.RunLockedError: a live process is training the run.
         ValueError: a protocol the run does not support.
         vimtune.models.CheckpointError: weights that do not fit the configured model.
         vimtune.models.provenance.ProvenanceError: the backbone is missing or not the run's.
     """
     files = RunFiles(Path(run_dir))
+    refuse_if_in_use(files.root)
     cfg = load_run_config(run_dir, overrides)
     classes = files.read_classes()
     history = files.read_history()

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vimtune.choices import PROTOCOLS
 from vimtune.engine.checkpoint import read_weights_metadata
 from vimtune.engine.run_dir import RunFiles
 
-PROTOCOLS = ("val", "last", "best-test")
 BEST_TEST_WARNING = (
     "WARNING: protocol 'best-test' selects the epoch with the best TEST accuracy (as the SVP release "
     "does): the number is optimistic, not a held-out estimate; prefer protocol 'val'"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ class RunDirExistsError(RuntimeError):
 
 class NotARunDirError(RuntimeError):
     """``--overwrite`` of a folder that does not hold a vimtune run."""
+
+
+class InputInRunDirError(RuntimeError):
+    """``--overwrite`` of a run folder that holds an input of the new run (it would delete its own input)."""
 
 
 @dataclass(frozen=True)
@@ -187,15 +192,42 @@ def _holds_files(root: Path) -> bool:
     return root.is_dir() and any(p.name != LOCK_FILE for p in root.iterdir())
 
 
-def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool, create: bool = True) -> RunFiles:
+def check_inputs_outside(root: Path, inputs: Mapping[str, str | None]) -> None:
+    """Refuse an ``--overwrite`` of ``root`` when one of the new run's ``inputs`` lies inside it.
+
+    Args:
+        root: the old run folder that ``--overwrite`` would delete.
+        inputs: what each input is (e.g. ``"--data folder"``) -> its local path; ``None`` and
+            ``hf-hub:`` specs are skipped.
+
+    Raises:
+        InputInRunDirError: the first input found inside ``root`` (or ``root`` itself).
+    """
+    folder = root.resolve()
+    for what, path in inputs.items():
+        if path is None or str(path).startswith("hf-hub:"):
+            continue
+        where = Path(path).resolve()
+        if where == folder or folder in where.parents:
+            raise InputInRunDirError(
+                f"--overwrite refused: the {what} '{path}' lies inside the run folder '{root}' that --overwrite "
+                "would delete; move it out of the folder first, or choose another --output-dir"
+            )
+
+
+def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool, create: bool = True,
+                    inputs: Mapping[str, str | None] | None = None) -> RunFiles:
     """Check (and with ``create`` make) the run folder ``path``.
 
     With ``create`` the caller holds the folder's lock (:func:`vimtune.engine.run_lock.run_lock`):
     an ``overwrite`` then deletes the old run's files, and leftovers of interrupted writes go.
+    ``inputs`` (what -> path) are the new run's input files and folders: an ``overwrite`` of a
+    folder holding one of them is refused (see :func:`check_inputs_outside`).
 
     Raises:
         RunDirExistsError: ``path`` holds files and neither ``resume`` nor ``overwrite`` is set.
         NotARunDirError: ``overwrite`` or ``resume`` of a folder that holds files but no vimtune run.
+        InputInRunDirError: ``overwrite`` of a run folder that holds one of ``inputs``.
         FileNotFoundError: ``resume`` of a folder that does not exist.
     """
     files = RunFiles(Path(path))
@@ -217,6 +249,7 @@ def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool, create: boo
                 f"--overwrite refused: '{files.root}' holds files but no vimtune run (no run.json, or "
                 "config.yaml with classes.json); it deletes only run folders. Choose another --output-dir"
             )
+        check_inputs_outside(files.root, inputs or {})
         if create:
             kept = delete_run_files(files.root)
             if kept:

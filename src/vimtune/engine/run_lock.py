@@ -55,3 +55,24 @@ def run_lock(root: Path) -> Iterator[None]:
     finally:
         _HELD.discard(fd)
         os.close(fd)  # releases the lock
+
+
+def refuse_if_in_use(root: Path) -> None:
+    """Raise :class:`RunLockedError` when a live process holds ``root``'s lock (the run is being trained).
+
+    For readers of a run (``eval``, ``predict``, ``viz``): a shared lock is tried on the existing
+    lock file and dropped at once; a folder without one has never been trained and is free.
+    """
+    try:
+        fd = os.open(root / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunLockedError(
+            f"run folder '{root}' is being trained by a live vimtune process (it holds the run's lock): its weights "
+            "and metrics are half-written, so they are not read; wait for that process to finish, or stop it"
+        ) from None
+    finally:
+        os.close(fd)

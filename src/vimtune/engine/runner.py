@@ -77,6 +77,17 @@ def _check_same_classes(train: Dataset, others: dict[str, Dataset]) -> None:
             )
 
 
+def run_inputs(cfg: RunConfig) -> dict[str, str | None]:
+    """The files and folders a run reads, by what they are (for the ``--overwrite`` check)."""
+    return {"--backbone-weights file": cfg.model.backbone_weights, "--data folder": cfg.data.root}
+
+
+def nothing_to_train_note(files: RunFiles, done: int, epochs: int) -> str:
+    """The line a resumed run prints when ``train.epochs`` (``epochs``) is not above the ``done`` epochs."""
+    return (f"nothing to train: run '{files.root}' is at epoch {done} and train.epochs is {epochs}; "
+            f"only its final test and report are redone (pass --epochs above {done} to train more)")
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message says where the last checkpoint is."""
 
@@ -98,7 +109,8 @@ def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False) 
     try:
         with ExitStack() as held:
             if ctx.is_main:
-                prepare_run_dir(files.root, resume, overwrite, create=False)  # writes nothing to a foreign folder
+                prepare_run_dir(files.root, resume, overwrite, create=False,  # writes nothing to a foreign folder
+                                inputs=run_inputs(cfg))
                 if files.root.is_dir():
                     held.enter_context(run_lock(files.root))  # a second process on the run stops here
             return _run(cfg, ctx, files, resume, overwrite, held)
@@ -143,7 +155,7 @@ def _run(cfg: RunConfig, ctx: DistContext, files: RunFiles, resume: bool, overwr
         if not files.root.is_dir():
             files.root.mkdir(parents=True)
             held.enter_context(run_lock(files.root))
-        prepare_run_dir(files.root, resume, overwrite, create=True)
+        prepare_run_dir(files.root, resume, overwrite, create=True, inputs=run_inputs(cfg))
         if not files.record.is_file() and not resumed:
             if frozen is not None:
                 save_weights(files.backbone, frozen, {"source": random_source(cfg.train.seed)})
@@ -154,12 +166,15 @@ def _run(cfg: RunConfig, ctx: DistContext, files: RunFiles, resume: bool, overwr
         start = f"resuming after epoch {trainer.state.epoch}" if resumed else "starting"
         tqdm.write(f"run folder {files.root}: {start} ({len(train_set)} training images, "
                    f"{train_set.num_classes} classes, {ctx.world_size} process(es) x batch {cfg.data.batch_size})")
-        line, warnings = describe_schedule(cfg.optim, trainer.optim_cfg, trainer.global_batch, cfg.train.epochs,
-                                           trainer.updates_per_epoch)
-        tqdm.write(line)
-        for message in [*warnings, missing_val_note(cfg.data)]:
-            if message:
-                tqdm.write(message, file=sys.stderr)
+        if resumed and trainer.state.epoch >= cfg.train.epochs:
+            tqdm.write(nothing_to_train_note(files, trainer.state.epoch, cfg.train.epochs), file=sys.stderr)
+        else:
+            line, warnings = describe_schedule(cfg.optim, trainer.optim_cfg, trainer.global_batch,
+                                               cfg.train.epochs, trainer.updates_per_epoch)
+            tqdm.write(line)
+            for message in [*warnings, missing_val_note(cfg.data)]:
+                if message:
+                    tqdm.write(message, file=sys.stderr)
     barrier(ctx)
     state = trainer.fit()
     if ctx.is_main and cfg.model.method is not None:

@@ -18,12 +18,14 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from vimtune.models.hub import resolve_weights
+from vimtune.models.hub import describe_source, resolve_weights
 from vimtune.models.pos_embed import resize_pos_embed, square_grid
 from vimtune.models.releases import release_for_file
 
 RELEASE_SAFE_GLOBALS: list[type] = [argparse.Namespace]
 HEAD_KEYS = ("head.weight", "head.bias")
+#: The image side (px) every released checkpoint was trained at.
+RELEASE_IMG_SIZE = 224
 StateDict = dict[str, Tensor]
 
 
@@ -131,21 +133,22 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict
 def checkpoint_stride(source_name: str | None, old_grid: tuple[int, int] | None, model: nn.Module) -> int | None:
     """The patch stride a checkpoint was trained with, when it can be told; else None.
 
-    Known for the authors' released files (by file name). For another file whose ``pos_embed``
-    grid ``old_grid`` differs from the model's, it is inferred when that grid is exactly what a
-    stride of patch / 2 or patch gives at the model's image size (the grid of a stride-8 file
-    loaded at the size it was trained at).
+    Known for the authors' released files (by file name). For another file (a renamed release
+    file, a user's own) whose ``pos_embed`` grid ``old_grid`` differs from the model's, it is
+    inferred when that grid is exactly what a stride of patch / 2 or patch gives at the model's
+    image size or, failing that, at the releases' :data:`RELEASE_IMG_SIZE` (so a stride-8 file
+    trained at 224 px is recognised in a model built for 384 px).
     """
     release = release_for_file(source_name) if source_name else None
     if release is not None:
         return release[1].stride
     if old_grid is None or tuple(old_grid) == tuple(model.grid_size):
         return None
-    embed = model.patch_embed
-    height, width = model.img_size
-    for stride in (embed.patch_size // 2, embed.patch_size):
-        if old_grid == ((height - embed.patch_size) // stride + 1, (width - embed.patch_size) // stride + 1):
-            return stride
+    patch = model.patch_embed.patch_size
+    for height, width in (tuple(model.img_size), (RELEASE_IMG_SIZE, RELEASE_IMG_SIZE)):
+        for stride in (patch // 2, patch):
+            if tuple(old_grid) == ((height - patch) // stride + 1, (width - patch) // stride + 1):
+                return stride
     return None
 
 
@@ -178,8 +181,9 @@ def adapt_state_dict(
     stride = checkpoint_stride(source_name, old_grid, model)
     if stride is not None and stride != model.patch_embed.stride:
         if not allow_stride_change:
+            where = describe_source(source_name) if source_name else "checkpoint"
             raise CheckpointError(
-                f"{source_name or 'checkpoint'}: stride-{stride} weights for a stride-{model.patch_embed.stride} "
+                f"{where}: stride-{stride} weights for a stride-{model.patch_embed.stride} "
                 "model (its pos_embed would be resized onto another grid, giving silently wrong features); "
                 f"build the model with stride={stride}, or pass allow_stride_change=True "
                 "(CLI: --set model.allow_stride_change=true) to resize pos_embed anyway"

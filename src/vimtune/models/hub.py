@@ -54,15 +54,50 @@ def resolve_weights(spec: str | os.PathLike) -> ResolvedWeights:
             raise FileNotFoundError(f"checkpoint file not found: '{path}'")
         return ResolvedWeights(path, text)
     repo_id, revision, filename = parse_hub_spec(text)
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
     try:
         local = hf_hub_download(repo_id, filename, revision=revision)
     except (EntryNotFoundError, HfHubHTTPError, OSError) as err:
-        offline = " (HF_HUB_OFFLINE is set: only the cache is read)" if constants.is_offline_mode() else ""
-        raise FileNotFoundError(
-            f"cannot get {text}: not in the Hugging Face cache '{constants.HF_HUB_CACHE}'{offline} and not "
-            f"downloadable: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from err
+        raise hub_file_unavailable(repo_id, filename, revision, err) from err
     return ResolvedWeights(Path(local), text)
+
+
+def hub_file_unavailable(repo_id: str, filename: str, revision: str | None, err: BaseException) -> FileNotFoundError:
+    """The one-line error for a Hub file that is neither in the cache nor downloadable.
+
+    It names the repository, the file, the cache folder looked in and how to get the file there.
+    """
+    from huggingface_hub import constants
+
+    spec = f"{HUB_PREFIX}{repo_id}{f'@{revision}' if revision else ''}/{filename}"
+    if constants.is_offline_mode():
+        why = "HF_HUB_OFFLINE is set, so only the cache is read"
+    else:
+        detail = str(err).splitlines()[0] if str(err) else ""
+        why = f"downloading it failed ({type(err).__name__}: {detail})"
+    return FileNotFoundError(
+        f"cannot get {spec} (repository {repo_id}, file {filename}): it is not in the Hugging Face cache folder "
+        f"'{constants.HF_HUB_CACHE}' and {why}; download it once with network access (without HF_HUB_OFFLINE, "
+        f"e.g. `hf download {repo_id} {filename}`), or set HF_HUB_CACHE to the cache folder that holds it"
+    )
+
+
+def cached_hub_spec(path: str | os.PathLike) -> str | None:
+    """``hf-hub:<owner>/<repo>/<file>`` of a file in a Hugging Face cache snapshot, else None.
+
+    The cache stores ``<owner>/<repo>``'s files as ``models--<owner>--<repo>/snapshots/<revision>/<file>``.
+    """
+    parts = Path(path).parts
+    for i, part in enumerate(parts[:-3]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            owner, _, repo = part.removeprefix("models--").partition("--")
+            return f"{HUB_PREFIX}{owner}/{repo}/{'/'.join(parts[i + 3:])}"
+    return None
+
+
+def describe_source(name: str) -> str:
+    """How an error names the weights file ``name``: its Hub spec too when it lies in the Hugging Face cache."""
+    spec = cached_hub_spec(name)
+    return f"{spec} (cached as '{name}')" if spec else name

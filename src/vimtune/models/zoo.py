@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
+from vimtune.models.hub import hub_file_unavailable
 from vimtune.models.releases import RELEASES
 from vimtune.models.vim import VisionMamba
 
@@ -74,16 +76,24 @@ def create_vim(name: str, pretrained: bool = False, **kwargs: Any) -> VisionMamb
     ``pretrained_cfg_overlay=dict(file=PATH)`` (release ``.pth``, state dict or ``.safetensors``).
     ``features_only=True`` (with ``out_indices``, default the last 3 blocks) gives timm's feature
     wrapper over :meth:`VisionMamba.forward_intermediates`.
+
+    Raises:
+        FileNotFoundError: a Hub file neither in the Hugging Face cache nor downloadable (one line
+            naming the repository, the file, the cache folder and the fix).
     """
     config = {**MODEL_CONFIGS[name][0], **kwargs}
     overlay = config.pop("pretrained_cfg_overlay", None)
     if overlay:  # a file or url given here is read by VisionMamba.load_pretrained too
         overlay = {"custom_load": "hf", **overlay}
     out_indices = config.pop("out_indices", 3)
-    return build_model_with_cfg(
-        VisionMamba, name, pretrained=pretrained, pretrained_cfg_overlay=overlay,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **config,
-    )
+    try:
+        return build_model_with_cfg(
+            VisionMamba, name, pretrained=pretrained, pretrained_cfg_overlay=overlay,
+            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **config,
+        )
+    except (EntryNotFoundError, HfHubHTTPError) as err:  # timm's download of the hf_hub_id file failed
+        cfg = resolve_pretrained_cfg(name, pretrained_cfg=config.get("pretrained_cfg"), pretrained_cfg_overlay=overlay)
+        raise hub_file_unavailable(cfg.hf_hub_id, cfg.hf_hub_filename, None, err) from err
 
 
 def _register(name: str) -> None:
