@@ -1,0 +1,158 @@
+"""Every relative link, image and ``#anchor`` in README.md and docs/*.md resolves, and every include block is
+well formed (names an existing file and heading; its text being current is tests/test_readme_sync.py's job).
+
+Each checker below is also run on a page with a broken link, so a checker that finds nothing cannot pass.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import unicodedata
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)
+CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+REFERENCE = re.compile(r"^\s{0,3}\[[^\]]+\]:\s+<?(\S+?)>?(?:\s.*)?$", re.MULTILINE)
+HTML_SRC = re.compile(r"<(?:img|a)\b[^>]*?\b(?:src|href)=[\"']([^\"']+)[\"']", re.IGNORECASE)
+HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$", re.MULTILINE)
+HTML_ID = re.compile(r"<a\b[^>]*\b(?:name|id)=[\"']([^\"']+)[\"']", re.IGNORECASE)
+INCLUDE_OPEN = re.compile(r"<!-- include:")
+
+
+def _sync_module():
+    spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "scripts" / "sync_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SYNC = _sync_module()
+
+
+def _prose(text: str) -> str:
+    """``text`` without fenced code blocks and inline code spans (links inside code are not links)."""
+    return CODE_SPAN.sub("", FENCE.sub("", text))
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: the rendered text (no code ticks, emphasis or link targets), lower
+    case, every character but letters, digits, ``_``, ``-`` and spaces dropped, spaces turned into ``-``."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link shows only its text
+    text = re.sub(r"<[^>]+>", "", text).replace("`", "")
+    text = re.sub(r"(\*\*|__|\*)(.+?)\1", r"\2", text)
+    kept = "".join(c for c in text.lower() if c in "-_ " or unicodedata.category(c)[0] in "LNM")
+    return kept.replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """Every ``#anchor`` a markdown page has: its headings' slugs (a repeated one gets ``-1``, ``-2``, ...)
+    and the ``<a name/id>`` tags."""
+    found: set[str] = set(HTML_ID.findall(text))
+    seen: dict[str, int] = {}
+    for _, title in HEADING.findall(FENCE.sub("", text)):
+        slug = github_slug(title)
+        found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def link_targets(text: str) -> list[str]:
+    """Targets of the inline links, images, reference definitions and ``<img src>`` / ``<a href>`` of a page."""
+    prose = _prose(text)
+    return LINK.findall(prose) + REFERENCE.findall(prose) + HTML_SRC.findall(prose)
+
+
+def broken_links(page: Path, root: Path = ROOT) -> list[str]:
+    """One line per relative link of ``page`` whose file does not exist under ``root`` or whose ``#anchor`` is
+    no heading of the page it points at."""
+    problems = []
+    for target in link_targets(page.read_text()):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE):  # http:, https:, mailto:, ...
+            continue
+        path_part, _, anchor = target.partition("#")
+        path = (page.parent / unquote(path_part)).resolve() if path_part else page
+        if not path.exists():
+            problems.append(f"{page.name}: link {target!r}: {path_part} does not exist")
+        elif anchor and path.suffix == ".md" and unquote(anchor) not in anchors(path.read_text()):
+            problems.append(f"{page.name}: link {target!r}: {path.name} has no heading with anchor #{anchor}")
+        elif anchor and path.suffix != ".md":
+            problems.append(f"{page.name}: link {target!r}: an anchor into a file that is not markdown")
+    return problems
+
+
+def include_problems(page: Path, root: Path = ROOT) -> list[str]:
+    """One line per include block of ``page`` that is malformed (no closing tag) or names a file or heading
+    that does not exist."""
+    text = page.read_text()
+    blocks = list(SYNC.BLOCK.finditer(text))
+    problems = []
+    if len(blocks) != len(INCLUDE_OPEN.findall(text)):
+        problems.append(f"{page.name}: an `<!-- include: PATH -->` line without its `<!-- /include -->`")
+    for block in blocks:
+        source = root / block["path"]
+        if not source.is_file():
+            problems.append(f"{page.name}: includes {block['path']}, which does not exist")
+        elif block["heading"]:
+            try:
+                SYNC.section(source.read_text(), block["heading"].strip(), block["path"])
+            except ValueError as error:
+                problems.append(f"{page.name}: {error}")
+    return problems
+
+
+@pytest.mark.parametrize("page", SYNC.pages(), ids=lambda p: p.name)
+def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
+    assert broken_links(page) == []
+
+
+@pytest.mark.parametrize("page", SYNC.pages(), ids=lambda p: p.name)
+def test_every_include_names_an_existing_file_and_heading(page: Path) -> None:
+    assert include_problems(page) == []
+
+
+def test_the_pages_have_links_to_check() -> None:
+    """The link pattern finds the README's links (a pattern that matched nothing would pass every page)."""
+    targets = link_targets((ROOT / "README.md").read_text())
+    assert "docs/models.md" in targets and any(t.endswith(".png") for t in targets)
+
+
+@pytest.mark.parametrize(("heading", "slug"), [
+    ("Quick start (fresh machine, Python >= 3.10)", "quick-start-fresh-machine-python--310"),
+    ("The VTAB-1k protocol (`vimtune bench transfer --protocol vtab`)",
+     "the-vtab-1k-protocol-vimtune-bench-transfer---protocol-vtab"),
+    ("Memory allocator on CPU", "memory-allocator-on-cpu"),
+    ("**Bold** and [a link](x.md) in `vim_small`", "bold-and-a-link-in-vim_small"),
+])
+def test_github_slug(heading: str, slug: str) -> None:
+    assert github_slug(heading) == slug
+
+
+def test_checkers_report_broken_links_anchors_and_includes(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "other.md").write_text("# Other page\n\n## Setup\n\n## Setup\n")
+    (tmp_path / "result.md").write_text("**Table**\n\n| a |\n")
+    page = tmp_path / "docs" / "page.md"
+    page.write_text(
+        "# Page\n\n[ok](../other.md#setup-1) [ok](#page) ![ok](../result.md) [web](https://example.com/x)\n"
+        "`[in code](missing.md)`\n```\n[in a fence](missing.md)\n```\n"
+        "[gone](missing.md) ![gone](img/none.png) [bad anchor](../other.md#setup-2) [bad](#nowhere)\n"
+        "<img src=\"gone.png\">\n"
+        "<!-- include: result.md#Table -->\n| a |\n<!-- /include -->\n"
+        "<!-- include: result.md#Chart -->\n<!-- /include -->\n"
+        "<!-- include: absent.md -->\n<!-- /include -->\n"
+        "<!-- include: result.md -->\nno closing tag\n"
+    )
+    problems = broken_links(page, tmp_path)
+    assert len(problems) == 5, problems
+    for expected in ("missing.md does not exist", "img/none.png", "#setup-2", "#nowhere", "gone.png"):
+        assert any(expected in p for p in problems), expected
+    includes = include_problems(page, tmp_path)
+    assert len(includes) == 3, includes
+    for expected in ("without its", "Chart", "absent.md"):
+        assert any(expected in p for p in includes), expected
