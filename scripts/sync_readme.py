@@ -6,7 +6,7 @@ commands wrote. ``<!-- include: PATH#HEADING -->`` takes only the part of PATH u
 ``**HEADING**``, up to the next bold heading line (the result files use bold lines as headings), or the
 paragraph that starts with HEADING, so the README's first screen can show one table of a long result file.
 Every ``<!-- generated: NAME -->`` ... ``<!-- /generated -->`` block is replaced by the text that the code
-in ``GENERATORS[NAME]`` writes (the model-zoo table of docs/models.md, from the models' ``pretrained_cfg``).
+in ``GENERATORS[NAME]`` writes (docs/models.md's model zoo, docs/methods.md's parameter counts).
 ``--check`` only reports blocks that are out of date (exit 1).
 
     python scripts/sync_readme.py            # rewrite README.md and docs/*.md
@@ -27,8 +27,22 @@ BLOCK = re.compile(
 )
 HEADING_LINE = re.compile(r"^\*\*[^*].*\*\*$")
 GENERATED = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.DOTALL)
-# block name -> "module:function" returning the block's markdown
-GENERATORS = {"model-zoo": "vimtune.models.zoo_table:zoo_markdown"}
+
+
+def model_zoo() -> str:
+    """docs/models.md's zoo table: what ``vimtune info`` prints, from each config's ``pretrained_cfg``."""
+    return importlib.import_module("vimtune.models.zoo_table").zoo_markdown()
+
+
+def methods_on_vim_small() -> str:
+    """docs/methods.md's table: ``vimtune methods --model vim_small_patch16_224 --num-classes 10``."""
+    methods = importlib.import_module("vimtune.methods")
+    table = importlib.import_module("vimtune.cli.methods").methods_markdown
+    return table("vim_small_patch16_224", 10, methods.available_methods())
+
+
+# generated block name -> the function writing its markdown
+GENERATORS = {"model-zoo": model_zoo, "methods-vim-small": methods_on_vim_small}
 
 
 def section(text: str, heading: str, source: str) -> str:
@@ -70,8 +84,7 @@ def generate(match: re.Match[str]) -> str:
     """The generated block of ``match`` with its body written by its generator."""
     if match["name"] not in GENERATORS:
         raise ValueError(f"a page has a generated block {match['name']!r}; known: {', '.join(GENERATORS)}")
-    module, function = GENERATORS[match["name"]].split(":")
-    text = getattr(importlib.import_module(module), function)().rstrip("\n")
+    text = GENERATORS[match["name"]]().rstrip("\n")
     return match.group(1) + text + "\n" + match.group(4)
 
 
