@@ -1,5 +1,6 @@
-"""Every relative link, image and ``#anchor`` in README.md and docs/*.md resolves, and every include block is
-well formed (names an existing file and heading; its text being current is tests/test_readme_sync.py's job).
+"""Every relative link, image and ``#anchor`` in README.md and docs/*.md resolves, every repository path they
+name in backticks exists, and every include block is well formed (names an existing file and heading; its
+text being current is tests/test_readme_sync.py's job).
 
 Each checker below is also run on a page with a broken link, so a checker that finds nothing cannot pass.
 """
@@ -23,6 +24,8 @@ HTML_SRC = re.compile(r"<(?:img|a)\b[^>]*?\b(?:src|href)=[\"']([^\"']+)[\"']", r
 HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$", re.MULTILINE)
 HTML_ID = re.compile(r"<a\b[^>]*\b(?:name|id)=[\"']([^\"']+)[\"']", re.IGNORECASE)
 INCLUDE_OPEN = re.compile(r"<!-- include:")
+# a repository path in backticks: `tests/helpers/x.py`, `benchmarks/results/transfer` (a stem of .md/.json files)
+CODE_PATH = re.compile(r"`((?:src|tests|scripts|benchmarks|docs)/[^`\s*<>{}]+?)[/.,]?`")
 
 
 def _sync_module():
@@ -86,6 +89,17 @@ def broken_links(page: Path, root: Path = ROOT) -> list[str]:
     return problems
 
 
+def code_path_problems(page: Path, root: Path = ROOT) -> list[str]:
+    """One line per repository path named in backticks on ``page`` (``tests/...``, ``src/...``, ...) that is
+    neither a file or folder under ``root`` nor the stem of one (``benchmarks/results/transfer``)."""
+    problems = []
+    for name in CODE_PATH.findall(FENCE.sub("", page.read_text())):
+        path = root / name.split("::")[0]
+        if not path.exists() and not any(path.parent.glob(f"{path.name}.*")):
+            problems.append(f"{page.name}: `{name}` names no file under the repository")
+    return problems
+
+
 def include_problems(page: Path, root: Path = ROOT) -> list[str]:
     """One line per include block of ``page`` that is malformed (no closing tag) or names a file or heading
     that does not exist."""
@@ -109,6 +123,11 @@ def include_problems(page: Path, root: Path = ROOT) -> list[str]:
 @pytest.mark.parametrize("page", SYNC.pages(), ids=lambda p: p.name)
 def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
     assert broken_links(page) == []
+
+
+@pytest.mark.parametrize("page", SYNC.pages(), ids=lambda p: p.name)
+def test_every_repository_path_in_backticks_exists(page: Path) -> None:
+    assert code_path_problems(page) == []
 
 
 @pytest.mark.parametrize("page", SYNC.pages(), ids=lambda p: p.name)
@@ -147,11 +166,14 @@ def test_checkers_report_broken_links_anchors_and_includes(tmp_path: Path) -> No
         "<!-- include: result.md#Chart -->\n<!-- /include -->\n"
         "<!-- include: absent.md -->\n<!-- /include -->\n"
         "<!-- include: result.md -->\nno closing tag\n"
+        "`docs/page.md` and `docs/page` exist, `tests/gone.py` and `src/old/` do not\n"
     )
     problems = broken_links(page, tmp_path)
     assert len(problems) == 5, problems
     for expected in ("missing.md does not exist", "img/none.png", "#setup-2", "#nowhere", "gone.png"):
         assert any(expected in p for p in problems), expected
+    paths = code_path_problems(page, tmp_path)
+    assert len(paths) == 2 and "tests/gone.py" in paths[0] and "src/old" in paths[1], paths
     includes = include_problems(page, tmp_path)
     assert len(includes) == 3, includes
     for expected in ("without its", "Chart", "absent.md"):

@@ -80,15 +80,14 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 
 def _report(settings: DemoSettings, backbone: ResolvedBackbone, rows: list[dict[str, Any]], seconds: float,
             provenance: list[str] = ()) -> str:
-    """The demo's markdown: title, ``provenance`` lines (command, machine), setup, **Results** (table, time)."""
+    """The demo's markdown: a title (or the ``provenance`` lines: command, machine), setup, **Results** (table,
+    total time)."""
     source = "random initialisation"
     if backbone.file:
         source = f"{Path(backbone.file).name} (sha256 {backbone.sha256[:12]}...)"
     kwargs = f" {backbone.spec.kwargs}" if backbone.spec.kwargs else ""
-    lines = [
-        "# vimtune demo: fine-tuning on scikit-learn's digits",
-        "",
-        *(f"{line}\n" for line in provenance),
+    lines = [  # a results file starts with its provenance, as the benchmark files do; the run's own with a title
+        *(f"{line}\n" for line in provenance or ["# vimtune demo: fine-tuning on scikit-learn's digits"]),
         f"Backbone `{backbone.spec.name}`{kwargs} from {source}; "
         f"digits upsampled from 8x8 to {backbone.spec.img_size()} px RGB; {settings.train_size} train / "
         f"{settings.test_size} test images (stratified, seed {settings.seed}); {settings.protocol.epochs} epoch(s), "
