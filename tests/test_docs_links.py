@@ -7,9 +7,12 @@ Each checker below is also run on a page with a broken link, so a checker that f
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import re
 import unicodedata
+from functools import cache
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -100,6 +103,44 @@ def code_path_problems(page: Path, root: Path = ROOT) -> list[str]:
     return problems
 
 
+# `vimtune CMD [NAME] ... --flag ...` up to the end of the code span, line, table cell or shell operator
+COMMAND_LINE = re.compile(r"vimtune (?P<words>[a-z]+(?: (?!-)[a-z_]+)?)(?P<rest>[^`\n|;&#)]*)")
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+
+
+@cache
+def command_flags(words: str) -> frozenset[str] | None:
+    """The options ``vimtune WORDS --help`` lists (``bench NAME`` included), None when WORDS is no command."""
+    from vimtune.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main([*words.split(), "--help"])
+        except SystemExit as exit_:
+            if exit_.code:
+                return None
+    return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", out.getvalue()))
+
+
+def stale_options(page: Path) -> list[str]:
+    """One line per ``vimtune COMMAND ... --option`` on ``page`` whose command does not list that option."""
+    from vimtune.cli import command_names
+
+    problems = []
+    text = re.sub(r"\\\n\s*", " ", page.read_text())  # join shell continuation lines
+    for match in COMMAND_LINE.finditer(text):
+        first = match["words"].split()[0]
+        if first not in command_names():
+            continue  # prose ("vimtune does ...")
+        command = match["words"] if first == "bench" and command_flags(match["words"]) else first
+        known = command_flags(command)
+        for flag in FLAG.findall(match.group(0)[len(f"vimtune {command}"):]):
+            if flag not in known:
+                problems.append(f"{page.name}: `vimtune {command}` has no option {flag}")
+    return problems
+
+
 def include_problems(page: Path, root: Path = ROOT) -> list[str]:
     """One line per include block of ``page`` that is malformed (no closing tag) or names a file or heading
     that does not exist."""
@@ -128,6 +169,19 @@ def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
 @pytest.mark.parametrize("page", SYNC.pages(), ids=lambda p: p.name)
 def test_every_repository_path_in_backticks_exists(page: Path) -> None:
     assert code_path_problems(page) == []
+
+
+@pytest.mark.parametrize("page", SYNC.pages(), ids=lambda p: p.name)
+def test_every_option_of_a_documented_command_exists(page: Path) -> None:
+    assert stale_options(page) == []
+
+
+def test_stale_options_are_reported(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("`vimtune demo --results x --no-such-flag` and\n```\nvimtune bench transfer --protocol vtab \\\n"
+                    "    --lr-factor 2\n```\nvimtune eval RUN --protocol last; vimtune does --anything\n")
+    assert stale_options(page) == ["page.md: `vimtune demo` has no option --no-such-flag",
+                                   "page.md: `vimtune bench transfer` has no option --lr-factor"]
 
 
 @pytest.mark.parametrize("page", SYNC.pages(), ids=lambda p: p.name)
