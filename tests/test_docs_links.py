@@ -1,6 +1,7 @@
 """Every relative link, image and ``#anchor`` in README.md and docs/*.md resolves, every repository path they
-name in backticks exists, and every include block is well formed (names an existing file and heading; its
-text being current is tests/test_readme_sync.py's job).
+name in backticks exists, every ``--option`` they give a ``vimtune`` command is one it has, and every include
+block is well formed (names an existing file and heading; its text being current is tests/test_readme_sync.py's
+job).
 
 Each checker below is also run on a page with a broken link, so a checker that finds nothing cannot pass.
 """
