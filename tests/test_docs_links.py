@@ -233,3 +233,8 @@ def test_checkers_report_broken_links_anchors_and_includes(tmp_path: Path) -> No
     assert len(includes) == 3, includes
     for expected in ("without its", "Chart", "absent.md"):
         assert any(expected in p for p in includes), expected
+
+
+def test_the_readme_routes_to_every_docs_page() -> None:
+    linked = {(ROOT / target.partition("#")[0]).resolve() for target in link_targets((ROOT / "README.md").read_text())}
+    assert sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.resolve() not in linked) == []
