@@ -5,6 +5,8 @@ PATH (relative to the repository root), so the tables shown are always those tha
 commands wrote. ``<!-- include: PATH#HEADING -->`` takes only the part of PATH under the bold line
 ``**HEADING**``, up to the next bold heading line (the result files use bold lines as headings), or the
 paragraph that starts with HEADING, so the README's first screen can show one table of a long result file.
+Every ``<!-- generated: NAME -->`` ... ``<!-- /generated -->`` block is replaced by the text that the code
+in ``GENERATORS[NAME]`` writes (docs/models.md's model zoo, docs/methods.md's parameter counts).
 ``--check`` only reports blocks that are out of date (exit 1).
 
     python scripts/sync_readme.py            # rewrite README.md and docs/*.md
@@ -14,6 +16,7 @@ paragraph that starts with HEADING, so the README's first screen can show one ta
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -23,6 +26,23 @@ BLOCK = re.compile(
     r"(<!-- include: (?P<path>[^\s#]+)(?:#(?P<heading>[^>]+?))? -->\n)(?P<body>.*?)(<!-- /include -->)", re.DOTALL
 )
 HEADING_LINE = re.compile(r"^\*\*[^*].*\*\*$")
+GENERATED = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.DOTALL)
+
+
+def model_zoo() -> str:
+    """docs/models.md's zoo table: what ``vimtune info`` prints, from each config's ``pretrained_cfg``."""
+    return importlib.import_module("vimtune.models.zoo_table").zoo_markdown()
+
+
+def methods_on_vim_small() -> str:
+    """docs/methods.md's table: ``vimtune methods --model vim_small_patch16_224 --num-classes 10``."""
+    methods = importlib.import_module("vimtune.methods")
+    table = importlib.import_module("vimtune.cli.methods").methods_markdown
+    return table("vim_small_patch16_224", 10, methods.available_methods())
+
+
+# generated block name -> the function writing its markdown
+GENERATORS = {"model-zoo": model_zoo, "methods-vim-small": methods_on_vim_small}
 
 
 def section(text: str, heading: str, source: str) -> str:
@@ -45,7 +65,8 @@ def section(text: str, heading: str, source: str) -> str:
 
 
 def synced(page: str, root: Path = ROOT) -> str:
-    """``page`` with every include block's body replaced by its file's text (or the named section of it)."""
+    """``page`` with every include block's body replaced by its file's text (or the named section of it) and
+    every generated block's by its generator's text."""
 
     def replace(match: re.Match[str]) -> str:
         path = root / match["path"]
@@ -56,7 +77,15 @@ def synced(page: str, root: Path = ROOT) -> str:
             text = section(text, match["heading"].strip(), match["path"])
         return match.group(1) + text + "\n" + match.group(5)
 
-    return BLOCK.sub(replace, page)
+    return GENERATED.sub(generate, BLOCK.sub(replace, page))
+
+
+def generate(match: re.Match[str]) -> str:
+    """The generated block of ``match`` with its body written by its generator."""
+    if match["name"] not in GENERATORS:
+        raise ValueError(f"a page has a generated block {match['name']!r}; known: {', '.join(GENERATORS)}")
+    text = GENERATORS[match["name"]]().rstrip("\n")
+    return match.group(1) + text + "\n" + match.group(4)
 
 
 def pages(root: Path = ROOT) -> list[Path]:

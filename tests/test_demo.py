@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,19 +17,21 @@ from safetensors.torch import load_file, save_file
 
 import vimtune.demo.backbone as backbone_module
 from helpers.tiny_models import TINY_BACKBONE, TINY_BACKBONE_ARGS
+from vimtune.bench.runner import cpu_slug, machine_line
 from vimtune.cli import main
-from vimtune.demo import BackboneSpec, MissingWeightsError, resolve_backbone, write_digits_task
+from vimtune.demo import BackboneSpec, MissingWeightsError, resolve_backbone, results_table, write_digits_task
 
 
 def _lines(path: Path) -> list[tuple[str, int]]:
     return [(p, int(y)) for p, y in (line.split() for line in path.read_text().splitlines())]
 
 
-def test_demo_with_a_tiny_random_backbone_writes_runs_and_table(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_with_a_tiny_random_backbone_writes_runs_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "demo"
     argv = ["demo", "--output-dir", str(out), *TINY_BACKBONE_ARGS, "--no-pretrained", "--epochs", "1",
-            "--train-size", "40", "--test-size", "30", "--batch-size", "8"]
+            "--train-size", "40", "--test-size", "30", "--batch-size", "8", "--results", str(tmp_path / "r" / "demo")]
+    monkeypatch.setattr(sys, "argv", ["vimtune", *argv])  # as the console script sees it
     assert main(argv) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "results.json").read_text())
@@ -43,6 +47,15 @@ def test_demo_with_a_tiny_random_backbone_writes_runs_and_table(tmp_path: Path,
     assert result["backbone"]["random_init"] and "RANDOMLY INITIALISED" in (out / "results.md").read_text()
     assert len(_lines(out / "data" / "digits" / "train800.txt")) == 40
     assert len(_lines(out / "data" / "digits" / "test.txt")) == 30
+    # --results: the table with its timings, the command, the machine and its load, named after the CPU
+    [md] = (tmp_path / "r").glob("demo.*.md")
+    machine = json.loads(md.with_suffix(".json").read_text())
+    assert md.name == f"demo.{cpu_slug(machine['machine'])}.md"
+    text = md.read_text()
+    assert f"Written by `{shlex.join(['vimtune', *argv])}`" in text
+    assert f"Machine: {machine_line(machine['machine'])}. Load average" in text
+    assert "**Results**\n\n" + results_table(result["rows"]) in text and "Total time" in text
+    assert machine["rows"] == result["rows"] and len(machine["load_average"]) == 2
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

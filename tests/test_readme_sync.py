@@ -54,3 +54,33 @@ def test_section_include_falls_back_to_the_paragraph_starting_with_the_heading(t
     page = "<!-- include: r.md#Crossover -->\n<!-- /include -->"
     expected = "<!-- include: r.md#Crossover -->\nCrossover: at 640 px\nand more.\n<!-- /include -->"
     assert sync.synced(page, tmp_path) == expected
+
+
+def test_model_zoo_table_is_generated_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/models.md's zoo table shows every config's ``pretrained_cfg`` Hub id and file, and goes stale
+    (the page test above fails) as soon as a config's ``pretrained_cfg`` changes."""
+    from timm.models import get_pretrained_cfg
+
+    import vimtune.models.zoo_table as zoo_table
+    from vimtune.models.zoo import MODEL_CONFIGS
+
+    page = (ROOT / "docs" / "models.md").read_text()
+    assert "<!-- generated: model-zoo -->" in page
+    rows = {line.split("|")[1].strip(" `"): line for line in page.splitlines() if line.startswith("| `vim_")}
+    assert set(rows) == set(MODEL_CONFIGS)
+    for name in MODEL_CONFIGS:
+        cfg = get_pretrained_cfg(name)
+        for value in (cfg.hf_hub_id, cfg.hf_hub_filename):
+            assert value is None or f"`{value}`" in rows[name], (name, value)
+    assert "`hustvl/Vim-small-midclstok` | `vim_s_midclstok_ft_81p6acc.pth`" in rows["vim_small_patch16_stride8_224"]
+
+    def moved(name: str):
+        cfg = get_pretrained_cfg(name)
+        if cfg.hf_hub_filename:
+            cfg.hf_hub_filename = cfg.hf_hub_filename.replace(".pth", ".safetensors")
+        return cfg
+
+    monkeypatch.setattr(zoo_table, "get_pretrained_cfg", moved)
+    assert _sync_module().synced(page) != page
+    with pytest.raises(ValueError, match="no-such-table"):
+        _sync_module().synced("<!-- generated: no-such-table -->\n<!-- /generated -->")

@@ -14,6 +14,7 @@ examples:
   vimtune demo --epochs 5 --output-dir runs/demo5
   vimtune demo --methods svp linear lora vpt-deep
   vimtune demo --backbone-weights runs/pretrain_cifar10_micro/weights/last.safetensors
+  vimtune demo --results benchmarks/results/demo   # the README's table: demo.<cpu>.md / .json
 """
 
 
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     settings = DemoSettings(
         output_dir=args.output_dir, backbone=backbone_from_args(args), methods=args.methods,
         train_size=args.train_size, test_size=args.test_size,
-        protocol=protocol_from_args(args, defaults.protocol), seed=args.seed,
+        protocol=protocol_from_args(args, defaults.protocol), seed=args.seed, results=args.results,
     )
     run_demo(settings)
     return 0
@@ -50,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--test-size", type=int, default=defaults.test_size,
                         help=f"test images (default {defaults.test_size}; train + test <= 1797)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"(default {defaults.seed})")
+    parser.add_argument("--results", type=Path, metavar="STEM",
+                        help="also write the table with its timings, the machine and its load to STEM.<cpu>.md "
+                             "and .json (e.g. benchmarks/results/demo, the file the README shows)")
     add_backbone_options(parser)
     add_protocol_options(parser, defaults.protocol)
     parser.set_defaults(func=run)
