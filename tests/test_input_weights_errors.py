@@ -310,3 +310,19 @@ def test_worker_errors_become_one_line(tmp_path: Path) -> None:
         next(iter(loader))
     assert one_line(info.value) == (f"augmentation failed on image '{task / 'images' / 'train800_000.png'}' "
                                     "(label 0) in transform: ValueError: bits must be between or equal to 1 and 8")
+
+
+def test_eval_of_a_finetuned_run_with_a_checkpoint_suggests_its_adapter(
+    finetuned: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backbone, run, _ = finetuned
+    assert main(["eval", str(run), "--checkpoint", str(run / "weights" / "last.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert f"this fine-tuned run's weights are its adapter: --checkpoint {run / 'adapter'}" in err
+    out = tmp_path / "eval"
+    suggested = ["eval", "--checkpoint", str(run / "adapter"), "--config", str(run / "config.yaml"),
+                 "--backbone-weights", str(backbone), "--output-dir", str(out)]
+    assert main(suggested) == 0, capsys.readouterr().err  # what the message suggests works
+    reported = json.loads((RunFiles(run).eval_dir / "last_test.json").read_text())
+    tested = json.loads((out / "adapter_test.json").read_text())
+    assert tested["top1"] == reported["top1"]  # the adapter is the run's last weights: the run's own number

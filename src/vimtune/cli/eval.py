@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
             f"give RUN_DIR '{args.run_dir}' or --checkpoint '{args.checkpoint}', not both: RUN_DIR tests the run's "
             f"own weights (--protocol picks which); to test the file with the run's settings use --checkpoint "
             f"{args.checkpoint} --config {Path(args.run_dir) / 'config.yaml'}"
+            + (f" (this fine-tuned run's weights are its adapter: --checkpoint {Path(args.run_dir) / 'adapter'})"
+               if (Path(args.run_dir) / "adapter").exists() else "")
         )
     if args.run_dir:
         loaded = load_run(args.run_dir, args.protocol, overrides)
