@@ -92,6 +92,23 @@ def test_missing_committed_weights_fail_clearly_or_fall_back_loudly(tmp_path: Pa
         resolve_backbone(BackboneSpec(weights=str(missing)), random_fallback=True)  # an explicit file must exist
 
 
+def test_results_name_the_backbone_file_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = tmp_path / "checkout" / "weights.safetensors"
+    file.parent.mkdir()
+    save_file(timm.create_model("vim_nano_patch4_32", **TINY_BACKBONE).state_dict(), str(file))
+    resolved = resolve_backbone(BackboneSpec("vim_nano_patch4_32", TINY_BACKBONE, weights=str(file)))
+    monkeypatch.chdir(file.parent)
+    assert resolved.describe()["weights"] == "weights.safetensors"  # no checkout location in results files
+    monkeypatch.chdir(tmp_path.parent)
+    assert resolved.describe()["weights"] == str(file.resolve().relative_to(tmp_path.parent))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert resolved.describe()["weights"] == str(file.resolve())  # outside the working directory: absolute
+
+
 def test_weights_for_a_task_keep_the_backbone_and_give_a_seeded_fresh_head(tmp_path: Path) -> None:
     pretrained = timm.create_model("vim_nano_patch4_32", num_classes=10, **TINY_BACKBONE)
     with torch.no_grad():

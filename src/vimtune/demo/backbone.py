@@ -91,6 +91,13 @@ class BackboneSpec:
         return cfg
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (results files then name no
+    checkout location), else absolute."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(resolved)
+
+
 @dataclass(frozen=True)
 class ResolvedBackbone:
     """A :class:`BackboneSpec` with its weights file found (``None``: random initialisation).
@@ -112,7 +119,7 @@ class ResolvedBackbone:
         return {
             "name": self.spec.name,
             "kwargs": dict(self.spec.kwargs),
-            "weights": str(self.file) if self.file else None,
+            "weights": shown_path(self.file) if self.file else None,
             "weights_sha256": self.sha256,
             "random_init": self.file is None,
             **({"warning": self.warning} if self.warning else {}),
