@@ -85,8 +85,8 @@ def test_gate_change_is_the_mean_absolute_change_per_quarter_of_the_tokens() -> 
     change = gate_change(plain, tuned, "m", images=4)
     assert change.first_quarter == pytest.approx(0.6 / 6) and change.last_quarter == pytest.approx(0.3 / 6)
     assert (change.plain_mean, change.layers, change.tokens, change.images) == (0.5, 3, 9, 4)
-    assert "| m | 0.1 | 0.05 | 0.50 | 0.5 |" in gate_table([change])
-    assert "first quarter of the sequence 0.1, last quarter 0.05" in change.line()
+    assert "| m | 1.00e-01 | 5.00e-02 | 0.50 | 5.00e-01 |" in gate_table([change])
+    assert "first quarter of the sequence 1.00e-01, last quarter 5.00e-02 (last / first 0.50" in change.line()
     with pytest.raises(ValueError, match="at least 4 patch tokens"):
         gate_change(plain[:, :3], tuned[:, :3], "m", 1)
     with pytest.raises(ValueError, match="one shape"):

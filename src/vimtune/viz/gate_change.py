@@ -42,8 +42,8 @@ class GateChange:
         """One line for the terminal."""
         ratio = self.last_quarter / self.first_quarter if self.first_quarter > 0 else float("nan")
         return (f"gate change ({self.method} - plain backbone, mean |delta| over {self.layers} layers): "
-                f"first quarter of the sequence {self.first_quarter:.3g}, last quarter {self.last_quarter:.3g} "
-                f"(last / first {ratio:.3g}; plain gate mean {self.plain_mean:.3g})")
+                f"first quarter of the sequence {self.first_quarter:.2e}, last quarter {self.last_quarter:.2e} "
+                f"(last / first {ratio:.2f}; plain gate mean {self.plain_mean:.2e})")
 
 
 def gate_change(plain: np.ndarray, tuned: np.ndarray, method: str, images: int) -> GateChange:
@@ -95,5 +95,5 @@ def gate_table(changes: Sequence[GateChange]) -> str:
             "|---|---|---|---|---|"]
     for c in changes:
         ratio = f"{c.last_quarter / c.first_quarter:.2f}" if c.first_quarter > 0 else "n/a"
-        rows.append(f"| {c.method} | {c.first_quarter:.3g} | {c.last_quarter:.3g} | {ratio} | {c.plain_mean:.3g} |")
+        rows.append(f"| {c.method} | {c.first_quarter:.2e} | {c.last_quarter:.2e} | {ratio} | {c.plain_mean:.2e} |")
     return "\n".join(rows)
