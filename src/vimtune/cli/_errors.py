@@ -13,10 +13,11 @@ _WORKER_LINE = re.compile(r"^[\w.]+: (.*)$")
 
 
 def one_line(err: BaseException) -> str:
-    """``err``'s message; for an error a DataLoader worker re-raised with its traceback, the original line."""
+    """``err``'s message on one line: its lines joined by spaces; for an error a DataLoader worker re-raised with
+    its traceback, the original line."""
     message = str(err)
     if "in DataLoader worker process" in message and "Traceback" in message:
         lines = [m.group(1) for line in message.splitlines() if (m := _WORKER_LINE.match(line))]
         if lines:
             return lines[-1]
-    return message
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())

@@ -19,8 +19,7 @@ def run(args: argparse.Namespace) -> int:
     if not files.config.is_file():
         raise FileNotFoundError(f"'{files.root}' is not a run folder: '{files.config}' is missing")
     if args.images:
-        for path in draw(from_run(files.root, args.protocol), args.images, files.viz_dir):
-            print(f"wrote {path}")
+        draw(from_run(files.root, args.protocol, args.backbone_weights), args.images, files.viz_dir)
     print(f"wrote {write_report(files)}")
     return 0
 
@@ -32,4 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", nargs="+", metavar="IMAGE",
                         help="also draw the viz pictures on these image files (into RUN_DIR/viz) and embed them")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="weights the pictures use (default: val, else last)")
+    parser.add_argument("--backbone-weights", metavar="PATH",
+                        help="the run's backbone, when not where it was recorded (checked by SHA-256)")
     parser.set_defaults(func=run)

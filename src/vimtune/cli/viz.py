@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from vimtune.choices import PROTOCOLS
 
 if TYPE_CHECKING:
+    from vimtune.viz.pictures import Drawn
     from vimtune.viz.sources import VizSource
 
 EPILOG = """examples:
@@ -18,8 +19,9 @@ EPILOG = """examples:
 """
 
 
-def draw(source: VizSource, images: list[str], out: Path, prefix: str = "") -> list[Path]:
-    """Write the pictures of ``source`` on the image files ``images`` to ``out``; returns their paths."""
+def draw(source: VizSource, images: list[str], out: Path, prefix: str = "") -> Drawn:
+    """Write the pictures of ``source`` on the image files ``images`` to ``out`` and print what was written (and
+    the gate change against the plain backbone, when known)."""
     from vimtune.data import BadImageError  # torch: not for --help
     from vimtune.viz.pictures import make_pictures
     from vimtune.viz.sources import load_images
@@ -29,8 +31,13 @@ def draw(source: VizSource, images: list[str], out: Path, prefix: str = "") -> l
     except BadImageError as err:
         raise RuntimeError(str(err)) from err
     device = next(source.model.parameters()).device
-    return make_pictures(source.model, inputs.to(device), shown, out, source.method, plain=source.plain,
-                         prefix=prefix)
+    drawn = make_pictures(source.model, inputs.to(device), shown, out, source.method, plain=source.plain,
+                          prefix=prefix)
+    for path in drawn.files:
+        print(f"wrote {path}")
+    if drawn.gate_change is not None:
+        print(drawn.gate_change.line())
+    return drawn
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,13 +47,12 @@ def run(args: argparse.Namespace) -> int:
         source = from_checkpoint(args.checkpoint, args.model, args.backbone_weights, args.img_size)
         images = [args.run_dir, *args.images] if args.run_dir else args.images
     elif args.run_dir:
-        source, images = from_run(args.run_dir, args.protocol), args.images
+        source, images = from_run(args.run_dir, args.protocol, args.backbone_weights), args.images
     else:
         raise ValueError("give a run folder, or --checkpoint PATH (an adapter folder or full-model weights)")
     if not images:
         raise ValueError("give at least one image file")
-    for path in draw(source, images, Path(args.out), args.prefix):
-        print(f"wrote {path}")
+    draw(source, images, Path(args.out), args.prefix)
     return 0
 
 
@@ -64,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="instead of a run: an adapter folder or full-model weights (.safetensors/.pth)")
     parser.add_argument("--model", help="model name (with --checkpoint of full-model weights)")
     parser.add_argument("--backbone-weights", metavar="PATH",
-                        help="the backbone an adapter was trained on (also drawn as the plain backbone)")
+                        help="the backbone the run or adapter was trained on, when not where it was recorded "
+                             "(checked by SHA-256 for a run; also drawn as the plain backbone)")
     parser.add_argument("--img-size", type=int, help="input side in pixels (with --checkpoint; default: the model's)")
     parser.set_defaults(func=run)

@@ -17,6 +17,7 @@ from typing import Any
 from vimtune.engine.checkpoint import atomic_write_text
 from vimtune.engine.plots import save_curves_png
 from vimtune.engine.run_dir import RunFiles
+from vimtune.viz.gate_change import read_gate_change
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
@@ -91,6 +92,12 @@ def _pictures(folder: Path, what: str, empty: str) -> str:
     return "".join(embedded_png(path, path.stem.replace("_", " ")) for path in pictures)
 
 
+def _gate_change(folder: Path) -> str:
+    """The numbers behind ``gates.png`` (``viz/gate_change.json``), when ``vimtune viz`` wrote them."""
+    path = folder / "gate_change.json"
+    return f"<p>{html.escape(read_gate_change(path).line())}.</p>" if path.is_file() else ""
+
+
 def _config_section(files: RunFiles) -> str:
     if not files.config.is_file():
         return "<p>No config.yaml.</p>"
@@ -107,8 +114,8 @@ def render_report(files: RunFiles) -> str:
         "epochs": ("Per-epoch records", _epochs_section(history)),
         "confusion": ("Confusion matrices", _pictures(files.eval_dir, "_confusion",
                                                         "None yet (written when the run tests, or by vimtune eval).")),
-        "viz": ("Inside the model", _pictures(files.viz_dir, "", "None (make them with vimtune report RUN_DIR "
-                                                                  "--images IMAGE ... or vimtune viz).")),
+        "viz": ("Inside the model", _gate_change(files.viz_dir) + _pictures(
+            files.viz_dir, "", "None (make them with vimtune report RUN_DIR --images IMAGE ... or vimtune viz).")),
         "config": ("Configuration", _config_section(files)),
     }
     body = "".join(f'<section id="{key}"><h2>{heading}</h2>{content}</section>'

@@ -20,8 +20,8 @@ from vimtune.models.provenance import BACKBONE_FILE
 #: Files a run writes at the top of its folder.
 RUN_FILES = ("run.json", "config.yaml", "classes.json", "metrics.jsonl", "final_metrics.json", "checkpoint.pt",
              BACKBONE_FILE, "curves.png", "report.html")
-#: Folders a run writes (``eval`` by ``vimtune eval``).
-RUN_DIRS = ("weights", "adapter", "tensorboard", "eval")
+#: Folders a run writes (``eval`` by ``vimtune eval``, ``viz`` by ``vimtune report --images``).
+RUN_DIRS = ("weights", "adapter", "tensorboard", "eval", "viz")
 
 
 class RunDirExistsError(RuntimeError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,33 @@ def _unwrap(checkpoint: object, use_ema: bool, source: str) -> StateDict:
     return state
 
 
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_ENFORCE_PREFIX = re.compile(r"^\[enforce fail at [^\]]*\][ .]*")
+
+
+def _load_failure(path: Path, err: Exception) -> CheckpointError:
+    """One line for a file ``torch.load`` refused: an unsafe pickle (naming the type it asks for), or not a
+    checkpoint at all (naming the file, its size and what was expected)."""
+    message = str(err)
+    unsafe = _UNSAFE_GLOBAL.search(message)
+    if unsafe:
+        return CheckpointError(
+            f"cannot read checkpoint '{path}' safely: it pickles {unsafe.group(1)}, which weights_only loading "
+            f"refuses (allowed besides tensors: {[t.__qualname__ for t in RELEASE_SAFE_GLOBALS]})")
+    detail = message.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+    detail = _ENFORCE_PREFIX.sub("", " ".join(detail.split())).split(". ", 1)[0]  # torch's first sentence
+    if isinstance(err, EOFError):
+        reason = "the file is empty or ends early"
+    elif "Weights only load failed" in message or isinstance(err, KeyError):
+        reason = f"not a pickle or zip archive of tensors ({type(err).__name__}: {detail})"
+    else:
+        reason = detail or type(err).__name__
+    size = path.stat().st_size
+    return CheckpointError(
+        f"'{path}' ({size} bytes) is not a PyTorch checkpoint: {reason}; expected a .safetensors file, a "
+        "torch.save-d state dict or a training checkpoint (a truncated copy, or another kind of file?)")
+
+
 def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict:
     """Read the model weights stored at ``path``.
 
@@ -121,10 +149,7 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict
         with torch.serialization.safe_globals(RELEASE_SAFE_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name and a hint
-        raise CheckpointError(
-            f"cannot read checkpoint '{path}' safely (weights_only=True, allowed extra types: "
-            f"{[t.__qualname__ for t in RELEASE_SAFE_GLOBALS]}): {err}"
-        ) from err
+        raise _load_failure(path, err) from err
     state = _unwrap(checkpoint, use_ema, str(path))
     check_finite(state, str(path))
     return state

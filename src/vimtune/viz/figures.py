@@ -14,7 +14,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vimtune.engine.checkpoint import atomic_write  # noqa: E402
 
@@ -27,6 +29,14 @@ def _save(fig: Figure, path: str | Path) -> Path:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
     plt.close(fig)
     return path
+
+
+def _integer_ticks(ax: Axes, x: bool = True, y: bool = True) -> None:
+    """Ticks only at whole numbers (token positions, layer numbers), never at 2.5."""
+    if x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def shown_layers(depth: int, count: int = 4) -> list[int]:
@@ -54,8 +64,9 @@ def plot_attention_overlay(
             ax = axes[row, col]
             heat = maps[row, col - 1]
             heat = heat / max(float(heat.max()), 1e-30)
-            ax.imshow(image.mean(axis=-1), cmap="gray", vmin=0, vmax=1)
-            shown = ax.imshow(heat, cmap="inferno", alpha=0.65, vmin=0, vmax=1, interpolation="bilinear",
+            ax.imshow(image.mean(axis=-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            # one flat square per patch: smoothing would spread a patch's value over its neighbours
+            shown = ax.imshow(heat, cmap="inferno", alpha=0.65, vmin=0, vmax=1, interpolation="nearest",
                               extent=(0, width, height, 0))
             if row == 0:
                 ax.set_title(f"layer {layer + 1}", fontsize=9)
@@ -92,6 +103,7 @@ def plot_gate_comparison(
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("patch token (sequence order)")
         ax.set_ylabel("layer")
+        _integer_ticks(ax)
         if cls_position is not None:
             ax.axvline(cls_position, color="white" if cmap == "viridis" else "gray", lw=0.8, ls="--")
     layers = np.arange(1, depth + 1)
@@ -101,6 +113,7 @@ def plot_gate_comparison(
     ax.set_xlabel("layer")
     ax.set_ylabel("mean delta over tokens")
     ax.set_title("per layer", fontsize=10)
+    _integer_ticks(ax, y=False)
     ax.grid(True, alpha=0.3)
     relative = ax.twinx()  # the change is often far smaller than the gate itself
     relative.plot(layers, 100 * (np.abs(change) / np.maximum(plain, 1e-30)).mean(axis=1), marker="s", ms=3,
@@ -131,6 +144,7 @@ def plot_prompt_magnitude(magnitude: np.ndarray, token_norm: np.ndarray, path: s
         axes[0].axvline(cls_position, color="white", lw=0.8, ls="--")
     axes[0].set_xlabel("patch token (sequence order)")
     axes[0].set_ylabel("layer")
+    _integer_ticks(axes[0])
     axes[0].set_title("prompt magnitude per token", fontsize=10)
     relative = magnitude / np.maximum(token_norm, 1e-12)
     layers = np.arange(1, depth + 1)
@@ -138,6 +152,7 @@ def plot_prompt_magnitude(magnitude: np.ndarray, token_norm: np.ndarray, path: s
     axes[1].fill_between(layers, relative.min(axis=1), relative.max(axis=1), alpha=0.25, label="min-max over tokens")
     axes[1].set_xlabel("layer")
     axes[1].set_ylabel("|prompt - token| / |token|")
+    _integer_ticks(axes[1], y=False)
     axes[1].set_title("relative prompt size per layer", fontsize=10)
     axes[1].grid(True, alpha=0.3)
     axes[1].legend(fontsize=8)
@@ -164,6 +179,7 @@ def plot_prompt_influence(share: np.ndarray, positions: np.ndarray, prompt_posit
         ax.axvspan(position - 0.5, position + 0.5, color="tab:red", alpha=0.15, lw=0)
     ax.set_yscale("log")
     ax.set_xlabel("token position in the sequence (prompts shaded)")
+    _integer_ticks(ax, y=False)
     ax.set_ylabel("share of |attention| on prompts")
     ax.set_title("VPT: the prompts' influence along the sequence (hidden attention, both directions)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)

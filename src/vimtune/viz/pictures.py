@@ -7,12 +7,15 @@ Written to ``out_dir`` (``prefix`` before every name):
   (when the plain backbone is given);
 - ``svp_prompts.png``: SVP's prompt magnitude per layer and token (models with ``Block.prompter``s);
 - ``vpt_prompt_influence.png``: the share of hidden attention each token spends on the prompt tokens, along
-  the sequence (models whose ``embed_hook`` adds prompt tokens, e.g. VPT).
+  the sequence (models whose ``embed_hook`` adds prompt tokens, e.g. VPT);
+- ``gate_change.json``: the numbers behind ``gates.png``, the mean gate change in the first and last quarter of
+  the sequence (:mod:`vimtune.viz.gate_change`; with the plain backbone).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from vimtune.viz.figures import (
     plot_prompt_magnitude,
     shown_layers,
 )
+from vimtune.viz.gate_change import GateChange, gate_change, write_gate_change
 
 
 def cls_marker(layout: TokenLayout) -> float:
@@ -48,11 +52,19 @@ def prompt_share(collected: Collected) -> np.ndarray:
     return (on_prompts / magnitude.sum(-1).clamp(min=1e-30)).mean(dim=1).numpy()
 
 
+@dataclass
+class Drawn:
+    """What :func:`make_pictures` wrote: the files, and the gate change when the plain backbone was given."""
+
+    files: list[Path] = field(default_factory=list)
+    gate_change: GateChange | None = None
+
+
 def make_pictures(
     model: VisionMamba, images: Tensor, shown: Sequence[np.ndarray], out_dir: str | Path, method: str,
     plain: VisionMamba | None = None, prefix: str = "",
-) -> list[Path]:
-    """Collect what ``model`` does on ``images`` and write the pictures (module docstring); returns their paths.
+) -> Drawn:
+    """Collect what ``model`` does on ``images`` and write the pictures and numbers listed in the module docstring.
 
     Args:
         model: the tuned model (eval mode is set while collecting).
@@ -71,10 +83,13 @@ def make_pictures(
     maps = layout.to_grid(tuned.cls_attention.abs())[layers].transpose(0, 1).numpy()  # (N, layers, rows, cols)
     written = [plot_attention_overlay(shown, maps, layers, out_dir / f"{prefix}attention.png",
                                       title=f"{method}: hidden attention of the cls token (both scan directions)")]
+    change = None
     if plain is not None:
-        reference = collect(plain, images)
-        written.append(plot_gate_comparison(patch_gates(reference), patch_gates(tuned), out_dir / f"{prefix}gates.png",
-                                            method, cls_marker(layout)))
+        plain_gates, tuned_gates = patch_gates(collect(plain, images)), patch_gates(tuned)
+        written.append(plot_gate_comparison(plain_gates, tuned_gates, out_dir / f"{prefix}gates.png", method,
+                                            cls_marker(layout)))
+        change = gate_change(plain_gates, tuned_gates, method, images.shape[0])
+        written.append(write_gate_change(change, out_dir / f"{prefix}gate_change.json"))
     if tuned.prompt_magnitude is not None:
         magnitude = layout.patches(tuned.prompt_magnitude.mean(dim=1)).numpy()
         token_norm = layout.patches(tuned.token_norm.mean(dim=1)).numpy()
@@ -84,7 +99,7 @@ def make_pictures(
         influence = out_dir / f"{prefix}vpt_prompt_influence.png"
         written.append(plot_prompt_influence(prompt_share(tuned), layout.patch_index.numpy(),
                                              layout.prompt_index.numpy(), influence))
-    return written
+    return Drawn(written, change)
 
 
 def displayable(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> list[np.ndarray]:

@@ -43,9 +43,14 @@ def _plain_backbone(name: str, kwargs: dict, weights_file: Path | None, num_clas
     return model.eval()
 
 
-def from_run(run_dir: str | Path, protocol: str | None = None) -> VizSource:
-    """The model of a run folder (weights chosen by ``protocol``) and, for a fine-tuning run, its backbone."""
-    loaded = load_run(run_dir, protocol)
+def from_run(run_dir: str | Path, protocol: str | None = None, backbone_weights: str | None = None) -> VizSource:
+    """The model of a run folder (weights chosen by ``protocol``) and, for a fine-tuning run, its backbone.
+
+    ``backbone_weights`` names the backbone file when it is no longer where the run recorded it (checked by
+    SHA-256, as ``vimtune eval --backbone-weights``).
+    """
+    overrides = [("model.backbone_weights", backbone_weights)] if backbone_weights else []
+    loaded = load_run(run_dir, protocol, overrides)
     model_cfg = loaded.cfg.model
     plain = None
     if model_cfg.method is not None:
