@@ -127,6 +127,7 @@ def test_measure_reports_consistent_numbers(mode: str) -> None:
     finally:
         torch.set_num_threads(threads)
     assert len(result["seconds_all"]) == 2 and result["seconds"] == min(result["seconds_all"]) > 0
+    assert len(result["cpu_seconds_all"]) == 2 and result["cpu_seconds"] == min(result["cpu_seconds_all"]) > 0
     assert result["images_per_s"] == pytest.approx(2 / result["seconds"])
     assert result["peak_rss_bytes"] >= result["peak_extra_bytes"] >= 0
     assert result["minor_faults_per_step"] >= 0 and 0 <= result["kernel_cpu_share"] <= 1

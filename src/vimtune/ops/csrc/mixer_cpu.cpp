@@ -31,7 +31,8 @@
 // (B, T, E, N) is ever stored. Sums over time and batch (dA, dD, d delta_bias, conv dweight and
 // dbias) and over channels (dB, dC) are accumulated in float64 (after at most kFlush time steps, or
 // the channel blocks of one task, in the compute dtype): per task into (B, ...) partials (and
-// (G, B, T, N) for dB and dC, G channel groups per row), which are summed after the parallel part.
+// (G, B, T, N) for dB and dC, G = min(kGroups, channel blocks) per row whatever the thread count),
+// which are summed after the parallel part.
 //
 // float32 computes exp as 2^(x log2 e) with the branch-free exp2 of fast_math.h (relative error 1e-7),
 // so that the lane loops vectorise; float64 calls libm.
@@ -59,7 +60,8 @@ namespace {
 
 constexpr int64_t W = 16;          // channels per task block = vector lanes
 constexpr int64_t kMaxTaps = 8;    // largest conv kernel size
-constexpr int64_t kMaxChunk = 128; // scan backward: steps whose states are kept at once
+constexpr int64_t kMaxChunk = 256; // scan backward: steps whose states are kept at once (224 px: one chunk)
+constexpr int64_t kGroups = 16;    // scan backward: channel groups per batch row (tasks, dB / dC partials)
 constexpr int64_t kFlush = 32;     // steps summed in the compute dtype before a float64 flush
 
 // ---------------------------------------------------------------- shared plumbing
@@ -793,9 +795,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const Scan<S, V> p = make_scan<S, V>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
     const int64_t batch = p.batch, T = p.T, E = p.E, N = p.N, n_cb = (E + W - 1) / W;
     check_rows(dout, u.scalar_type(), batch, T, E, "dout");
-    // Channel groups per row: enough tasks for about four per thread.
-    const int64_t groups = std::clamp<int64_t>((4 * at::get_num_threads() + batch - 1) / std::max<int64_t>(batch, 1),
-                                               1, n_cb);
+    // Channel groups per row: a fixed count, not the thread count, so that dB and dC (summed over the groups
+    // in a fixed order) are the same at any thread count.
+    const int64_t groups = std::min(kGroups, n_cb);
     const int64_t n_chunks = (T + kMaxChunk - 1) / kMaxChunk, chunk = (T + n_chunks - 1) / n_chunks;
     const Partials dA_rows = partials(compute_dA ? batch * E * N : 0), dD_rows = partials(batch * E), dbias_rows = partials(batch * E);
     const Partials dB_groups = partials(groups * batch * T * N), dC_groups = partials(groups * batch * T * N);
