@@ -127,6 +127,7 @@ def test_measure_reports_consistent_numbers(mode: str) -> None:
     finally:
         torch.set_num_threads(threads)
     assert len(result["seconds_all"]) == 2 and result["seconds"] == min(result["seconds_all"]) > 0
+    assert len(result["cpu_seconds_all"]) == 2 and result["cpu_seconds"] == min(result["cpu_seconds_all"]) > 0
     assert result["images_per_s"] == pytest.approx(2 / result["seconds"])
     assert result["peak_rss_bytes"] >= result["peak_extra_bytes"] >= 0
     assert result["minor_faults_per_step"] >= 0 and 0 <= result["kernel_cpu_share"] <= 1
@@ -232,3 +233,31 @@ def test_scan_table_gives_every_backend_as_a_multiple_of_the_exp_floor() -> None
     assert cells[2:] == ["200.0", "15.0", "13.3", "646", "10.00", "20.0", "1.5"]
     backward = next(line for line in table.splitlines() if "| fwd+bwd |" in line)
     assert backward.rstrip().endswith("| 20.00 | 25.0 | 4.5 |")
+
+
+def test_conv_bench_table_gives_the_kernel_against_its_floor_and_the_reference() -> None:
+    from vimtune.bench import conv
+
+    rows = [{"shape": "tiny-224", "dtype": "float32", "mode": "forward", "kernel": 0.0005, "floor": 0.0002,
+             "reference": 0.004}]
+    table = conv.to_markdown(rows, MACHINE, "vimtune bench conv")
+    assert "| tiny-224 (8, 197, 384) | float32 | forward | 0.50 | 0.20 | 2.5 | 4.00 | 8.0 |" in table
+
+
+def test_step_bench_ratio_follows_the_chosen_clock() -> None:
+    from vimtune.bench import step
+
+    def row(dtype: str, model: str, wall: float, cpu: float) -> dict:
+        return {"dtype": dtype, "model": model, "method": "m", "step": {"seconds": wall, "cpu_seconds": cpu}}
+
+    rows = [row("float32", "vim", 6.0, 4.0), row("float32", "deit", 3.0, 1.0)]
+    assert "| float32 | vim | m | 6.00 | 4.00 | 2.00x |" in step.to_markdown(rows, MACHINE, "c", "wall", 32, 224)
+    assert "| float32 | vim | m | 6.00 | 4.00 | 4.00x |" in step.to_markdown(rows, MACHINE, "c", "cpu", 32, 224)
+
+
+def test_step_bench_rejects_a_malformed_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    from vimtune.bench import step
+
+    with pytest.raises(SystemExit):
+        step.main(["--settings", "vim_small_patch16_224:"])
+    assert "is not MODEL or MODEL:METHOD" in capsys.readouterr().err

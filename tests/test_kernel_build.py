@@ -4,6 +4,8 @@ skips the kernel tests, except in CI (``CI=true``), where they fail."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from helpers.kernels import require_kernel
 from vimtune.ops import mixer_cpu, scan_cpu
-from vimtune.ops._build import remove_stale_build_lock
+from vimtune.ops._build import lock_holders, remove_stale_build_lock
 
 
 @pytest.mark.parametrize("module, fallback", [(scan_cpu, "falling back to the 'chunked' backend"),
@@ -54,19 +56,66 @@ def test_a_kernel_that_does_not_build_skips_elsewhere(ci: str | None, monkeypatc
         require_kernel(_unbuildable, "C++ thing")
 
 
+def _old_lock(path: Path) -> Path:
+    """An empty lock file at ``path`` last modified an hour ago."""
+    path.parent.mkdir(parents=True)
+    path.touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    return path
+
+
+@pytest.fixture
+def waiting_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch whose builds wait while the lock file exists (``FileBaton``), whatever torch is installed."""
+    monkeypatch.setattr("vimtune.ops._build._lock_is_advisory", lambda: False)
+
+
+@pytest.mark.usefixtures("waiting_torch")
 def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    stale = tmp_path / "py311_cu130" / "ext_old" / "lock"
+    stale = _old_lock(tmp_path / "py311_cu130" / "ext_old" / "lock")
     fresh = tmp_path / "ext_new" / "lock"
-    for lock in (stale, fresh):
-        lock.parent.mkdir(parents=True)
-        lock.touch()
-    an_hour_ago = time.time() - 3600
-    os.utime(stale, (an_hour_ago, an_hour_ago))
+    fresh.parent.mkdir(parents=True)
+    fresh.touch()
     with pytest.warns(RuntimeWarning, match="removing the build lock"):
         assert remove_stale_build_lock("ext_old") == stale
     assert not stale.exists()
     assert remove_stale_build_lock("ext_new") is None
     assert fresh.exists()
+
+
+@pytest.mark.usefixtures("waiting_torch")
+def test_the_lock_of_a_live_build_is_kept_however_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holding the lock file open (as a build in progress does) keeps it, an hour old or
+    not; once that process is killed, the lock it left is removed."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = _old_lock(tmp_path / "ext" / "lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; f = open(sys.argv[1]); print('open', flush=True); time.sleep(120)",
+         str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        assert holder.pid in lock_holders(lock)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert remove_stale_build_lock("ext") is None
+        assert lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    with pytest.warns(RuntimeWarning, match="removing the build lock"):
+        assert remove_stale_build_lock("ext") == lock
+
+
+def test_an_advisory_build_lock_file_is_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a torch that holds an OS advisory lock (released when its holder dies) the file never blocks
+    a build, so even an old one with no holder stays."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr("vimtune.ops._build._lock_is_advisory", lambda: True)
+    lock = _old_lock(tmp_path / "ext" / "lock")
+    assert remove_stale_build_lock("ext") is None
+    assert lock.exists()

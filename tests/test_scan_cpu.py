@@ -129,15 +129,15 @@ def test_multi_group_case_splits_the_backward(monkeypatch: pytest.MonkeyPatch) -
     assert groups and groups[0] > 1
 
 
-# (batch, channels, length, state): the backward takes 2 channel groups per row at one thread and 4 at two
+# (batch, channels, length, state): the backward takes 8, 2 and 1 channel groups per row, at any thread count
 THREAD_CASES = [(4, 512, 40, 8), (1, 160, 50, 8), (3, 20, 70, 4)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", THREAD_CASES, ids=lambda c: "x".join(map(str, c)))
 def test_one_and_two_threads_give_the_same_results(case: tuple, dtype: torch.dtype, torch_threads) -> None:
-    """Forward and backward at 1 and at 2 threads: bit for bit the same, except dB and dC, whose per-group
-    partial sums (float64) are added in an order set by the group count, which follows the thread count."""
+    """Forward and backward at 1 and at 2 threads: bit for bit the same, dB and dC included (their per-group
+    float64 partials are added in an order set by the group count, which does not follow the thread count)."""
     batch, channels, length, state = case
     results = []
     for threads in (1, 2):
@@ -148,10 +148,5 @@ def test_one_and_two_threads_give_the_same_results(case: tuple, dtype: torch.dty
         cotangents = tuple(torch.randn(o.shape, generator=g, dtype=torch.float64) for o in outputs)
         results.append({"out": outputs[0], "last_state": outputs[1]} | _grads(outputs, cotangents, low))
     one, two = results
-    rounding = 2 * torch.finfo(dtype).eps  # a float64 sum reordered, then rounded to dtype
     for name in one:
-        if name in ("B", "C"):
-            torch.testing.assert_close(two[name], one[name], rtol=rounding, atol=rounding * one[name].abs().max(),
-                                       msg=lambda m, n=name: f"d{n}: {m}")
-        else:
-            assert torch.equal(two[name], one[name]), name
+        assert torch.equal(two[name], one[name]), name

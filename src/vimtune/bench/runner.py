@@ -39,11 +39,11 @@ def run_measurement(spec: dict[str, Any], timeout_s: float = 1800, env: dict[str
     return run_json_worker(["-m", "vimtune.bench.measure", json.dumps(spec)], timeout_s, env)
 
 
-def fastest(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The result with the fewest ``seconds`` among those without an ``error``; the first one (an error)
-    when every run failed."""
+def fastest(results: list[dict[str, Any]], key: str = "seconds") -> dict[str, Any]:
+    """The result with the least ``key`` (e.g. ``seconds`` or ``cpu_seconds``) among those without an
+    ``error``; the first one (an error) when every run failed."""
     finished = [r for r in results if "error" not in r]
-    return min(finished, key=lambda r: r["seconds"]) if finished else results[0]
+    return min(finished, key=lambda r: r[key]) if finished else results[0]
 
 
 def result_stem(stem: Path, machine: dict[str, Any]) -> Path:

@@ -7,10 +7,15 @@ model and feature flags; torch hashes only the listed source, not the headers it
 also carries a hash of the source, of every header next to it (``csrc/*.h``) and of the compiler flags,
 and editing any of them builds a fresh extension.
 
-torch serialises builds of one extension with a ``lock`` file in its build folder and waits, without a
-time limit, while that file exists; a build killed midway (Ctrl-C, a time-out, ``kill -9``) leaves it
-behind, and every later process would then wait forever. A lock older than :data:`STALE_LOCK_SECONDS`
-(far longer than a build takes) is therefore removed, with a warning, before loading.
+torch serialises builds of one extension with a ``lock`` file in its build folder, in one of two ways.
+Recent torch (``torch.utils.cpp_extension`` without ``FileBaton``) holds an OS advisory lock on the file,
+which the kernel releases when its holder dies: the file stays after every build and never blocks, so
+nothing is done about it. Older torch (``FileBaton``) creates the file, keeps it open while it builds,
+removes it when done, and waits, without a time limit, while it exists: a build killed midway (Ctrl-C, a
+time-out, ``kill -9``) leaves it behind and every later process would wait forever. There a lock is
+removed, with a warning, before loading when it is older than :data:`STALE_LOCK_SECONDS` (far longer than
+a build takes) and no process has it open (a live build keeps its lock file open; the kernel closes a
+killed one's). Where open files cannot be listed (no ``/proc``), no lock is removed.
 """
 
 from __future__ import annotations
@@ -58,17 +63,44 @@ def _source_tag(source: Path) -> str:
     return digest.hexdigest()[:10]
 
 
+def _lock_is_advisory() -> bool:
+    """True when torch holds an OS advisory lock on its build lock file (the file itself never blocks)."""
+    from torch.utils import cpp_extension
+
+    return not hasattr(cpp_extension, "FileBaton")
+
+
+def lock_holders(lock: Path) -> list[int] | None:
+    """Ids of the processes that have ``lock`` open (from ``/proc/<pid>/fd``), or None where that cannot be
+    read (no ``/proc``). Processes this user may not inspect are not seen."""
+    proc = Path("/proc")
+    if not (proc / "self" / "fd").is_dir():
+        return None
+    target = os.path.realpath(lock)
+    holders = []
+    for fd_dir in proc.glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == target for fd in fd_dir.iterdir()):
+                holders.append(int(fd_dir.parent.name))
+        except OSError:  # the process ended meanwhile, or is not ours to inspect
+            continue
+    return holders
+
+
 def remove_stale_build_lock(extension: str, max_age_s: float = STALE_LOCK_SECONDS) -> Path | None:
-    """Remove ``extension``'s build lock when it is older than ``max_age_s``; the removed path, else None."""
+    """Remove ``extension``'s build lock when torch waits for the file to go away (``FileBaton``), it is
+    older than ``max_age_s`` and no process has it open; the removed path, else None."""
     from torch.utils.cpp_extension import get_default_build_root
 
+    if _lock_is_advisory():
+        return None
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
     for lock in [root / extension / "lock", *root.glob(f"*/{extension}/lock")]:
         try:
             age = time.time() - lock.stat().st_mtime
         except FileNotFoundError:
             continue
-        if age > max_age_s:
+        if age > max_age_s and lock_holders(lock) == []:
             warnings.warn(f"vimtune: removing the build lock '{lock}', left {age / 60:.0f} min ago by a build "
                           "that did not finish (torch would wait for it forever)", RuntimeWarning, stacklevel=2)
             lock.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ from checkpoints kept every few steps, so its memory grows like B*E*L, not B*E*L
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 
 import torch
@@ -56,12 +55,16 @@ def _work(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t.detach().to(dtype).contiguous()
 
 
-def _backward_groups(batch: int, channel_blocks: int) -> int:
-    """Channel groups per batch row in the backward, one task each: about eight tasks per thread, and
-    at most a quarter of the channel blocks (each group keeps a (B, N, L) partial of dB and dC).
-    The forward has no such partials and makes every channel block a task."""
-    wanted = math.ceil(8 * torch.get_num_threads() / batch)
-    return max(1, min(wanted, channel_blocks // 4))
+#: Most channel groups per batch row in the backward (tasks of their own, each with a partial of dB and dC).
+BACKWARD_GROUPS = 16
+
+
+def _backward_groups(channel_blocks: int) -> int:
+    """Channel groups per batch row in the backward, one task each: :data:`BACKWARD_GROUPS`, at most a
+    quarter of the channel blocks (each group keeps a (B, N, L) partial of dB and dC). It does not depend on
+    the thread count, so that dB and dC (the groups' float64 partials summed in a fixed order) are the same
+    at any thread count. The forward has no such partials and makes every channel block a task."""
+    return max(1, min(BACKWARD_GROUPS, channel_blocks // 4))
 
 
 class _SelectiveScanCPU(torch.autograd.Function):
@@ -109,7 +112,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         u, delta, A, B, C, D, bias, z, ckpt = ctx.saved_tensors
         batch, channels, length = u.shape
         n_state = A.shape[1]
-        groups = _backward_groups(batch, ckpt.shape[1])
+        groups = _backward_groups(ckpt.shape[1])
         f64 = dict(dtype=torch.float64)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = None if z is None else torch.empty_like(z)

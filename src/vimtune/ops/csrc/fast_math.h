@@ -15,25 +15,30 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace {
 
-// 2^y for float y, as described above.
-inline float exp2_lanes(float y) {
+// The unsigned integer type of F's bits: uint32_t for float, the integer vector of a GCC float vector.
+template <typename F>
+using Bits32 = std::conditional_t<std::is_same_v<F, float>, uint32_t, decltype(F{} < F{})>;
+
+// 2^y for float y, as described above; F is float or a GCC vector of floats (the same arithmetic per lane).
+template <typename F>
+inline F exp2_lanes(F y) {
   constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   y = y > -126.0f ? y : -126.0f;         // written so that gcc emits max / min instructions
   y = y < 126.0f ? y : 126.0f;
-  const float shifted = y + kShift;
-  const float f = y - (shifted - kShift);
-  float p = 1.5344865e-4f;
-  p = p * f + 1.3399924e-3f;
+  const F shifted = y + kShift;
+  const F f = y - (shifted - kShift);
+  F p = 1.5344865e-4f * f + 1.3399924e-3f;
   p = p * f + 9.6184928e-3f;
   p = p * f + 5.5503286e-2f;
   p = p * f + 2.4022646e-1f;
   p = p * f + 6.9314718e-1f;
   p = p * f + 1.0f;
   // The low bits of `shifted` hold k; shifting them into the exponent field scales p by 2^k.
-  return std::bit_cast<float>(std::bit_cast<uint32_t>(p) + (std::bit_cast<uint32_t>(shifted) << 23));
+  return std::bit_cast<F>(std::bit_cast<Bits32<F>>(p) + (std::bit_cast<Bits32<F>>(shifted) << 23));
 }
 
 // exp(x) = exp_scaled(x * kExpScale<S>): 2^(x log2 e) in float, libm's e^x in double. A kernel may fold

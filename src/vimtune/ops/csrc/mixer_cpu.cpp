@@ -22,9 +22,8 @@
 // blocks); the W channels are the vector lanes, so every inner loop runs over lanes (`omp simd`
 // keeps gcc from unrolling those 16-trip loops into scalar code) and the state index n of the scan
 // is a plain loop, with no horizontal sums in the time loop. A task walks one column strip of its
-// rows; the conv kernels, light on arithmetic, prefetch the rows kAhead steps further (the scan's
-// arithmetic hides the latency). Tasks are handed out from a shared counter, so a thread slowed down
-// by other load simply takes fewer.
+// rows (the conv kernels one native vector at a time, in one pass). Tasks are handed out from a
+// shared counter, so a thread slowed down by other load simply takes fewer.
 //
 // The scan backward recomputes the states: it cuts the steps into chunks of at most kMaxChunk,
 // finds the state at each chunk start by a forward pass, then per chunk (last first) recomputes and
@@ -32,7 +31,8 @@
 // (B, T, E, N) is ever stored. Sums over time and batch (dA, dD, d delta_bias, conv dweight and
 // dbias) and over channels (dB, dC) are accumulated in float64 (after at most kFlush time steps, or
 // the channel blocks of one task, in the compute dtype): per task into (B, ...) partials (and
-// (G, B, T, N) for dB and dC, G channel groups per row), which are summed after the parallel part.
+// (G, B, T, N) for dB and dC, G = min(kGroups, channel blocks) per row whatever the thread count),
+// which are summed after the parallel part.
 //
 // float32 computes exp as 2^(x log2 e) with the branch-free exp2 of fast_math.h (relative error 1e-7),
 // so that the lane loops vectorise; float64 calls libm.
@@ -47,6 +47,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <tuple>
@@ -59,9 +60,9 @@ namespace {
 
 constexpr int64_t W = 16;          // channels per task block = vector lanes
 constexpr int64_t kMaxTaps = 8;    // largest conv kernel size
-constexpr int64_t kMaxChunk = 128; // scan backward: steps whose states are kept at once
+constexpr int64_t kMaxChunk = 256; // scan backward: steps whose states are kept at once (224 px: one chunk)
+constexpr int64_t kGroups = 16;    // scan backward: channel groups per batch row (tasks, dB / dC partials)
 constexpr int64_t kFlush = 32;     // steps summed in the compute dtype before a float64 flush
-constexpr int64_t kAhead = 4;      // steps between a row's prefetch and its use
 
 // ---------------------------------------------------------------- shared plumbing
 
@@ -87,12 +88,6 @@ struct Rows {
   int64_t batch_stride, time_stride;
 
   P* at(int64_t b, int64_t t, int64_t x0) const { return data + b * batch_stride + t * time_stride + x0; }
-
-  // Prefetches elements [x0, x0 + W) of row (b, t) (two cache lines in double; a prefetch never faults).
-  void prefetch(int64_t b, int64_t t, int64_t x0) const {
-    __builtin_prefetch(at(b, t, x0));
-    __builtin_prefetch(at(b, t, x0 + W - 1));
-  }
 };
 
 template <typename V>
@@ -202,6 +197,71 @@ void sum_rows(const Partials& parts, int64_t rows, int64_t n, O* out) {
 }
 
 // ---------------------------------------------------------------- causal conv + SiLU
+//
+// In causal position p (p = t for the forward direction, T - 1 - t for the reverse one) the conv reads
+// positions p - K + 1 .. p: pre[p] = bias + sum_k w[k] x[p - K + 1 + k]. A task's W channels are cut into
+// native vectors (GCC vector types of kVectorBytes); each vector walks the whole sequence once, with its
+// K-tap window of x (and in the backward the last K values of g = dL/dpre) in arrays of vectors that
+// shift by one slot per step: with K = 4 known at compile time (Vim's kernel size) they live in registers.
+
+#if defined(__AVX512F__)
+constexpr int64_t kVectorBytes = 64;
+#else
+constexpr int64_t kVectorBytes = 32;
+#endif
+
+// A native vector of S lanes, and its lane count.
+template <typename S>
+struct NativeVec {
+  typedef S type __attribute__((vector_size(kVectorBytes)));
+  static constexpr int64_t lanes = kVectorBytes / int64_t(sizeof(S));
+};
+template <typename S>
+using Vec = typename NativeVec<S>::type;
+// The float vector's lanes as bfloat16 bits and as float bits.
+typedef uint16_t HalfVec __attribute__((vector_size(kVectorBytes / 2)));
+typedef uint32_t WordVec __attribute__((vector_size(kVectorBytes)));
+
+// silu(v) lane by lane, and silu'(v) = s (1 + v (1 - s)) with s = sigmoid(v): the arithmetic of the
+// scalar sigmoid (fast_math.h), on a whole vector (float) or lane by lane through libm (double).
+inline Vec<float> sigmoid_vec(Vec<float> v) { return 1.0f / (1.0f + exp2_lanes((-v) * kExpScale<float>)); }
+inline Vec<double> sigmoid_vec(Vec<double> v) {
+  Vec<double> s;
+  for (int64_t i = 0; i < NativeVec<double>::lanes; ++i) s[i] = sigmoid(double(v[i]));
+  return s;
+}
+
+// The n (all when kFull) channels at src as a vector of S, zero in the other lanes.
+template <bool kFull, typename S, typename V>
+inline Vec<S> load_vec(const V* src, int64_t n) {
+  Vec<S> v = {};
+  if constexpr (kFull && std::is_same_v<V, S>) {
+    std::memcpy(&v, src, sizeof v);
+  } else if constexpr (kFull) {  // bfloat16 -> float: the 16 bits become the upper half
+    HalfVec h;
+    std::memcpy(&h, src, sizeof h);
+    v = std::bit_cast<Vec<S>>(__builtin_convertvector(h, WordVec) << 16);
+  } else {
+    for (int64_t i = 0; i < n; ++i) v[i] = lane(src[i]);
+  }
+  return v;
+}
+
+// Stores the first n (all when kFull) lanes of v at dst, bfloat16 rounded to nearest even as c10 does.
+template <bool kFull, typename S, typename V>
+inline void store_vec(V* dst, Vec<S> v, int64_t n) {
+  if constexpr (kFull && std::is_same_v<V, S>) {
+    std::memcpy(dst, &v, sizeof v);
+  } else if constexpr (kFull) {
+    const WordVec bits = std::bit_cast<WordVec>(v);
+    WordVec rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;
+    rounded = v != v ? WordVec{} + 0x7FC0u : rounded;  // NaN
+    const HalfVec h = __builtin_convertvector(rounded, HalfVec);
+    std::memcpy(dst, &h, sizeof h);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = stored<V>(S(v[i]));
+  }
+}
 
 template <typename S, typename V>
 struct Conv {
@@ -211,48 +271,42 @@ struct Conv {
   int64_t batch, T, E, K;
   bool reverse;
 
-  int64_t shift(int64_t k) const { return reverse ? K - 1 - k : k - (K - 1); }
+  int64_t time(int64_t p) const { return reverse ? T - 1 - p : p; }
 
-  // Taps and bias of the block as lanes: taps[k][w], lane_bias[w].
-  void load(const Lanes& l, S (&taps)[kMaxTaps][W], S (&lane_bias)[W]) const {
-    for (int64_t w = 0; w < l.valid; ++w) {
-      for (int64_t k = 0; k < K; ++k) taps[k][w] = weight[(l.e0 + w) * K + k];
-      lane_bias[w] = bias[l.e0 + w];
-    }
+  // x at position p of row b, channels [e0, e0 + n); zero outside [0, T).
+  template <bool kFull>
+  Vec<S> x_at(int64_t b, int64_t p, int64_t e0, int64_t n) const {
+    return p >= 0 && p < T ? load_vec<kFull, S>(x.at(b, time(p), e0), n) : Vec<S>{};
   }
 
-  // pre[w] = bias + sum_k w[k] x[t + shift(k)] for the block's lanes at time t of row b. Time walks
-  // in direction dir (+1 or -1); the row that the time kAhead steps further will newly read is prefetched.
-  template <int64_t NV>
-  void preactivation(const Lanes& l, int64_t b, int64_t t, int64_t dir, const S (&taps)[kMaxTaps][W],
-                     const S (&lane_bias)[W], S* __restrict__ pre) const {
-    const int64_t nv = NV > 0 ? NV : l.valid;
-    const int64_t reach = dir > 0 ? std::max(shift(0), shift(K - 1)) : std::min(shift(0), shift(K - 1));
-    const int64_t ahead = t + reach + dir * kAhead;
-    if (ahead >= 0 && ahead < T) x.prefetch(b, ahead, l.e0);
-    #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) pre[w] = lane_bias[w];
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t j = t + shift(k);
-      if (j < 0 || j >= T) continue;
-      const V* __restrict__ xr = x.at(b, j, l.e0);
-      #pragma omp simd
-      for (int64_t w = 0; w < nv; ++w) pre[w] += taps[k][w] * lane(xr[w]);
+  // Taps and bias of channels [e0, e0 + n) as vectors (zero in the lanes past n).
+  void load_params(int64_t e0, int64_t n, Vec<S> (&taps)[kMaxTaps], Vec<S>& lane_bias) const {
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t k = 0; k < K; ++k) taps[k][i] = weight[(e0 + i) * K + k];
+      lane_bias[i] = bias[e0 + i];
     }
   }
 };
 
-template <int64_t NV, typename S, typename V>
-void conv_forward_block(const Conv<S, V>& c, const Rows<V>& out, int64_t b, const Lanes& l) {
-  const int64_t nv = NV > 0 ? NV : l.valid;
-  S taps[kMaxTaps][W] = {}, lane_bias[W] = {};
-  c.load(l, taps, lane_bias);
-  for (int64_t t = 0; t < c.T; ++t) {
-    S pre[W];
-    c.template preactivation<NV>(l, b, t, 1, taps, lane_bias, pre);
-    V* __restrict__ o = out.at(b, t, l.e0);
-    #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) o[w] = stored<V>(pre[w] * sigmoid(pre[w]));
+// bias + sum_k taps[k] win[k] (win[k]: x at position p - K + 1 + k), summed in this order in both passes.
+template <typename S>
+inline Vec<S> preactivation(int64_t K, const Vec<S> (&taps)[kMaxTaps], Vec<S> lane_bias, const Vec<S> (&win)[kMaxTaps]) {
+  Vec<S> pre = lane_bias;
+  for (int64_t k = 0; k < K; ++k) pre += taps[k] * win[k];
+  return pre;
+}
+
+// Channels [e0, e0 + n) of row b (n = all lanes when kFull); K = KC when KC > 0.
+template <int64_t KC, bool kFull, typename S, typename V>
+void conv_forward_lanes(const Conv<S, V>& c, const Rows<V>& out, int64_t b, int64_t e0, int64_t n) {
+  const int64_t K = KC > 0 ? KC : c.K;
+  Vec<S> taps[kMaxTaps] = {}, lane_bias = {}, win[kMaxTaps] = {};
+  c.load_params(e0, n, taps, lane_bias);
+  for (int64_t p = 0; p < c.T; ++p) {
+    for (int64_t k = 0; k + 1 < K; ++k) win[k] = win[k + 1];
+    win[K - 1] = load_vec<kFull, S>(c.x.at(b, c.time(p), e0), n);
+    const Vec<S> pre = preactivation<S>(K, taps, lane_bias, win);
+    store_vec<kFull, S>(out.at(b, c.time(p), e0), pre * sigmoid_vec(pre), n);
   }
 }
 
@@ -264,69 +318,68 @@ struct ConvGrads {
   double* dbias;       // (B, E)
 };
 
-// Walks time against the convolution's reach (descending for the forward direction, ascending for
-// the reverse one), so that when g(t) = dout * silu'(pre) is known, every g that dx[t] =
-// sum_k w[k] g[t - shift(k)] needs is known too; the last K values of g live in a ring. Without
+// Walks the positions down from T - 1, so that g at p + K - 1 .. p, which dx[p] = sum_k w[k] g[p + K - 1 - k]
+// needs, is known when dx[p] is written: one pass reads x and dout once and writes dx once. Without
 // kParamGrads (frozen weight and bias) only dx is computed.
-template <int64_t NV, bool kParamGrads, typename S, typename V>
-void conv_backward_block(const Conv<S, V>& c, const ConvGrads<V>& gr, int64_t b, const Lanes& l) {
-  const int64_t nv = NV > 0 ? NV : l.valid, T = c.T, K = c.K, dir = c.reverse ? 1 : -1;
-  S taps[kMaxTaps][W] = {}, lane_bias[W] = {};
-  c.load(l, taps, lane_bias);
-  S ring[kMaxTaps][W] = {};  // g at times t (slot t mod K)
-  double dw[kMaxTaps][W] = {}, db[W] = {};
-  S dw_part[kMaxTaps][W] = {}, db_part[W] = {};
-  for (int64_t step = 0; step < T; ++step) {
-    const int64_t t = c.reverse ? step : T - 1 - step;
-    S pre[W];
-    c.template preactivation<NV>(l, b, t, dir, taps, lane_bias, pre);
-    if (step + kAhead < T) gr.dout.prefetch(b, t + dir * kAhead, l.e0);
-    const V* __restrict__ d = gr.dout.at(b, t, l.e0);
-    S* __restrict__ g = ring[t % K];
-    #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) {
-      const S s = sigmoid(pre[w]);
-      g[w] = lane(d[w]) * s * (S(1) + pre[w] * (S(1) - s));
-      if constexpr (kParamGrads) db_part[w] += g[w];
-    }
-    S acc[W] = {};
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t j = t + c.shift(k);  // x[j] feeds pre[t] through tap k
-      if (kParamGrads && j >= 0 && j < T) {
-        const V* __restrict__ xr = c.x.at(b, j, l.e0);
-        #pragma omp simd
-        for (int64_t w = 0; w < nv; ++w) dw_part[k][w] += g[w] * lane(xr[w]);
-      }
-      const int64_t src = t - c.shift(k);  // g[src] reaches x[t] through tap k
-      if (src >= 0 && src < T) {
-        const S* __restrict__ gs = ring[src % K];
-        #pragma omp simd
-        for (int64_t w = 0; w < nv; ++w) acc[w] += taps[k][w] * gs[w];
-      }
-    }
-    V* __restrict__ dxr = gr.dx.at(b, t, l.e0);
-    #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) dxr[w] = stored<V>(acc[w]);
-    if (kParamGrads && ((step + 1) % kFlush == 0 || step + 1 == T)) {
-      for (int64_t k = 0; k < K; ++k) {
-        #pragma omp simd
-        for (int64_t w = 0; w < nv; ++w) {
-          dw[k][w] += double(dw_part[k][w]);
-          dw_part[k][w] = S(0);
+template <int64_t KC, bool kFull, bool kParamGrads, typename S, typename V>
+void conv_backward_lanes(const Conv<S, V>& c, const ConvGrads<V>& gr, int64_t b, int64_t e0, int64_t n) {
+  const int64_t K = KC > 0 ? KC : c.K, T = c.T;
+  Vec<S> taps[kMaxTaps] = {}, lane_bias = {};
+  c.load_params(e0, n, taps, lane_bias);
+  Vec<S> win[kMaxTaps], g[kMaxTaps] = {};  // x at p - K + 1 + k; g at p + K - 1 - k
+  for (int64_t k = 0; k < K; ++k) win[k] = c.template x_at<kFull>(b, T - K + 1 + k, e0, n);  // as at p = T
+  Vec<S> dw_part[kMaxTaps] = {}, db_part = {};
+  double dw[kMaxTaps][NativeVec<S>::lanes] = {}, db[NativeVec<S>::lanes] = {};
+  for (int64_t p = T - 1; p >= 0; --p) {
+    for (int64_t k = K - 1; k > 0; --k) win[k] = win[k - 1];
+    win[0] = c.template x_at<kFull>(b, p - K + 1, e0, n);
+    for (int64_t k = 0; k + 1 < K; ++k) g[k] = g[k + 1];
+    const Vec<S> pre = preactivation<S>(K, taps, lane_bias, win), s = sigmoid_vec(pre);
+    const Vec<S> gp = load_vec<kFull, S>(gr.dout.at(b, c.time(p), e0), n) * s * (S(1) + pre * (S(1) - s));
+    g[K - 1] = gp;
+    Vec<S> dx = {};
+    for (int64_t k = 0; k < K; ++k) dx += taps[k] * g[k];
+    store_vec<kFull, S>(gr.dx.at(b, c.time(p), e0), dx, n);
+    if constexpr (kParamGrads) {
+      db_part += gp;
+      for (int64_t k = 0; k < K; ++k) dw_part[k] += gp * win[k];
+      if ((T - p) % kFlush == 0 || p == 0) {
+        for (int64_t i = 0; i < NativeVec<S>::lanes; ++i) {
+          for (int64_t k = 0; k < K; ++k) dw[k][i] += double(dw_part[k][i]);
+          db[i] += double(db_part[i]);
         }
-      }
-      #pragma omp simd
-      for (int64_t w = 0; w < nv; ++w) {
-        db[w] += double(db_part[w]);
-        db_part[w] = S(0);
+        for (int64_t k = 0; k < K; ++k) dw_part[k] = Vec<S>{};
+        db_part = Vec<S>{};
       }
     }
   }
   if constexpr (kParamGrads) {
-    for (int64_t w = 0; w < nv; ++w) {
-      const int64_t be = b * c.E + l.e0 + w;
-      for (int64_t k = 0; k < K; ++k) gr.dweight[be * K + k] = dw[k][w];
-      gr.dbias[be] = db[w];
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t be = b * c.E + e0 + i;
+      for (int64_t k = 0; k < K; ++k) gr.dweight[be * K + k] = dw[k][i];
+      gr.dbias[be] = db[i];
+    }
+  }
+}
+
+// Calls body.template operator()<KC, kFull>(e0, n) for each vector of the block's channels: KC = 4 for
+// Vim's kernel size (the windows in registers), else 0 (K read at run time); kFull for a whole vector.
+template <typename S, typename F>
+void for_each_vector(const Lanes& l, int64_t K, const F& body) {
+  constexpr int64_t L = NativeVec<S>::lanes;
+  for (int64_t e0 = l.e0; e0 < l.e0 + l.valid; e0 += L) {
+    const int64_t n = std::min(L, l.e0 + l.valid - e0);
+    const auto taps = [&]<int64_t KC>() {
+      if (n == L) {
+        body.template operator()<KC, true>(e0, n);
+      } else {
+        body.template operator()<KC, false>(e0, n);
+      }
+    };
+    if (K == 4) {
+      taps.template operator()<4>();
+    } else {
+      taps.template operator()<0>();
     }
   }
 }
@@ -354,8 +407,9 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Ten
     const int64_t n_cb = (c.E + W - 1) / W;
     struct None {};
     for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
-      dispatch_lanes(task_lanes(i, n_cb, c.E),
-                     [&]<int64_t NV>(const Lanes& l) { conv_forward_block<NV>(c, o, i / n_cb, l); });
+      for_each_vector<S>(task_lanes(i, n_cb, c.E), c.K, [&]<int64_t KC, bool kFull>(int64_t e0, int64_t n) {
+        conv_forward_lanes<KC, kFull>(c, o, i / n_cb, e0, n);
+      });
     });
   });
   return out;
@@ -380,9 +434,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& x, con
     struct None {};
     dispatch_flag(param_grads, [&]<bool kParamGrads>() {
       for_each_task<None>(c.batch * n_cb, [&](int64_t i, None&) {
-        dispatch_lanes(task_lanes(i, n_cb, c.E), [&]<int64_t NV>(const Lanes& l) {
-          conv_backward_block<NV, kParamGrads>(c, gr, i / n_cb, l);
-        });
+        for_each_vector<S>(task_lanes(i, n_cb, c.E), c.K,
+                           [&]<int64_t KC, bool kFull>(int64_t e0, int64_t n) {
+                             conv_backward_lanes<KC, kFull, kParamGrads>(c, gr, i / n_cb, e0, n);
+                           });
       });
     });
     if (param_grads) {
@@ -740,9 +795,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const Scan<S, V> p = make_scan<S, V>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
     const int64_t batch = p.batch, T = p.T, E = p.E, N = p.N, n_cb = (E + W - 1) / W;
     check_rows(dout, u.scalar_type(), batch, T, E, "dout");
-    // Channel groups per row: enough tasks for about four per thread.
-    const int64_t groups = std::clamp<int64_t>((4 * at::get_num_threads() + batch - 1) / std::max<int64_t>(batch, 1),
-                                               1, n_cb);
+    // Channel groups per row: a fixed count, not the thread count, so that dB and dC (summed over the groups
+    // in a fixed order) are the same at any thread count.
+    const int64_t groups = std::min(kGroups, n_cb);
     const int64_t n_chunks = (T + kMaxChunk - 1) / kMaxChunk, chunk = (T + n_chunks - 1) / n_chunks;
     const Partials dA_rows = partials(compute_dA ? batch * E * N : 0), dD_rows = partials(batch * E), dbias_rows = partials(batch * E);
     const Partials dB_groups = partials(groups * batch * T * N), dC_groups = partials(groups * batch * T * N);
