@@ -34,6 +34,15 @@ class RunLockedError(RuntimeError):
     """Another process is using the run folder."""
 
 
+def _lock_or_refuse(fd: int, mode: int, refusal: str) -> None:
+    """Take the ``flock`` ``mode`` (``LOCK_EX`` or ``LOCK_SH``) on ``fd`` without waiting, or raise
+    :class:`RunLockedError` with ``refusal`` when another process's lock is in the way."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunLockedError(refusal) from None
+
+
 @contextmanager
 def run_lock(root: Path) -> Iterator[None]:
     """Hold the run folder ``root`` (which must exist) for the ``with`` block.
@@ -43,13 +52,8 @@ def run_lock(root: Path) -> Iterator[None]:
     """
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLockedError(
-                f"run folder '{root}' is in use by another vimtune process (training or resuming it); "
-                "wait for that process to finish or stop it, or choose another --output-dir"
-            ) from None
+        _lock_or_refuse(fd, fcntl.LOCK_EX, f"run folder '{root}' is in use by another vimtune process (training or "
+                        "resuming it); wait for that process to finish or stop it, or choose another --output-dir")
         _HELD.add(fd)
         yield
     finally:
@@ -68,11 +72,8 @@ def refuse_if_in_use(root: Path) -> None:
     except FileNotFoundError:
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise RunLockedError(
-            f"run folder '{root}' is being trained by a live vimtune process (it holds the run's lock): its weights "
-            "and metrics are half-written, so they are not read; wait for that process to finish, or stop it"
-        ) from None
+        _lock_or_refuse(fd, fcntl.LOCK_SH, f"run folder '{root}' is being trained by a live vimtune process (it holds "
+                        "the run's lock): its weights and metrics are half-written, so they are not read; wait for "
+                        "that process to finish, or stop it")
     finally:
         os.close(fd)
