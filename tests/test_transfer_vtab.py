@@ -134,6 +134,9 @@ def test_the_rate_grid_grows_at_most_edge_steps_times() -> None:
         assert top <= 27.0
     assert plan.rates("t", "svp", records) == pytest.approx([1 / 3, 1.0, 3.0, 9.0, 27.0])
     assert plan.chosen("t", "svp", records).lr_factor == pytest.approx(27.0)
+    assert VtabTable(plan, records).chosen_text("t", "svp").endswith("**at grid edge**")  # the report says so
+    inside = {k: {"val_acc": 0.9 if "lr9-" in k else 0.1} for k in records}
+    assert "edge" not in VtabTable(plan, inside).chosen_text("t", "svp")
     assert _plan(edge_steps=0).rates("t", "svp", records) == [1 / 3, 1.0, 3.0]
 
 

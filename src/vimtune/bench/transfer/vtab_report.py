@@ -63,7 +63,9 @@ class VtabTable:
             grid = self.plan.selection(task, method, self.records)
             done = sum(t.key in self.records for t in grid)
             return f"grid {done}/{len(grid)}" if done else "-"
-        return f"lr {chosen.lr:.0e}, {chosen.epochs} ep (val {100 * self.records[chosen.key]['val_acc']:.1f})"
+        rates = self.plan.rates(task, method, self.records)
+        edge = " **at grid edge**" if len(rates) > 1 and chosen.lr_factor in (rates[0], rates[-1]) else ""
+        return f"lr {chosen.lr:.0e}, {chosen.epochs} ep (val {100 * self.records[chosen.key]['val_acc']:.1f}){edge}"
 
     def missing(self) -> list[str]:
         """``"task: method, method"`` for every task where some method has no final run yet."""
@@ -205,7 +207,8 @@ def write_vtab_outputs(header: dict[str, Any], plan: VtabPlan, records: Mapping[
         "",
         *accuracy_rows(table),
         "",
-        "**Chosen hyper-parameters** (learning rate, epochs; val200 accuracy of the chosen cell)",
+        "**Chosen hyper-parameters** (learning rate, epochs; val200 accuracy of the chosen cell; **at grid edge**: "
+        "the best rate is still the highest or lowest after the grid grew as far as `--edge-steps` allows)",
         "",
         *chosen_rows(table),
         "",
