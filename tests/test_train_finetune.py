@@ -57,12 +57,13 @@ def test_svp_finetune_saves_only_the_adapter_and_extends_on_resume(
 
     image = str(task / "images" / "test_000.png")
     assert main(["viz", str(run), image, str(task / "images" / "test_001.png"), "--out", str(tmp_path / "viz")]) == 0
-    assert {p.name for p in (tmp_path / "viz").iterdir()} == {"attention.png", "gates.png", "svp_prompts.png"}
+    assert {p.name for p in (tmp_path / "viz").iterdir()} == {"attention.png", "gates.png", "svp_prompts.png",
+                                                              "gate_change.json"}
     backbone_file = str(tmp_path / "backbone.safetensors")
     assert main(["viz", "--checkpoint", str(run / "adapter"), "--backbone-weights", backbone_file, image,
                  "--out", str(tmp_path / "viz-adapter"), "--prefix", "a_"]) == 0
     assert {p.name for p in (tmp_path / "viz-adapter").iterdir()} == {"a_attention.png", "a_gates.png",
-                                                                      "a_svp_prompts.png"}
+                                                                      "a_svp_prompts.png", "a_gate_change.json"}
     capsys.readouterr()
     assert main(["viz", str(run), str(task / "classes.txt"), "--out", str(tmp_path / "bad")]) == 1
     assert "classes.txt" in capsys.readouterr().err  # an error naming the file, no traceback
