@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vimtune.bench.runner import machine_description, machine_line, write_results
+from vimtune.bench.runner import bench_command, load_text, machine_line, machine_with_load, write_results
 from vimtune.bench.scan import time_steps
 
 SHAPES = {  # name -> (batch, T, E)
@@ -102,9 +101,8 @@ def run_conv_benchmark(shape_names: list[str], dtype_names: list[str], repeats: 
 
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
     """Times in ms with kernel / floor and reference / kernel, one line per shape, dtype and mode."""
-    load = machine.get("load_average_1min", (float("nan"), float("nan")))
     lines = [
-        f"Machine: {machine_line(machine)}; 1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} "
+        f"Machine: {machine_line(machine)}; {load_text(machine)} "
         "(the machine was shared: other work slows every column alike, the ratios are side by side).",
         f"Command: `{command}`. Times in ms, best of the repeats, taken in turn. `floor` = torch elementwise "
         "op over the same bytes (forward: copy x; backward: x + dout); `x floor` = kernel / floor; "
@@ -138,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     rows = run_conv_benchmark(args.shapes, args.dtypes, args.repeats, args.budget_s)
-    machine = machine_description() | {"load_average_1min": [load_before, os.getloadavg()[0]]}
-    command = ("vimtune bench conv " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    machine = machine_with_load(load_before)
+    command = bench_command("conv", argv)
     write_results(args.out, to_markdown(rows, machine, command), machine, command, rows=rows)
     return 0
 

@@ -107,6 +107,22 @@ def _cpuinfo_fields() -> dict[str, str]:
     return fields
 
 
+def machine_with_load(load_before: float) -> dict[str, Any]:
+    """:func:`machine_description` with ``load_average_1min``: ``load_before`` (taken when the run began) and now."""
+    return machine_description() | {"load_average_1min": [load_before, os.getloadavg()[0]]}
+
+
+def load_text(machine: dict[str, Any]) -> str:
+    """``"1-min load average at start / end: a / b"`` from a :func:`machine_with_load` (nan where absent)."""
+    load = machine.get("load_average_1min", (float("nan"), float("nan")))
+    return f"1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f}"
+
+
+def bench_command(name: str, argv: list[str] | None) -> str:
+    """The command line of ``vimtune bench NAME`` as given (``argv``, else the process's arguments)."""
+    return (f"vimtune bench {name} " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+
+
 def cpu_slug(machine: dict[str, Any]) -> str:
     """File-name tag of the CPU: its model name and widest ISA, lower case, e.g. ``amd-epyc-avx512-bf16`` or
     ``intel-xeon-platinum-8480-amx-bf16``. The ISA is part of it because a virtual machine may report only

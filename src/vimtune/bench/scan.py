@@ -31,7 +31,6 @@ import argparse
 import gc
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,14 @@ import torch
 from torch import Tensor
 
 from vimtune.bench.measure import current_rss_bytes, high_water_rss_bytes
-from vimtune.bench.runner import machine_description, machine_line, run_json_worker, write_results
+from vimtune.bench.runner import (
+    bench_command,
+    load_text,
+    machine_line,
+    machine_with_load,
+    run_json_worker,
+    write_results,
+)
 from vimtune.ops.scan_chunked import DEFAULT_CHUNK, selective_scan_chunked
 from vimtune.ops.scan_cuda import cuda_kernel_available, selective_scan_cuda
 from vimtune.ops.scan_reference import gate_output, prepare_delta, selective_scan_reference
@@ -270,11 +276,10 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
     names = list(dict.fromkeys(r["backend"] for r in rows if r["backend"] != EXP_FLOOR))
     others = [n for n in names if n != "reference"]
     pairs = [(fast, slow) for fast, slow in PAIRS if fast in names and slow in names]
-    load = machine.get("load_average_1min", (float("nan"), float("nan")))
     lines = [f"GPU: {machine['gpu']} (the backends ran on it; the CPU floor columns do not apply).", ""] \
         if machine.get("gpu") else []
     lines += [
-        f"Machine: {machine_line(machine)}; 1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} "
+        f"Machine: {machine_line(machine)}; {load_text(machine)} "
         "(other work slows every backend).",
         f"Command: `{command}`. Times in ms, best of the repeats (all times in the JSON); `x ref` = reference",
         "time / backend time. `Mupd/s` = B*E*L*N state updates per second of `cpu`. `exp floor` = time of",
@@ -388,12 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rows = run_scan_benchmark(args.backends, args.shapes, args.repeats, args.budget_s, args.max_gib,
                               tuple(args.memory_backends), args.threads, args.device)
-    machine = machine_description() | {"load_average_1min": [load_before, os.getloadavg()[0]]}
+    machine = machine_with_load(load_before)
     if torch.device(args.device).type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     error_shape = args.shapes[0]
     errors = check_accuracy(backends(args.backends, args.device), SHAPES[error_shape], args.device)
-    command = ("vimtune bench scan " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = bench_command("scan", argv)
     markdown = to_markdown(rows, machine, command, errors, f"{error_shape} {SHAPES[error_shape]}")
     write_results(args.out, markdown, machine, command, rows=rows, max_error_vs_float64=errors)
     return 0

@@ -15,11 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from vimtune.bench.runner import fastest, machine_description, machine_line, run_measurement, write_results
+from vimtune.bench.runner import (
+    bench_command,
+    fastest,
+    load_text,
+    machine_line,
+    machine_with_load,
+    run_measurement,
+    write_results,
+)
 
 DTYPES = ("float32", "bfloat16")
 CLOCKS = {"wall": "seconds", "cpu": "cpu_seconds"}  # --clock -> the measurement's field
@@ -48,10 +55,9 @@ def measure_steps(settings: list[tuple[str, str | None]], dtypes: list[str], bat
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str, clock: str, batch: int,
                 img_size: int) -> str:
     """Wall and CPU seconds per step of each row; each row's step time over the first setting's of its dtype."""
-    load = machine.get("load_average_1min", (float("nan"), float("nan")))
     field = CLOCKS[clock]
     lines = [
-        f"Machine: {machine_line(machine)}; 1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} "
+        f"Machine: {machine_line(machine)}; {load_text(machine)} "
         "(the machine was shared with other work).",
         f"Command: `{command}`. One training step (forward, cross-entropy, backward, AdamW) at batch {batch}, "
         f"{img_size} px, fresh process per measurement, fastest round by {clock} time. `wall s` = best wall time "
@@ -101,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rows = measure_steps(settings, args.dtypes, args.batch, args.img_size, args.repeats, args.rounds, args.threads,
                          CLOCKS[args.clock])
-    machine = machine_description() | {"load_average_1min": [load_before, os.getloadavg()[0]]}
+    machine = machine_with_load(load_before)
     if args.threads:
         machine["threads"] = args.threads
-    command = ("vimtune bench step " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = bench_command("step", argv)
     markdown = to_markdown(rows, machine, command, args.clock, args.batch, args.img_size)
     write_results(args.out, markdown, machine, command, rows=rows, clock=args.clock)
     return 0
