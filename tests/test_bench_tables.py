@@ -46,21 +46,40 @@ def test_resolution_memory_comes_from_a_live_memory_process(monkeypatch: pytest.
     def fake_run(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
         calls.append((spec, env))
         live = env == resolution.LIVE_MEMORY_ENV
-        return {"images_per_s": 1.0 if live else 5.0, "peak_extra_bytes": 100 if live else 300}
+        return {"seconds": 0.2, "images_per_s": 1.0 if live else 5.0, "peak_extra_bytes": 100 if live else 300}
 
     monkeypatch.setattr(resolution, "run_measurement", fake_run)
     rows = resolution.measure_all([224], [1], ["bfloat16"], repeats=3, threads=2, max_batch_pixels=0)
     assert [r["model"] for r in rows] == ["vim", "deit"]
     assert all(r["images_per_s"] == 5.0 and r["peak_extra_bytes"] == 100 and r["timed_peak_extra_bytes"] == 300
                for r in rows)
-    timed, live = calls[0][0], calls[1][0]
-    assert calls[0][1] is None and timed["repeats"] == 3
-    assert calls[1][1] == resolution.LIVE_MEMORY_ENV and live["repeats"] == 1 and live["warmup"] == 0
+    assert [env for _, env in calls] == [None, None, resolution.LIVE_MEMORY_ENV, resolution.LIVE_MEMORY_ENV]
+    timed, live = calls[0][0], calls[2][0]
+    assert timed["repeats"] == 3 and live["repeats"] == 1 and live["warmup"] == 0
+
+
+def test_resolution_rounds_keep_each_models_fastest_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With rounds, the models are timed in turn every round; a slow round of one model does not count."""
+    calls = []
+    times = iter([0.9, 0.2, 0.3, 0.8])  # round 1: vim slow, deit fast; round 2: vim fast, deit slow
+
+    def fake_run(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+        calls.append((spec["model"], env))
+        if env:
+            return {"peak_extra_bytes": 100}
+        seconds = next(times)
+        return {"seconds": seconds, "images_per_s": 1 / seconds, "peak_extra_bytes": 300}
+
+    monkeypatch.setattr(resolution, "run_measurement", fake_run)
+    rows = resolution.measure_all([224], [1], ["bfloat16"], repeats=1, threads=2, max_batch_pixels=0, rounds=2)
+    assert [(r["model"], r["seconds"], r["seconds_rounds"]) for r in rows] == [
+        ("vim", 0.3, [0.9, 0.3]), ("deit", 0.2, [0.2, 0.8])]
+    assert [env is None for _, env in calls] == [True, True, True, True, False, False]
 
 
 def test_resolution_row_is_an_error_when_the_memory_process_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     def fake_run(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-        return {"error": "exit 137: killed"} if env else {"images_per_s": 5.0, "peak_extra_bytes": 300}
+        return {"error": "exit 137: killed"} if env else {"seconds": 0.2, "images_per_s": 5.0, "peak_extra_bytes": 300}
 
     monkeypatch.setattr(resolution, "run_measurement", fake_run)
     rows = resolution.measure_all([224], [1], ["float32"], repeats=1, threads=2, max_batch_pixels=0)
@@ -261,3 +280,51 @@ def test_step_bench_rejects_a_malformed_setting(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         step.main(["--settings", "vim_small_patch16_224:"])
     assert "is not MODEL or MODEL:METHOD" in capsys.readouterr().err
+
+
+def test_step_bench_breakdown_gives_the_ratio_without_the_kernels() -> None:
+    from vimtune.bench import step
+
+    def row(model: str, method: str, total: float, kernels: float) -> dict:
+        split = {"matmul": total - kernels - 0.5, "kernels": kernels, "attention": 0.0, "other": 0.5, "total": total}
+        return {"dtype": "float32", "model": model, "method": method,
+                "step": {"seconds": total, "cpu_seconds": total, "breakdown": split}}
+
+    rows = [row("vim", "svp", 6.0, 3.0), row("deit", "- (plain model)", 2.0, 0.0)]
+    table = step.to_markdown(rows, MACHINE, "c", "wall", 8, 224, mode="infer")
+    assert "One inference pass" in table
+    assert "| float32 | vim | svp | 6.00 | 6.00 | 3.00x | 6.00 | 2.50 | 3.00 | 0.00 | 0.50 |" in table
+    assert "vimtune's kernels take 3.00 s; without them it would take 3.00 s, **1.50x**" in table
+
+
+def test_profile_breakdown_puts_each_operator_in_its_group() -> None:
+    """A real profiled call: a matmul, vimtune's conv kernel, fused attention and an exp land in their groups."""
+    from vimtune.bench.breakdown import GROUPS, profile_breakdown
+    from vimtune.ops.mixer_cpu import causal_conv1d_silu, mixer_kernels_available
+
+    if not mixer_kernels_available():
+        pytest.skip("vimtune's C++ mixer kernels did not build here")
+    x, weight, bias = torch.randn(2, 64, 32), torch.randn(32, 1, 4), torch.randn(32)
+    q = torch.randn(1, 2, 64, 16)
+
+    def step() -> None:
+        for _ in range(5):
+            torch.randn(128, 128) @ torch.randn(128, 128)
+            causal_conv1d_silu(x, weight, bias)
+            torch.nn.functional.scaled_dot_product_attention(q, q, q)
+            torch.exp(torch.randn(100_000))
+
+    seconds = profile_breakdown(step)
+    assert all(seconds[group] > 0 for group in GROUPS), seconds
+    assert seconds["total"] == pytest.approx(sum(seconds[group] for group in GROUPS))
+    assert set(seconds["kernel_ops"]) == {"vimtune_mixer_cpu::conv_fwd"}
+    assert seconds["kernel_ops"]["vimtune_mixer_cpu::conv_fwd"] == pytest.approx(seconds["kernels"])
+    no_kernels = profile_breakdown(lambda: torch.randn(64, 64) @ torch.randn(64, 64))
+    assert no_kernels["kernels"] == 0 and no_kernels["attention"] == 0 and no_kernels["matmul"] > 0
+
+
+def test_load_text_says_whether_other_work_shared_the_machine() -> None:
+    quiet = runner.load_text({"threads": 2, "load_average_1min": [1.7, 1.8]})
+    busy = runner.load_text({"threads": 1, "load_average_1min": [4.3, 4.6]})
+    assert quiet == "1-min load average at start / end: 1.7 / 1.8 (no other work of note)"
+    assert busy.endswith("(above the thread count: other work shared the machine)")

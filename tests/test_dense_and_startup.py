@@ -81,6 +81,7 @@ print(json.dumps({{"models": timm.list_models("vim_*"), "cfg": timm.models.get_p
     (["report", "--help"], "--images"),
     (["viz", "--help"], "--checkpoint"),
     (["info", "--help"], "usage: vimtune info"),
+    (["methods", "--help"], "--num-classes"),
 ])
 def test_help_and_version_do_not_import_torch(argv: list[str], expected: str) -> None:
     result = run_python(f"""

@@ -102,8 +102,8 @@ def run_conv_benchmark(shape_names: list[str], dtype_names: list[str], repeats: 
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
     """Times in ms with kernel / floor and reference / kernel, one line per shape, dtype and mode."""
     lines = [
-        f"Machine: {machine_line(machine)}; {load_text(machine)} "
-        "(the machine was shared: other work slows every column alike, the ratios are side by side).",
+        f"Machine: {machine_line(machine)}; {load_text(machine)}; other work slows every column alike, the "
+        "ratios are side by side.",
         f"Command: `{command}`. Times in ms, best of the repeats, taken in turn. `floor` = torch elementwise "
         "op over the same bytes (forward: copy x; backward: x + dout); `x floor` = kernel / floor; "
         "`ref / kernel` = torch conv1d + silu (backward: autograd, with its forward) / kernel.",

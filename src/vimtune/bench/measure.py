@@ -6,7 +6,9 @@ measurement makes the peak resident-set size (``ru_maxrss``) belong to that meas
 Spec keys: ``model`` (timm name), ``model_kwargs`` (dict), ``method`` (name or null) and
 ``method_options``, ``mode`` (``infer`` | ``train``), ``batch``, ``img_size``, ``dtype``
 (``float32`` | ``bfloat16``), ``repeats``, ``warmup``, ``threads``, ``grad_checkpointing`` (bool), ``device`` (``cpu``
-(default) | ``cuda``). On CUDA every timed call ends with a synchronisation, and ``peak_extra_bytes`` is
+(default) | ``cuda``), ``breakdown`` (bool: one more step under ``torch.profiler``, its self time per group of
+:mod:`vimtune.bench.breakdown` returned as ``breakdown``; CPU only).
+On CUDA every timed call ends with a synchronisation, and ``peak_extra_bytes`` is
 ``torch.cuda.max_memory_allocated`` from before the model was built (weights + activations + workspace).
 Times: ``seconds`` is the best wall time of a timed call, ``cpu_seconds`` the least CPU time (user + system,
 all the process's threads) of one, which other work on a shared machine disturbs less.
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from vimtune.allocator import keep_freed_memory
+from vimtune.bench.breakdown import profile_breakdown
 from vimtune.ops import resolve_backend
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -142,6 +145,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    breakdown = {"breakdown": profile_breakdown(step)} if spec.get("breakdown") and device.type == "cpu" else {}
     cpu_seconds = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
     best = min(times)
     gpu = {}
@@ -159,7 +163,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_extra_bytes": peak_rss_bytes() - baseline,
         "threads": torch.get_num_threads(),
-    } | gpu | ({"peak_extra_bytes": torch.cuda.max_memory_allocated(device)} if gpu else {})
+    } | breakdown | gpu | ({"peak_extra_bytes": torch.cuda.max_memory_allocated(device)} if gpu else {})
 
 
 def run_worker() -> None:

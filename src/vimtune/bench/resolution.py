@@ -6,7 +6,9 @@ affects both. Speed comes from a process with vimtune's allocator setting (freed
 reuse), peak memory from a second process that runs one pass with glibc returning freed blocks to
 the OS, so that its peak RSS follows the live tensors. At float32 and batch 1, DeiT-Ti is also
 measured with timm's fused attention turned off (``deit_eager``: the N x N attention matrix is
-materialised, as in implementations without a memory-efficient attention kernel). Writes a markdown
+materialised, as in implementations without a memory-efficient attention kernel). ``--rounds``
+times every setting that many times (the models in turn each round) and keeps each model's fastest
+round, so that a slow spell of a shared machine does not land on one model alone. Writes a markdown
 table, a JSON file and a two-panel PNG.
 """
 
@@ -14,13 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from vimtune.bench.runner import (
     LIVE_MEMORY_ENV,
-    machine_description,
+    bench_command,
+    fastest,
+    load_text,
     machine_line,
+    machine_with_load,
     run_measurement,
     write_results,
 )
@@ -30,12 +36,14 @@ RESOLUTIONS = [224, 512, 640, 738, 1024, 1248]
 
 
 def measure_all(resolutions: list[int], batches: list[int], dtypes: list[str], repeats: int,
-                threads: int | None, max_batch_pixels: int, device: str = "cpu") -> list[dict[str, Any]]:
+                threads: int | None, max_batch_pixels: int, device: str = "cpu", rounds: int = 1
+                ) -> list[dict[str, Any]]:
     """Rows of (model, resolution, batch, dtype, images/s, peak memory), Vim and DeiT alternately.
 
-    A row has the timed process's fields (on CPU ``peak_extra_bytes`` replaced by the live-memory process's;
-    the timed process's is kept as ``timed_peak_extra_bytes``), or ``error`` when either process failed. On
-    CUDA one process gives both (``torch.cuda.max_memory_allocated``).
+    A row has the fastest of ``rounds`` timed processes' fields (on CPU ``peak_extra_bytes`` replaced by the
+    live-memory process's; the timed process's is kept as ``timed_peak_extra_bytes``; every round's
+    ``seconds`` in ``seconds_rounds``), or ``error`` when every timed process or the memory process failed.
+    On CUDA one process gives both (``torch.cuda.max_memory_allocated``).
     """
     rows = []
     settings = [(res, batch, dtype) for res in resolutions for batch in batches for dtype in dtypes
@@ -44,22 +52,22 @@ def measure_all(resolutions: list[int], batches: list[int], dtypes: list[str], r
         order = ["vim", "deit"] if index % 2 == 0 else ["deit", "vim"]
         if dtype == "float32" and batch == 1:
             order.append("deit_eager")
+        specs = {key: {"model": MODELS[key], "model_kwargs": {"img_size": res}, "mode": "infer", "batch": batch,
+                       "img_size": res, "dtype": dtype, "repeats": repeats, "warmup": 1, "threads": threads,
+                       "fused_attn": key != "deit_eager", "device": device} for key in order}
+        timed: dict[str, list[dict[str, Any]]] = {key: [] for key in order}
+        for _ in range(rounds):
+            for model_key in order:
+                timed[model_key].append(run_measurement(specs[model_key]))
         for model_key in order:
-            spec = {"model": MODELS[model_key], "model_kwargs": {"img_size": res},
-                    "mode": "infer", "batch": batch, "img_size": res, "dtype": dtype,
-                    "repeats": repeats, "warmup": 1, "threads": threads,
-                    "fused_attn": model_key != "deit_eager", "device": device}
-            result = run_measurement(spec)
-            if device != "cpu":
-                rows.append({"model": model_key, "resolution": res, "batch": batch, "dtype": dtype, **result})
-                print(json.dumps(rows[-1]), flush=True)
-                continue
-            memory = run_measurement(spec | {"repeats": 1, "warmup": 0}, env=LIVE_MEMORY_ENV)
-            if "error" not in result and "error" not in memory:
-                result |= {"timed_peak_extra_bytes": result["peak_extra_bytes"],
-                           "peak_extra_bytes": memory["peak_extra_bytes"]}
-            elif "error" in memory:
-                result = memory
+            result = fastest(timed[model_key]) | {"seconds_rounds": [r.get("seconds") for r in timed[model_key]]}
+            if device == "cpu":
+                memory = run_measurement(specs[model_key] | {"repeats": 1, "warmup": 0}, env=LIVE_MEMORY_ENV)
+                if "error" not in result and "error" not in memory:
+                    result |= {"timed_peak_extra_bytes": result["peak_extra_bytes"],
+                               "peak_extra_bytes": memory["peak_extra_bytes"]}
+                elif "error" in memory:
+                    result = memory
             rows.append({"model": model_key, "resolution": res, "batch": batch, "dtype": dtype, **result})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -92,11 +100,13 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
     lines = [f"GPU: {gpu}; every row on it, peak memory = `torch.cuda.max_memory_allocated` from before the model "
              "was built (weights + activations + workspace); the RSS text below does not apply.", ""] if gpu else []
     lines += [
-        f"Machine: {machine_line(machine)}. Command: `{command}`.",
+        f"Machine: {machine_line(machine)}"
+        + (f"; {load_text(machine)}" if "load_average_1min" in machine else "") + f". Command: `{command}`.",
         "Peak memory = peak RSS of a fresh process running one pass, minus its RSS after a library warm-up, before",
         "the model was built (weights + activations + workspace), with glibc returning every freed block of 128 KiB",
         "or more to the OS (`MALLOC_MMAP_THRESHOLD_=131072`, so RSS follows the live tensors). Speed = best of the",
         "timed repeats in another fresh process that keeps freed blocks for reuse, as the vimtune command does",
+        "(with `--rounds`: of the fastest round; the models are timed in turn every round)",
         "(`vimtune.allocator`). DeiT uses PyTorch's fused",
         "attention (no N x N matrix on CPU); `DeiT eager` = the same model with fused attention off",
         "(float32, batch 1 only).",
@@ -173,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every setting this many times, the models in turn, and keep each model's fastest")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--max-batch-pixels", type=int, default=8 * 640 * 640,
                         help="skip batches > 1 above this many pixels per batch")
@@ -181,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="run the models on this device (cuda: GPU memory from torch.cuda)")
     args = parser.parse_args(argv)
-    machine = machine_description()
+    load_before = os.getloadavg()[0]
     rows = measure_all(args.resolutions, args.batches, args.dtypes, args.repeats, args.threads,
-                       args.max_batch_pixels, args.device)
-    command = ("vimtune bench resolution " + " ".join(argv or [])).strip()
+                       args.max_batch_pixels, args.device, args.rounds)
+    machine = machine_with_load(load_before)
+    command = bench_command("resolution", argv)
     stem = write_results(args.out, to_markdown(rows, machine, command), machine, command, rows=rows)
     plot(rows, stem.with_name(stem.name + ".png"))
     return 0

@@ -113,9 +113,12 @@ def machine_with_load(load_before: float) -> dict[str, Any]:
 
 
 def load_text(machine: dict[str, Any]) -> str:
-    """``"1-min load average at start / end: a / b"`` from a :func:`machine_with_load` (nan where absent)."""
+    """``"1-min load average at start / end: a / b (...)"`` from a :func:`machine_with_load` (nan where absent),
+    the parenthesis saying whether other work shared the machine (a load above the thread count plus one)."""
     load = machine.get("load_average_1min", (float("nan"), float("nan")))
-    return f"1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f}"
+    shared = max(load) > machine.get("threads", 1) + 1
+    verdict = "above the thread count: other work shared the machine" if shared else "no other work of note"
+    return f"1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} ({verdict})"
 
 
 def bench_command(name: str, argv: list[str] | None) -> str:

@@ -279,8 +279,7 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
     lines = [f"GPU: {machine['gpu']} (the backends ran on it; the CPU floor columns do not apply).", ""] \
         if machine.get("gpu") else []
     lines += [
-        f"Machine: {machine_line(machine)}; {load_text(machine)} "
-        "(other work slows every backend).",
+        f"Machine: {machine_line(machine)}; {load_text(machine)}; other work slows every backend.",
         f"Command: `{command}`. Times in ms, best of the repeats (all times in the JSON); `x ref` = reference",
         "time / backend time. `Mupd/s` = B*E*L*N state updates per second of `cpu`. `exp floor` = time of",
         "`torch.exp` over B*E*L*N float32 values in cache on the same threads (one exp per state update), timed in",

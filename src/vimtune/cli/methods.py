@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import timm
-import torch
-
 
 def _format_options(options: dict[str, Any]) -> str:
     """``rank=64, targets=in_proj,out_proj`` (sequences comma-joined); ``-`` for none."""
@@ -20,6 +17,9 @@ def method_rows(model_name: str, num_classes: int | None, names: list[str]) -> l
 
     Models are built on the ``meta`` device, so no memory is spent on weights.
     """
+    import timm  # here, not at the top: ``vimtune methods --help`` does not import torch
+    import torch
+
     import vimtune.models  # noqa: F401 - registers the model names with timm
     from vimtune.methods import build
 

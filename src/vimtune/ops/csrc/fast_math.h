@@ -2,10 +2,10 @@
 //
 // float: exp(x) = 2^(x log2 e), with 2^y = 2^k 2^f, k = round(y), f = y - k in [-1/2, 1/2]; 2^f is a
 // degree-6 polynomial (relative error 1.6e-8 before rounding, below 1e-7 in float) and 2^k is added to
-// its exponent bits. y is first clamped to [-126, 126], so the result is a normal float for every input
-// (inf and NaN included). softplus(x) = max(x, 0) + log1p(e^{-|x|}) with log1p summed as an atanh
-// series (truncation below 2e-9). None of them branches on a float, so loops over lanes that call them
-// vectorise (`#pragma omp simd` / `#pragma GCC ivdep`). float64 calls libm.
+// its exponent bits. y is first clamped to [-126, 126] (NaN to +-126 by its sign bit), so the result is
+// a normal float for every input (inf and NaN included). softplus(x) = max(x, 0) + log1p(e^{-|x|}) with
+// log1p summed as an atanh series (truncation below 2e-9). None of them branches on a float, so loops
+// over lanes that call them vectorise (`#pragma omp simd` / `#pragma GCC ivdep`). float64 calls libm.
 //
 // Everything lives in an anonymous namespace: each kernel is its own shared library, and internal
 // linkage keeps one library's copies from being interposed by another's.
@@ -27,8 +27,15 @@ using Bits32 = std::conditional_t<std::is_same_v<F, float>, uint32_t, decltype(F
 template <typename F>
 inline F exp2_lanes(F y) {
   constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  y = y > -126.0f ? y : -126.0f;         // written so that gcc emits max / min instructions
-  y = y < 126.0f ? y : 126.0f;
+  // y clamped to [-126, 126] on its bits: the magnitude's bits are capped at those of 126 (an unsigned
+  // integer minimum, one instruction per vector) and the sign is kept; NaN and inf become +-126. A float
+  // compare here became, after gcc folded 2^(+-126) into the out-of-range branches, four compares and
+  // two blends per vector on AVX2.
+  using U = Bits32<F>;
+  constexpr uint32_t kSign = 0x80000000u, kMagnitude126 = 0x42fc0000u;  // the bits of 126.0f
+  const U bits = std::bit_cast<U>(y);
+  const U magnitude = bits & ~kSign;
+  y = std::bit_cast<F>((magnitude < kMagnitude126 ? magnitude : kMagnitude126) | (bits & kSign));
   const F shifted = y + kShift;
   const F f = y - (shifted - kShift);
   F p = 1.5344865e-4f * f + 1.3399924e-3f;

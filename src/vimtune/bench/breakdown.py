@@ -1,0 +1,51 @@
+"""Where one step's time goes: ``torch.profiler`` self times of its operators, in four groups.
+
+``matmul`` (torch's matrix products and the patch-embedding convolution), ``kernels`` (vimtune's own C++
+scan and conv kernels: operators of the ``vimtune_*`` libraries), ``attention`` (torch's fused
+scaled-dot-product attention) and ``other`` (everything else: elementwise ops, norms, copies, the
+optimizer, autograd's own work). Self time is the time an operator's calling thread spends in it, so the
+groups add up to about the step's wall time at any thread count. Used by :mod:`vimtune.bench.measure`
+(spec key ``breakdown``) for ``vimtune bench step --breakdown``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+GROUPS = ("matmul", "kernels", "attention", "other")
+MATMUL_OPS = frozenset({
+    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mv", "aten::addmv", "aten::dot",
+    "aten::mkldnn_convolution", "aten::convolution_backward",
+})
+
+
+def group_of(op_name: str) -> str:
+    """The group (one of :data:`GROUPS`) of a profiler event named ``op_name``, e.g. ``aten::mm`` -> matmul,
+    ``vimtune_mixer_cpu::scan_bwd`` -> kernels, ``aten::_scaled_dot_product_flash_attention_for_cpu`` ->
+    attention."""
+    if op_name in MATMUL_OPS:
+        return "matmul"
+    if op_name.startswith("vimtune_"):
+        return "kernels"
+    if "scaled_dot_product" in op_name:
+        return "attention"
+    return "other"
+
+
+def profile_breakdown(step: Callable[[], None]) -> dict[str, Any]:
+    """Run ``step`` once under ``torch.profiler`` (CPU activity) and return the seconds of self time per
+    group of :data:`GROUPS`, ``total`` (their sum) and ``kernel_ops`` (seconds per vimtune operator, e.g.
+    ``vimtune_mixer_cpu::scan_bwd``)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    seconds = dict.fromkeys(GROUPS, 0.0)
+    kernel_ops: dict[str, float] = {}
+    for event in prof.key_averages():
+        group, spent = group_of(event.key), event.self_cpu_time_total / 1e6
+        seconds[group] += spent
+        if group == "kernels":
+            kernel_ops[event.key] = spent
+    return seconds | {"total": sum(seconds.values()), "kernel_ops": kernel_ops}
