@@ -10,7 +10,7 @@ import pytest
 import torch
 from timm.layers import use_fused_attn
 
-from vimtune.bench import allocator, measure, methods, prompt, resolution, runner, scan
+from vimtune.bench import allocator, exp_floor, measure, methods, prompt, resolution, runner, scan
 from vimtune.bench.runner import write_results
 
 MACHINE = {"cpu": "test CPU", "cores": 2, "memory_gib": 1.0, "torch": "x", "threads": 2, "bf16_matmul_isa": set()}
@@ -223,16 +223,17 @@ def test_exp_floor_runs_one_exp_per_state_update_and_records_the_fastest_call(mo
     sizes: list[int] = []
     real_exp = torch.exp
     monkeypatch.setattr(torch, "exp", lambda x, out: sizes.append(x.numel()) or real_exp(x, out=out))
-    small = scan.ExpFloor((2, 4, 8, 16))
+    small = exp_floor.ExpFloor((2, 4, 8, 16))
     small()
     assert sizes == [2 * 4 * 8 * 16] and small.calls == 1
     sizes.clear()
-    floor = scan.ExpFloor((8, 384, 197, 16))
+    floor = exp_floor.ExpFloor((8, 384, 197, 16))
     floor()
-    assert set(sizes) == {scan.EXP_BUFFER} and len(sizes) == floor.calls == -(-8 * 384 * 197 * 16 // scan.EXP_BUFFER)
-    timed = scan.ExpFloor((8, 384, 197, 16))
+    buffer = exp_floor.EXP_BUFFER
+    assert set(sizes) == {buffer} and len(sizes) == floor.calls == -(-8 * 384 * 197 * 16 // buffer)
+    timed = exp_floor.ExpFloor((8, 384, 197, 16))
     times = iter([0.0, 3.0, 3.0, 4.0] + [10.0 * i for i in range(2 * timed.calls)])  # calls of 3 s, 1 s, then 10 s
-    monkeypatch.setattr(scan.time, "perf_counter", lambda: next(times))
+    monkeypatch.setattr(exp_floor.time, "perf_counter", lambda: next(times))
     timed()
     assert timed.best_call_seconds == timed.calls * 1.0
 
@@ -295,6 +296,35 @@ def test_step_bench_breakdown_gives_the_ratio_without_the_kernels() -> None:
     assert "One inference pass" in table
     assert "| float32 | vim | svp | 6.00 | 6.00 | 3.00x | 6.00 | 2.50 | 3.00 | 0.00 | 0.50 |" in table
     assert "vimtune's kernels take 3.00 s; without them it would take 3.00 s, **1.50x**" in table
+    assert "state updates" not in table  # no exp floor without recorded scan updates
+    rows[0]["step"]["breakdown"] |= {"scan_updates": 2e9, "seconds_per_exp": 5e-10, "exp_floor": 1.0}
+    floor = step.to_markdown(rows, MACHINE, "c", "wall", 8, 224)
+    assert ("make 2.00 G state updates (the backward recomputes the forward's); at one in-cache `torch.exp` each "
+            "(0.50 ns per value on these threads) that is 1.00 s") in floor
+    assert "the step would take 4.00 s, **2.00x**" in floor
+
+
+def test_profile_breakdown_counts_the_scans_state_updates_and_their_exp_floor() -> None:
+    """A real profiled forward and backward of the time-major scan kernel: B*T*E*N updates per call."""
+    from vimtune.bench.breakdown import profile_breakdown
+    from vimtune.ops.mixer_cpu import mixer_kernels_available, selective_scan_tm
+
+    if not mixer_kernels_available():
+        pytest.skip("vimtune's C++ mixer kernels did not build here")
+    batch, length, channels, state = 2, 37, 24, 5
+    acts = [torch.randn(batch, length, channels, requires_grad=True) for _ in range(3)]  # u, delta, z
+    B, C = torch.randn(batch, length, state), torch.randn(batch, length, state)
+    A, D, bias = -torch.rand(channels, state), torch.ones(channels), torch.zeros(channels)
+
+    def step() -> None:
+        for reverse in (False, True):
+            selective_scan_tm(acts[0], acts[1], A, B, C, D, acts[2], bias, reverse=reverse).sum().backward()
+
+    split = profile_breakdown(step)
+    assert split["scan_updates"] == 4 * batch * length * channels * state  # 2 forward + 2 backward calls
+    assert 0 < split["seconds_per_exp"] < 1e-6
+    assert split["exp_floor"] == pytest.approx(split["scan_updates"] * split["seconds_per_exp"])
+    assert profile_breakdown(lambda: torch.randn(8, 8) @ torch.randn(8, 8))["scan_updates"] == 0
 
 
 def test_profile_breakdown_puts_each_operator_in_its_group() -> None:

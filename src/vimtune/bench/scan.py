@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vimtune.bench.exp_floor import ExpFloor
 from vimtune.bench.measure import current_rss_bytes, high_water_rss_bytes
 from vimtune.bench.runner import (
     bench_command,
@@ -63,7 +64,6 @@ SHAPES = {  # name -> (batch, E, L, N)
 }
 MODES = ("forward", "fwd+bwd")
 EXP_FLOOR = "exp floor"  # the name of the exp-floor step among the timed backends
-EXP_BUFFER = 1 << 16  # float32 values per torch.exp call of the floor: 2 x 256 KiB, in L2 on current CPUs
 DEFAULT_SHAPES = ["tiny-224", "small-224", "tiny-1248", "small-1248"]
 # (fast, slow) backend pairs whose speed ratio gets its own column when both ran
 PAIRS = (("cpu", "mambapy"), ("triton", "chunked"), ("triton", "cuda"))
@@ -119,35 +119,6 @@ def make_inputs(shape: tuple[int, int, int, int], grad: bool, seed: int = 0, dev
         "delta_bias": torch.rand(channels, generator=g) - 4.0,
     }
     return {k: v.to(device).requires_grad_(grad) for k, v in inputs.items()}
-
-
-class ExpFloor:
-    """The exp floor of one shape: ``torch.exp`` over B*E*L*N float32 values, as ``calls = ceil(B*E*L*N /
-    EXP_BUFFER)`` calls on one buffer of at most ``EXP_BUFFER`` step-size-like values (in [-8, 0]) written to
-    a second buffer, so both stay in cache, on the current torch threads.
-
-    Calling it runs one pass of all the calls (the floor is the best pass, timed like a backend's call) and
-    also times each call: :attr:`best_call_seconds` is ``calls`` times the fastest single call, what the
-    pass would take if no other process ever took a core from it (on a loaded machine a pass of many short
-    parallel calls loses a time slice far more often than one long kernel call does)."""
-
-    def __init__(self, shape: tuple[int, int, int, int]) -> None:
-        updates = shape[0] * shape[1] * shape[2] * shape[3]
-        size = min(updates, EXP_BUFFER)
-        self.x = torch.rand(size, generator=torch.Generator().manual_seed(2)) * -8.0
-        self.out = torch.empty_like(self.x)
-        self.calls = -(-updates // size)
-        self.best_call = float("inf")
-
-    def __call__(self) -> None:
-        for _ in range(self.calls):
-            start = time.perf_counter()
-            torch.exp(self.x, out=self.out)
-            self.best_call = min(self.best_call, time.perf_counter() - start)
-
-    @property
-    def best_call_seconds(self) -> float:
-        return self.calls * self.best_call
 
 
 def graph_gib(backend: str, shape: tuple[int, int, int, int]) -> float:

@@ -1,0 +1,53 @@
+"""The exp floor: ``torch.exp`` over as many float32 values as a selective scan makes state updates.
+
+A selective scan computes one exp per state update (its decay exp(dt A)), so the time of that many exps
+on the same threads is the least its kernel can take, a yardstick that means the same on any CPU. Used by
+``vimtune bench scan`` (every kernel as a multiple of it) and by ``vimtune bench step --breakdown`` (the
+exps of a whole step's scans).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+EXP_BUFFER = 1 << 16  # float32 values per torch.exp call of the floor: 2 x 256 KiB, in L2 on current CPUs
+
+
+class ExpFloor:
+    """The exp floor of one shape: ``torch.exp`` over B*E*L*N float32 values, as ``calls = ceil(B*E*L*N /
+    EXP_BUFFER)`` calls on one buffer of at most ``EXP_BUFFER`` step-size-like values (in [-8, 0]) written to
+    a second buffer, so both stay in cache, on the current torch threads.
+
+    Calling it runs one pass of all the calls (the floor is the best pass, timed like a backend's call) and
+    also times each call: :attr:`best_call_seconds` is ``calls`` times the fastest single call, what the
+    pass would take if no other process ever took a core from it (on a loaded machine a pass of many short
+    parallel calls loses a time slice far more often than one long kernel call does)."""
+
+    def __init__(self, shape: tuple[int, int, int, int]) -> None:
+        updates = shape[0] * shape[1] * shape[2] * shape[3]
+        size = min(updates, EXP_BUFFER)
+        self.x = torch.rand(size, generator=torch.Generator().manual_seed(2)) * -8.0
+        self.out = torch.empty_like(self.x)
+        self.calls = -(-updates // size)
+        self.best_call = float("inf")
+
+    def __call__(self) -> None:
+        for _ in range(self.calls):
+            start = time.perf_counter()
+            torch.exp(self.x, out=self.out)
+            self.best_call = min(self.best_call, time.perf_counter() - start)
+
+    @property
+    def best_call_seconds(self) -> float:
+        return self.calls * self.best_call
+
+
+def seconds_per_exp(passes: int = 3, calls: int = 64) -> float:
+    """Seconds per float32 value of the fastest in-cache ``torch.exp`` call over ``EXP_BUFFER`` values on the
+    current torch threads (the best of ``passes`` x ``calls`` calls, after one warm-up pass)."""
+    floor = ExpFloor((EXP_BUFFER * calls, 1, 1, 1))
+    for _ in range(passes + 1):
+        floor()
+    return floor.best_call / EXP_BUFFER
