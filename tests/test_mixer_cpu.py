@@ -157,6 +157,7 @@ SCAN_CASES = [
     (2, 300, 20, 4, 1.0),
     (1, 1000, 16, 16, 1.0),
     (2, 45, 17, 16, 15.0),
+    (22, 9, 80, 4, 1.0),  # the backward's 5 channel blocks per row in 3 groups (of 1, 2, 2), as batch 22 asks
 ]
 
 

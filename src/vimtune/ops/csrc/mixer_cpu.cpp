@@ -31,7 +31,8 @@
 // (B, T, E, N) is ever stored. Sums over time and batch (dA, dD, d delta_bias, conv dweight and
 // dbias) and over channels (dB, dC) are accumulated in float64 (after at most kFlush time steps, or
 // the channel blocks of one task, in the compute dtype): per task into (B, ...) partials (and
-// (G, B, T, N) for dB and dC, G = min(kGroups, channel blocks) per row whatever the thread count),
+// (G, B, T, N) for dB and dC, G channel groups per row: min(kGroups, channel blocks, ceil(kGroupTasks /
+// batch)), which depends on the shape only, never on the thread count),
 // which are summed after the parallel part.
 //
 // float32 computes exp as 2^(x log2 e) with the branch-free exp2 of fast_math.h (relative error 1e-7),
@@ -61,7 +62,8 @@ namespace {
 constexpr int64_t W = 16;          // channels per task block = vector lanes
 constexpr int64_t kMaxTaps = 8;    // largest conv kernel size
 constexpr int64_t kMaxChunk = 256; // scan backward: steps whose states are kept at once (224 px: one chunk)
-constexpr int64_t kGroups = 16;    // scan backward: channel groups per batch row (tasks, dB / dC partials)
+constexpr int64_t kGroups = 16;     // scan backward: at most this many channel groups per batch row
+constexpr int64_t kGroupTasks = 64; // scan backward: fewer groups per row once batch * groups reaches this
 constexpr int64_t kFlush = 32;     // steps summed in the compute dtype before a float64 flush
 
 // ---------------------------------------------------------------- shared plumbing
@@ -582,7 +584,8 @@ struct ScanWork {
   std::vector<S> dt, slope, dy;    // [chunk][W]: step sizes, their slope, dL/dy (before the gate)
   std::vector<S> carry, dA_part;   // [N][W]: dL/dh flowing to earlier steps; dA sums since the last flush
   std::vector<double> dA;          // [N][W]
-  std::vector<S> dB, dC;           // [T][N][W]: lane-wise dL/dB_t, dL/dC_t over the task's channel blocks
+  std::vector<S> dB, dC;           // [T][N][W]: lane-wise dL/dB_t, dL/dC_t over the task's channel blocks (zero
+                                   // between tasks)
 
   void reserve(int64_t T, int64_t N, int64_t chunk) {
     hs.resize((chunk + 1) * N * W);
@@ -590,8 +593,8 @@ struct ScanWork {
     dt.resize(chunk * W);
     slope.resize(chunk * W);
     dy.resize(chunk * W);
-    dB.assign(T * N * W, S(0));
-    dC.assign(T * N * W, S(0));
+    dB.resize(T * N * W);  // zero when new; every task leaves them zero (see scan_bwd)
+    dC.resize(T * N * W);
   }
 };
 
@@ -795,9 +798,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const Scan<S, V> p = make_scan<S, V>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
     const int64_t batch = p.batch, T = p.T, E = p.E, N = p.N, n_cb = (E + W - 1) / W;
     check_rows(dout, u.scalar_type(), batch, T, E, "dout");
-    // Channel groups per row: a fixed count, not the thread count, so that dB and dC (summed over the groups
-    // in a fixed order) are the same at any thread count.
-    const int64_t groups = std::min(kGroups, n_cb);
+    // Channel groups per row: a count fixed by the shape, not the thread count, so that dB and dC (summed over
+    // the groups in a fixed order) are the same at any thread count; enough for kGroupTasks tasks, and no more,
+    // as each group sums its dB / dC lanes and adds a (B, T, N) partial.
+    const int64_t groups = std::min({kGroups, n_cb, (kGroupTasks + batch - 1) / batch});
     const int64_t n_chunks = (T + kMaxChunk - 1) / kMaxChunk, chunk = (T + n_chunks - 1) / n_chunks;
     const Partials dA_rows = partials(compute_dA ? batch * E * N : 0), dD_rows = partials(batch * E), dbias_rows = partials(batch * E);
     const Partials dB_groups = partials(groups * batch * T * N), dC_groups = partials(groups * batch * T * N);
@@ -812,19 +816,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           dispatch_lanes(block_lanes(cb, E),
                          [&]<int64_t NV>(const Lanes& l) { scan_backward_block<NV, kDA>(p, gr, b, l, ws); });
         });
-      // Sum the lanes into this group's dB, dC at (b, t, n).
+      // Sum the lanes into this group's dB, dC at (b, t, n), and zero them for the thread's next task.
       double* dBo = gr.dB + (g * batch + b) * T * N;
       double* dCo = gr.dC + (g * batch + b) * T * N;
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = p.time(s);
         for (int64_t n = 0; n < N; ++n) {
-          const S* lanes_B = ws.dB.data() + (s * N + n) * W;
-          const S* lanes_C = ws.dC.data() + (s * N + n) * W;
+          S* lanes_B = ws.dB.data() + (s * N + n) * W;
+          S* lanes_C = ws.dC.data() + (s * N + n) * W;
           double sB = 0.0, sC = 0.0;
           #pragma omp simd reduction(+ : sB, sC)
           for (int64_t w = 0; w < W; ++w) {
             sB += double(lanes_B[w]);
             sC += double(lanes_C[w]);
+            lanes_B[w] = S(0);
+            lanes_C[w] = S(0);
           }
           dBo[t * N + n] = sB;
           dCo[t * N + n] = sC;
