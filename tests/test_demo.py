@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-import vimtune.demo.backbone as backbone_module
 from helpers.tiny_models import TINY_BACKBONE, TINY_BACKBONE_ARGS
 from vimtune.bench.runner import cpu_slug, machine_line
 from vimtune.cli import main
@@ -82,7 +81,7 @@ def test_digits_task_is_a_stratified_disjoint_vtab_split(tmp_path: Path) -> None
 def test_missing_committed_weights_fail_clearly_or_fall_back_loudly(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "vim_micro_patch4_32.cifar10.safetensors"
-    monkeypatch.setattr(backbone_module, "get_pretrained_cfg",
+    monkeypatch.setattr(timm.models, "get_pretrained_cfg",  # BackboneSpec imports it from timm.models when called
                         lambda name: SimpleNamespace(file=str(missing), input_size=(3, 32, 32)))
     with pytest.raises(MissingWeightsError, match="--no-pretrained"):
         resolve_backbone(BackboneSpec())

@@ -82,6 +82,8 @@ print(json.dumps({{"models": timm.list_models("vim_*"), "cfg": timm.models.get_p
     (["viz", "--help"], "--checkpoint"),
     (["info", "--help"], "usage: vimtune info"),
     (["methods", "--help"], "--num-classes"),
+    (["demo", "--help"], "--train-size"),
+    (["bench", "transfer", "--help"], "--lr-factors"),
 ])
 def test_help_and_version_do_not_import_torch(argv: list[str], expected: str) -> None:
     result = run_python(f"""

@@ -11,19 +11,23 @@ import importlib
 import pkgutil
 
 
-def _benchmark_names() -> list[str]:
-    """The modules of :mod:`vimtune.bench` that define ``main(argv)`` (helpers such as ``runner`` do not)."""
+def _module_names() -> list[str]:
+    """The public modules of :mod:`vimtune.bench`, found without importing them."""
     import vimtune.bench
 
-    names = sorted(m.name for m in pkgutil.iter_modules(vimtune.bench.__path__) if not m.name.startswith("_"))
-    return [name for name in names if hasattr(importlib.import_module(f"vimtune.bench.{name}"), "main")]
+    return sorted(m.name for m in pkgutil.iter_modules(vimtune.bench.__path__) if not m.name.startswith("_"))
+
+
+def _benchmark_names() -> list[str]:
+    """The modules of :mod:`vimtune.bench` that define ``main(argv)`` (helpers such as ``runner`` do not)."""
+    return [name for name in _module_names() if hasattr(importlib.import_module(f"vimtune.bench.{name}"), "main")]
 
 
 def run(args: argparse.Namespace) -> int:
-    names = _benchmark_names()
-    if args.name not in names:
-        raise ValueError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
-    module = importlib.import_module(f"vimtune.bench.{args.name}")
+    # only the named module is imported (NAME --help of a torch-free parser stays fast); all only to list them
+    module = importlib.import_module(f"vimtune.bench.{args.name}") if args.name in _module_names() else None
+    if not hasattr(module, "main"):
+        raise ValueError(f"unknown benchmark {args.name!r}; available: {', '.join(_benchmark_names())}")
     return int(module.main(args.options) or 0)
 
 

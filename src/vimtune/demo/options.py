@@ -1,13 +1,16 @@
-"""Command-line options shared by ``vimtune demo`` and ``vimtune bench transfer``."""
+"""Command-line options shared by ``vimtune demo`` and ``vimtune bench transfer``.
+
+Imports nothing heavy (their ``--help`` does not import torch); the engine's override parser is
+imported when the options are read.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
-from vimtune.demo.backbone import DEFAULT_BACKBONE, BackboneSpec
-from vimtune.demo.protocol import Protocol
-from vimtune.engine import parse_override
+from vimtune.demo.backbone_spec import DEFAULT_BACKBONE, BackboneSpec
+from vimtune.demo.protocol_spec import Protocol
 
 
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,8 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
 
 def backbone_from_args(args: argparse.Namespace) -> BackboneSpec:
     """The :class:`BackboneSpec` of the parsed backbone options."""
+    from vimtune.engine import parse_override
+
     return BackboneSpec(name=args.backbone, kwargs=dict(parse_override(t) for t in args.backbone_kwargs),
                         weights=args.backbone_weights, pretrained=not args.no_pretrained)
 

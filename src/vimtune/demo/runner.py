@@ -16,45 +16,20 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from vimtune.demo.backbone import BackboneSpec, ResolvedBackbone, resolve_backbone
+from vimtune.demo.backbone import ResolvedBackbone, resolve_backbone
 from vimtune.demo.digits import write_digits_task
-from vimtune.demo.protocol import Protocol, check_methods, run_cell
+from vimtune.demo.protocol import check_methods, run_cell
+from vimtune.demo.settings import DemoSettings
 from vimtune.engine import RunDirExistsError
 from vimtune.engine.checkpoint import atomic_write_text
 
 MARKER = ".vimtune-demo"
 # environment variables that change the timings, written into the results file's command when set
 TIMING_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")
-
-
-@dataclass
-class DemoSettings:
-    """What the demo runs (defaults: the ``vimtune demo`` defaults, sized for < 5 min on 2 CPU cores).
-
-    Attributes:
-        output_dir: the demo's folder.
-        backbone: the backbone to fine-tune (default: the committed one; a missing file falls
-            back to a random backbone with a loud warning).
-        methods: keys of :data:`~vimtune.demo.protocol.METHOD_VARIANTS`.
-        train_size, test_size: digits per split (stratified, fixed by ``seed``).
-        protocol: epochs, batch, learning rates (no validation split: protocol ``last``).
-        seed: split and training seed.
-        results: when set, also write the table, machine and timings to ``<results>.<cpu slug>.md`` /
-            ``.json`` (:func:`vimtune.bench.runner.write_results`).
-    """
-
-    output_dir: Path = Path("runs/demo")
-    backbone: BackboneSpec = field(default_factory=BackboneSpec)
-    methods: list[str] = field(default_factory=lambda: ["svp", "linear"])
-    train_size: int = 300
-    test_size: int = 300
-    protocol: Protocol = field(default_factory=lambda: Protocol(epochs=2, batch_size=16, lr=5e-3, validate=False))
-    seed: int = 0
-    results: Path | None = None
 
 
 def _claim(root: Path) -> None:

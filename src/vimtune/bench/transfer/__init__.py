@@ -23,17 +23,14 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vimtune.bench.runner import machine_description, machine_line
-from vimtune.bench.transfer.grid import Grid, ResultsFile, discover_tasks, fingerprint
-from vimtune.bench.transfer.report import TransferTable, to_markdown
-from vimtune.bench.transfer.vtab import VtabPlan, run_plan
-from vimtune.bench.transfer.vtab_engine import EngineTrainer
-from vimtune.bench.transfer.vtab_report import write_vtab_outputs
-from vimtune.demo import METHOD_VARIANTS, Protocol, check_methods, resolve_backbone
+# only torch-free modules here, so that --help does not import torch; each run imports the rest
 from vimtune.demo.options import add_backbone_options, add_protocol_options, backbone_from_args, protocol_from_args
-from vimtune.methods.defaults import METHOD_DEFAULTS, method_defaults
-from vimtune.viz import plot_accuracy_vs_params
+from vimtune.demo.protocol_spec import METHOD_VARIANTS, Protocol, check_methods
+
+if TYPE_CHECKING:
+    from vimtune.bench.transfer.grid import ResultsFile
 
 DEFAULT_PROTOCOL = Protocol(epochs=8, batch_size=32, lr=1e-3, full_lr=1e-4, warmup_epochs=1)
 DEFAULT_DATA_ROOT = Path("../shared/data/vtab-mini")
@@ -89,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def write_outputs(results: ResultsFile) -> Path:
     """``STEM.md`` and ``STEM.png`` from every cached cell; returns the markdown's path."""
+    from vimtune.bench.transfer.report import TransferTable, to_markdown
+    from vimtune.viz import plot_accuracy_vs_params
+
     table = TransferTable(list(results.cells.values()))
     summary = table.summary("val")
     png = results.path.with_suffix(".png")
@@ -114,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         if given:
             parser.error(f"{', '.join(given)}: options of --protocol one-lr, not of vtab")
         return main_vtab(args, argv)
+    from vimtune.bench.runner import machine_description, machine_line
+    from vimtune.bench.transfer.grid import Grid, ResultsFile, discover_tasks, fingerprint
+    from vimtune.bench.transfer.report import TransferTable
+    from vimtune.demo.backbone import resolve_backbone
+
     print("protocol one-lr (the fast default; --protocol vtab runs VTAB-1k's protocol)")
     methods = check_methods(args.methods or list(METHOD_VARIANTS))
     spread_methods = [m for m in args.spread_methods if m != "best"]
@@ -150,6 +155,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_vtab(args: argparse.Namespace, argv: list[str]) -> int:
     """``--protocol vtab``: run the plan (cached trials skipped), write STEM.md / .png; returns 0."""
+    from vimtune.bench.runner import machine_description, machine_line
+    from vimtune.bench.transfer.grid import ResultsFile, discover_tasks, fingerprint
+    from vimtune.bench.transfer.report import TransferTable
+    from vimtune.bench.transfer.vtab import VtabPlan, run_plan
+    from vimtune.bench.transfer.vtab_engine import EngineTrainer
+    from vimtune.bench.transfer.vtab_report import write_vtab_outputs
+    from vimtune.demo.backbone import resolve_backbone
+    from vimtune.methods.defaults import METHOD_DEFAULTS, method_defaults
+
     methods = check_methods(args.methods or VTAB_METHODS)
     backbone = resolve_backbone(backbone_from_args(args))
     seed = args.seeds[0]
