@@ -238,6 +238,25 @@ def test_exp_floor_runs_one_exp_per_state_update_and_records_the_fastest_call(mo
     assert timed.best_call_seconds == timed.calls * 1.0
 
 
+def test_scan_bench_times_the_models_time_major_kernel_on_time_major_inputs() -> None:
+    from vimtune.ops.mixer_cpu import mixer_kernels_available
+
+    if not mixer_kernels_available():
+        pytest.skip("vimtune's C++ mixer kernels did not build here")
+    plain, time_major = scan.make_inputs((2, 24, 7, 4), grad=True), scan.make_inputs((2, 24, 7, 4), grad=True,
+                                                                                      time_major=True)
+    for name, value in plain.items():
+        assert torch.equal(time_major[name], value) and time_major[name].is_leaf, name
+    assert time_major["u"].stride() == (7 * 24, 1, 24) and time_major["B"].stride() == (7 * 4, 1, 4)
+    assert scan.check_accuracy(scan.backends(["mixer"]), (2, 24, 7, 4))["mixer"] < 1e-5
+    rows = scan.run_scan_benchmark(["reference", "mixer"], ["tiny"], repeats=1, budget_s=0.05,
+                                   memory_backends=("mixer",))
+    timed = {(r["mode"], r["backend"]): r for r in rows}
+    assert set(timed) == {(mode, name) for mode in scan.MODES for name in ("reference", "mixer", scan.EXP_FLOOR)}
+    assert all(timed[mode, "mixer"]["seconds"] > 0 for mode in scan.MODES)
+    assert timed["fwd+bwd", "mixer"]["memory"]["input_bytes"] == 4 * (3 * 16 * 20 + 2 * 4 * 20 + 16 * 4 + 2 * 16)
+
+
 def test_scan_table_gives_every_backend_as_a_multiple_of_the_exp_floor() -> None:
     def row(backend: str, mode: str, seconds: float) -> dict[str, Any]:
         return {"shape": "tiny-224", "mode": mode, "backend": backend, "seconds": seconds,
@@ -296,35 +315,6 @@ def test_step_bench_breakdown_gives_the_ratio_without_the_kernels() -> None:
     assert "One inference pass" in table
     assert "| float32 | vim | svp | 6.00 | 6.00 | 3.00x | 6.00 | 2.50 | 3.00 | 0.00 | 0.50 |" in table
     assert "vimtune's kernels take 3.00 s; without them it would take 3.00 s, **1.50x**" in table
-    assert "state updates" not in table  # no exp floor without recorded scan updates
-    rows[0]["step"]["breakdown"] |= {"scan_updates": 2e9, "seconds_per_exp": 5e-10, "exp_floor": 1.0}
-    floor = step.to_markdown(rows, MACHINE, "c", "wall", 8, 224)
-    assert ("make 2.00 G state updates (the backward recomputes the forward's); at one in-cache `torch.exp` each "
-            "(0.50 ns per value on these threads) that is 1.00 s") in floor
-    assert "the step would take 4.00 s, **2.00x**" in floor
-
-
-def test_profile_breakdown_counts_the_scans_state_updates_and_their_exp_floor() -> None:
-    """A real profiled forward and backward of the time-major scan kernel: B*T*E*N updates per call."""
-    from vimtune.bench.breakdown import profile_breakdown
-    from vimtune.ops.mixer_cpu import mixer_kernels_available, selective_scan_tm
-
-    if not mixer_kernels_available():
-        pytest.skip("vimtune's C++ mixer kernels did not build here")
-    batch, length, channels, state = 2, 37, 24, 5
-    acts = [torch.randn(batch, length, channels, requires_grad=True) for _ in range(3)]  # u, delta, z
-    B, C = torch.randn(batch, length, state), torch.randn(batch, length, state)
-    A, D, bias = -torch.rand(channels, state), torch.ones(channels), torch.zeros(channels)
-
-    def step() -> None:
-        for reverse in (False, True):
-            selective_scan_tm(acts[0], acts[1], A, B, C, D, acts[2], bias, reverse=reverse).sum().backward()
-
-    split = profile_breakdown(step)
-    assert split["scan_updates"] == 4 * batch * length * channels * state  # 2 forward + 2 backward calls
-    assert 0 < split["seconds_per_exp"] < 1e-6
-    assert split["exp_floor"] == pytest.approx(split["scan_updates"] * split["seconds_per_exp"])
-    assert profile_breakdown(lambda: torch.randn(8, 8) @ torch.randn(8, 8))["scan_updates"] == 0
 
 
 def test_profile_breakdown_puts_each_operator_in_its_group() -> None:

@@ -10,22 +10,15 @@ groups add up to about the step's wall time at any thread count. Used by :mod:`v
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from vimtune.bench.exp_floor import seconds_per_exp
-
 GROUPS = ("matmul", "kernels", "attention", "other")
 MATMUL_OPS = frozenset({
     "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mv", "aten::addmv", "aten::dot",
     "aten::mkldnn_convolution", "aten::convolution_backward",
-})
-
-SCAN_OPS = frozenset({  # vimtune's scan kernels; their inputs 0 and 2 are u (B*T*E values) and A (E, N)
-    "vimtune_mixer_cpu::scan_fwd", "vimtune_mixer_cpu::scan_bwd", "vimtune_scan_cpu::fwd", "vimtune_scan_cpu::bwd",
 })
 
 
@@ -42,17 +35,9 @@ def group_of(op_name: str) -> str:
     return "other"
 
 
-def scan_updates(events: list[Any]) -> int:
-    """State updates of the scan kernels among profiler ``events`` grouped by input shape (each with ``key``,
-    ``count`` and ``input_shapes``): ``count`` x B*T*E (u's size) x N (A's second size) per scan event."""
-    return sum(event.count * math.prod(event.input_shapes[0]) * event.input_shapes[2][1]
-               for event in events if event.key in SCAN_OPS)
-
-
-def _profiled(step: Callable[[], None]) -> tuple[dict[str, Any], int]:
-    """One profiled run of ``step``: its seconds per group, ``total`` and ``kernel_ops``; and its scans' state
-    updates."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+def _profiled(step: Callable[[], None]) -> dict[str, Any]:
+    """One profiled run of ``step``: its seconds per group, ``total`` and ``kernel_ops``."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         step()
     seconds = dict.fromkeys(GROUPS, 0.0)
     kernel_ops: dict[str, float] = {}
@@ -61,16 +46,11 @@ def _profiled(step: Callable[[], None]) -> tuple[dict[str, Any], int]:
         seconds[group] += spent
         if group == "kernels":
             kernel_ops[event.key] = spent
-    split = seconds | {"total": sum(seconds.values()), "kernel_ops": kernel_ops}
-    return split, scan_updates(prof.key_averages(group_by_input_shape=True))
+    return seconds | {"total": sum(seconds.values()), "kernel_ops": kernel_ops}
 
 
 def profile_breakdown(step: Callable[[], None], runs: int = 2) -> dict[str, Any]:
-    """Run ``step`` ``runs`` times under ``torch.profiler`` (CPU activity, input shapes recorded) and return,
-    of the run with the least profiled time, the seconds of self time per group of :data:`GROUPS`, ``total``
-    (their sum) and ``kernel_ops`` (seconds per vimtune operator, e.g. ``vimtune_mixer_cpu::scan_bwd``); and
-    ``scan_updates`` (state updates of the scan kernels), ``seconds_per_exp`` (one in-cache exp on these
-    threads) and ``exp_floor`` (their product, seconds)."""
-    split, updates = min((_profiled(step) for _ in range(runs)), key=lambda run: run[0]["total"])
-    per_exp = seconds_per_exp()
-    return split | {"scan_updates": updates, "seconds_per_exp": per_exp, "exp_floor": updates * per_exp}
+    """Run ``step`` ``runs`` times under ``torch.profiler`` (CPU activity) and return, of the run with the least
+    profiled time, the seconds of self time per group of :data:`GROUPS`, ``total`` (their sum) and
+    ``kernel_ops`` (seconds per vimtune operator, e.g. ``vimtune_mixer_cpu::scan_bwd``)."""
+    return min((_profiled(step) for _ in range(runs)), key=lambda split: split["total"])

@@ -1,9 +1,8 @@
 """The exp floor: ``torch.exp`` over as many float32 values as a selective scan makes state updates.
 
 A selective scan computes one exp per state update (its decay exp(dt A)), so the time of that many exps
-on the same threads is the least its kernel can take, a yardstick that means the same on any CPU. Used by
-``vimtune bench scan`` (every kernel as a multiple of it) and by ``vimtune bench step --breakdown`` (the
-exps of a whole step's scans).
+on the same threads is a yardstick that means the same on any CPU (not a hard lower bound: a kernel with
+a cheaper exp than torch's can beat it). ``vimtune bench scan`` gives every kernel as a multiple of it.
 """
 
 from __future__ import annotations
@@ -43,11 +42,3 @@ class ExpFloor:
     def best_call_seconds(self) -> float:
         return self.calls * self.best_call
 
-
-def seconds_per_exp(passes: int = 3, calls: int = 64) -> float:
-    """Seconds per float32 value of the fastest in-cache ``torch.exp`` call over ``EXP_BUFFER`` values on the
-    current torch threads (the best of ``passes`` x ``calls`` calls, after one warm-up pass)."""
-    floor = ExpFloor((EXP_BUFFER * calls, 1, 1, 1))
-    for _ in range(passes + 1):
-        floor()
-    return floor.best_call / EXP_BUFFER

@@ -7,7 +7,7 @@ Spec keys: ``model`` (timm name), ``model_kwargs`` (dict), ``method`` (name or n
 ``method_options``, ``mode`` (``infer`` | ``train``), ``batch``, ``img_size``, ``dtype``
 (``float32`` | ``bfloat16``), ``repeats``, ``warmup``, ``threads``, ``grad_checkpointing`` (bool), ``device`` (``cpu``
 (default) | ``cuda``), ``breakdown`` (bool: two more steps under ``torch.profiler``, the faster one's self time per
-group of :mod:`vimtune.bench.breakdown` and the step's exp floor, returned as ``breakdown``; CPU only).
+group of :mod:`vimtune.bench.breakdown`, returned as ``breakdown``; CPU only).
 On CUDA every timed call ends with a synchronisation, and ``peak_extra_bytes`` is
 ``torch.cuda.max_memory_allocated`` from before the model was built (weights + activations + workspace).
 Times: ``seconds`` is the best wall time of a timed call, ``cpu_seconds`` the least CPU time (user + system,

@@ -1,6 +1,8 @@
 """``vimtune bench scan``: the selective-scan backends timed at Vim shapes, forward and forward+backward.
 
-Backends: ``reference`` (sequential PyTorch), ``chunked`` (vectorised PyTorch), ``cpu`` (the C++ kernel),
+Backends: ``reference`` (sequential PyTorch), ``chunked`` (vectorised PyTorch), ``cpu`` (the C++ kernel of
+``selective_scan(backend="cpu")``, (B, E, L) layout), ``mixer`` (the time-major C++ kernel that the Vim models
+run on CPU, with recompute in backward; its inputs are stored time-major, (B, L, E), as the model's are),
 ``mambapy`` (that package's parallel scan, when it imports), and with ``--device cuda`` ``triton`` (the
 Triton kernels) and ``cuda`` (mamba_ssm's kernel, when it runs). All run the Vim configuration: float32,
 D, z and delta_bias given, softplus on. Default shapes: vim_tiny (E=384) and vim_small (E=768) at 224 px
@@ -65,6 +67,7 @@ SHAPES = {  # name -> (batch, E, L, N)
 MODES = ("forward", "fwd+bwd")
 EXP_FLOOR = "exp floor"  # the name of the exp-floor step among the timed backends
 DEFAULT_SHAPES = ["tiny-224", "small-224", "tiny-1248", "small-1248"]
+TIME_MAJOR = frozenset({"mixer"})  # backends whose inputs are stored (B, L, X), as the models store them
 # (fast, slow) backend pairs whose speed ratio gets its own column when both ran
 PAIRS = (("cpu", "mambapy"), ("triton", "chunked"), ("triton", "cuda"))
 
@@ -79,6 +82,14 @@ def _mambapy(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     return gate_output(y.mT, u, None, z)
 
 
+def _mixer(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+           delta_bias: Tensor, delta_softplus: bool) -> Tensor:
+    """The models' time-major kernel on (B, E, L) views (time-major storage: no copies), out as such a view."""
+    from vimtune.ops.mixer_cpu import selective_scan_tm
+
+    return selective_scan_tm(u.mT, delta.mT, A, B.mT, C.mT, D, z.mT, delta_bias, delta_softplus).mT
+
+
 def backends(names: list[str], device: str = "cpu") -> dict[str, Callable[..., Tensor]]:
     """The requested backends that can run on ``device`` (``cpu`` needs the kernel, ``mambapy`` the package,
     ``triton`` CUDA or the interpreter, ``cuda`` a mamba_ssm that runs)."""
@@ -89,6 +100,11 @@ def backends(names: list[str], device: str = "cpu") -> dict[str, Callable[..., T
 
         if cpu_kernel_available():
             table["cpu"] = selective_scan_cpu
+    if torch.device(device).type == "cpu" and "mixer" in names:
+        from vimtune.ops.mixer_cpu import mixer_kernels_available
+
+        if mixer_kernels_available():
+            table["mixer"] = _mixer
     if "triton" in names and triton_available(device):
         from vimtune.ops.triton.scan import selective_scan_triton
 
@@ -104,8 +120,10 @@ def backends(names: list[str], device: str = "cpu") -> dict[str, Callable[..., T
     return {name: table[name] for name in names if name in table}
 
 
-def make_inputs(shape: tuple[int, int, int, int], grad: bool, seed: int = 0, device: str = "cpu") -> dict[str, Tensor]:
-    """Float32 inputs with Vim-like statistics on ``device``; all leaves require grad when ``grad``."""
+def make_inputs(shape: tuple[int, int, int, int], grad: bool, seed: int = 0, device: str = "cpu",
+                time_major: bool = False) -> dict[str, Tensor]:
+    """Float32 inputs with Vim-like statistics on ``device``; all leaves require grad when ``grad``. u, delta, z
+    (B, E, L) and B, C (B, N, L); with ``time_major`` the same values as views of (B, L, X) storage."""
     batch, channels, length, state = shape
     g = torch.Generator().manual_seed(seed)
     inputs = {
@@ -118,6 +136,8 @@ def make_inputs(shape: tuple[int, int, int, int], grad: bool, seed: int = 0, dev
         "z": torch.randn(batch, channels, length, generator=g),
         "delta_bias": torch.rand(channels, generator=g) - 4.0,
     }
+    if time_major:
+        inputs |= {k: inputs[k].mT.contiguous().mT for k in ("u", "delta", "B", "C", "z")}
     return {k: v.to(device).requires_grad_(grad) for k, v in inputs.items()}
 
 
@@ -142,7 +162,8 @@ def step_fn(fn: Callable[..., Tensor], inputs: dict[str, Tensor], mode: str) -> 
             sync()
 
         return forward
-    cotangent = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1)).to(inputs["u"].device)
+    cotangent = torch.empty_like(inputs["u"]).copy_(torch.randn(inputs["u"].shape,  # u's layout
+                                                                generator=torch.Generator().manual_seed(1)))
     leaves = list(inputs.values())
 
     def forward_backward() -> None:
@@ -190,8 +211,9 @@ def memory_probe(backend: str, shape: tuple[int, int, int, int], threads: int) -
     """Peak extra RSS of one forward+backward in this (fresh) process; see the module docstring."""
     torch.set_num_threads(threads)
     fn = backends([backend])[backend]
-    step_fn(fn, make_inputs((1, 16, 8, shape[3]), grad=True), "fwd+bwd")()
-    inputs = make_inputs(shape, grad=True)
+    time_major = backend in TIME_MAJOR
+    step_fn(fn, make_inputs((1, 16, 8, shape[3]), grad=True, time_major=time_major), "fwd+bwd")()
+    inputs = make_inputs(shape, grad=True, time_major=time_major)
     step = step_fn(fn, inputs, "fwd+bwd")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset VmHWM to the current RSS
@@ -315,7 +337,7 @@ def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats
         updates = shape[0] * shape[1] * shape[2] * shape[3]
         for mode in MODES:
             gib = {name: graph_gib(name, shape) if mode == "fwd+bwd" else 0.0 for name in fns}
-            inputs = {name: make_inputs(shape, mode == "fwd+bwd", device=device)
+            inputs = {name: make_inputs(shape, mode == "fwd+bwd", device=device, time_major=name in TIME_MAJOR)
                       for name in fns if gib[name] <= max_gib}
             steps = {name: step_fn(fns[name], inputs[name], mode) for name in inputs}
             if torch.device(device).type == "cuda":
@@ -342,8 +364,9 @@ def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vimtune bench scan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", nargs="+", default=["reference", "chunked", "cpu", "mambapy"],
-                        help="any of reference, chunked, cpu, mambapy, triton, cuda (left out where they cannot run)")
+    parser.add_argument("--backends", nargs="+", default=["reference", "chunked", "cpu", "mixer", "mambapy"],
+                        help="any of reference, chunked, cpu, mixer, mambapy, triton, cuda (left out where they "
+                        "cannot run)")
     parser.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, choices=list(SHAPES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=20.0, help="stop repeating a measurement after this")

@@ -11,8 +11,7 @@ of all the process's threads) of a step; ``--clock cpu`` takes the ratio from CP
 on a shared machine disturbs less than wall time (CPU time also counts OpenMP threads spin-waiting).
 ``--breakdown`` profiles two more steps per measurement and splits the faster one into matmul, vimtune's kernels,
 attention and the rest (:mod:`vimtune.bench.breakdown`), which shows what a ratio would be if the
-kernels took no time at all (the part of the gap that no kernel work can close), and if the scans took
-one in-cache exp per state update (their exp floor, :mod:`vimtune.bench.exp_floor`).
+kernels took no time at all: the part of the gap that no kernel work can close.
 """
 
 from __future__ import annotations
@@ -107,25 +106,17 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
 
 
 def _without_kernels(dtype: str, first: dict[str, Any], last: dict[str, Any]) -> str:
-    """Two sentences: the first row's profiled step without vimtune's kernels, and with its scans at their exp
-    floor, each over the last row's profiled step ("" when either has no breakdown)."""
+    """One sentence: the first row's profiled step without vimtune's kernels, over the last row's profiled
+    step ("" when either has no breakdown)."""
     split, base = first["step"].get("breakdown"), last["step"].get("breakdown")
     if first is last or not split or not base:
         return ""
     rest = split["total"] - split["kernels"]
     name = first["model"] if first["method"].endswith("(plain model)") else f"{first['model']} + {first['method']}"
-    text = (f"{dtype}: of {name}'s profiled step ({split['total']:.2f} s), vimtune's "
+    return (f"{dtype}: of {name}'s profiled step ({split['total']:.2f} s), vimtune's "
             f"kernels take {split['kernels']:.2f} s; without them it would take {rest:.2f} s, "
             f"**{rest / base['total']:.2f}x** {last['model']}'s profiled {base['total']:.2f} s: no kernel "
             "speed-up brings the ratio below that.")
-    if not split.get("scan_updates"):
-        return text
-    floor = split["exp_floor"]
-    return text + (f" Its scans make {split['scan_updates'] / 1e9:.2f} G state updates (the backward recomputes "
-                   f"the forward's); at one in-cache `torch.exp` each ({split['seconds_per_exp'] * 1e9:.2f} ns per "
-                   f"value on these threads) that is {floor:.2f} s, so with the scans at that floor and the conv "
-                   f"free the step would take {rest + floor:.2f} s, **{(rest + floor) / base['total']:.2f}x**: the "
-                   "least ratio kernels of this design can reach here.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="train: forward, loss, backward, AdamW; infer: one inference pass")
     parser.add_argument("--breakdown", action="store_true",
                         help="profile two more steps per measurement: seconds in matmul, vimtune's kernels, "
-                        "attention and the rest; the ratio without the kernels and with the scans at their exp floor")
+                        "attention and the rest, and the ratio without the kernels")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps per measurement (after one warm-up)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
