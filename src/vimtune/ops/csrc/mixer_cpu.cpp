@@ -30,7 +30,8 @@
 // keeps that chunk's states and decays in per-thread buffers and walks it backwards. Nothing of size
 // (B, T, E, N) is ever stored. Sums over time and batch (dA, dD, d delta_bias, conv dweight and
 // dbias) and over channels (dB, dC) are accumulated in float64 (after at most kFlush time steps, or
-// the channel blocks of one task, in the compute dtype): per task into (B, ...) partials (and
+// the channel blocks of one task, in the compute dtype; dB and dC lane-wise over the task's channel
+// blocks, then over the 16 lanes by a tree of pairwise sums): per task into (B, ...) partials (and
 // (G, B, T, N) for dB and dC, G channel groups per row: min(kGroups, channel blocks, ceil(kGroupTasks /
 // batch)), which depends on the shape only, never on the thread count),
 // which are summed after the parallel part.
@@ -196,6 +197,37 @@ void sum_rows(const Partials& parts, int64_t rows, int64_t n, O* out) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t i = 0; i < n; ++i) acc[i] += parts[r * n + i];
   for (int64_t i = 0; i < n; ++i) out[i] = stored<O>(S(acc[i]));
+}
+
+// ---------------------------------------------------------------- lane sums
+
+// W lanes of S as one GCC vector (two or four native vectors where those are narrower).
+template <typename S>
+struct LaneVecOf {
+  typedef S type __attribute__((vector_size(W * sizeof(S))));
+};
+template <typename S>
+using LaneVec = typename LaneVecOf<S>::type;
+
+// Pairwise sums of the lanes of a and b, in order: (a0 + a1, a2 + a3, ..., a14 + a15, b0 + b1, ..., b14 + b15).
+template <typename S>
+inline LaneVec<S> pair_sums(LaneVec<S> a, LaneVec<S> b) {
+  static_assert(W == 16, "pair_sums is written for 16 lanes");
+  return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+// Sums of `rows` (at most W) rows of W lanes at `lanes` (row k at lanes + k * W): sum[k] = the sum of row k's
+// lanes, as a tree of pairwise sums (the same order for every row, 15 pair_sums for the W rows instead of W
+// horizontal sums); sum[k] = 0 for k >= rows. The rows are then set to zero.
+template <typename S>
+inline LaneVec<S> take_row_sums(S* lanes, int64_t rows) {
+  LaneVec<S> v[W] = {};
+  std::memcpy(v, lanes, rows * sizeof v[0]);
+  std::memset(lanes, 0, rows * sizeof v[0]);
+  for (int64_t width = W / 2; width >= 1; width /= 2)
+    for (int64_t k = 0; k < width; ++k) v[k] = pair_sums<S>(v[2 * k], v[2 * k + 1]);
+  return v[0];
 }
 
 // ---------------------------------------------------------------- causal conv + SiLU
@@ -821,19 +853,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       double* dCo = gr.dC + (g * batch + b) * T * N;
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = p.time(s);
-        for (int64_t n = 0; n < N; ++n) {
-          S* lanes_B = ws.dB.data() + (s * N + n) * W;
-          S* lanes_C = ws.dC.data() + (s * N + n) * W;
-          double sB = 0.0, sC = 0.0;
-          #pragma omp simd reduction(+ : sB, sC)
-          for (int64_t w = 0; w < W; ++w) {
-            sB += double(lanes_B[w]);
-            sC += double(lanes_C[w]);
-            lanes_B[w] = S(0);
-            lanes_C[w] = S(0);
+        for (int64_t n0 = 0; n0 < N; n0 += W) {
+          const int64_t rows = std::min(W, N - n0);
+          const LaneVec<S> sB = take_row_sums(ws.dB.data() + (s * N + n0) * W, rows);
+          const LaneVec<S> sC = take_row_sums(ws.dC.data() + (s * N + n0) * W, rows);
+          for (int64_t k = 0; k < rows; ++k) {
+            dBo[t * N + n0 + k] = double(sB[k]);
+            dCo[t * N + n0 + k] = double(sC[k]);
           }
-          dBo[t * N + n] = sB;
-          dCo[t * N + n] = sC;
         }
       }
     });
