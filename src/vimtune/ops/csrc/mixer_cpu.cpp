@@ -66,6 +66,7 @@ constexpr int64_t kMaxChunk = 256; // scan backward: steps whose states are kept
 constexpr int64_t kGroups = 16;     // scan backward: at most this many channel groups per batch row
 constexpr int64_t kGroupTasks = 64; // scan backward: fewer groups per row once batch * groups reaches this
 constexpr int64_t kFlush = 32;     // steps summed in the compute dtype before a float64 flush
+constexpr int64_t kAhead = 8;      // steps ahead whose rows a walk prefetches
 
 // ---------------------------------------------------------------- shared plumbing
 
@@ -92,6 +93,18 @@ struct Rows {
 
   P* at(int64_t b, int64_t t, int64_t x0) const { return data + b * batch_stride + t * time_stride + x0; }
 };
+
+// Prefetches, for every Rows r in `rows`, the line of r.at(b, t, e0); t must be in [0, T) (the callers check
+// the step). A task walks its column strip one time step at a time, and the rows of (B, T, X) tensors are
+// kilobytes apart: every step reads new pages, which the hardware prefetchers do not run ahead into. Once
+// the tensors no longer fit in the caches, every step waited for memory: at (32, 197, 768), one thread,
+// on an Intel Xeon, the scan forward took 1.6x and its backward 1.7x as long as with these prefetches
+// kAhead steps ahead (no change at (8, 197, 384), which stays in cache). always_inline: gcc 12 judged an
+// out-of-line copy free of side effects and dropped the calls, prefetches included.
+template <typename... R>
+[[gnu::always_inline]] inline void prefetch_rows(int64_t b, int64_t t, int64_t e0, const R&... rows) {
+  (__builtin_prefetch(rows.at(b, t, e0)), ...);
+}
 
 template <typename V>
 Rows<const V> rows_in(const at::Tensor& t) {
@@ -337,6 +350,7 @@ void conv_forward_lanes(const Conv<S, V>& c, const Rows<V>& out, int64_t b, int6
   Vec<S> taps[kMaxTaps] = {}, lane_bias = {}, win[kMaxTaps] = {};
   c.load_params(e0, n, taps, lane_bias);
   for (int64_t p = 0; p < c.T; ++p) {
+    if (p + kAhead < c.T) prefetch_rows(b, c.time(p + kAhead), e0, c.x, out);
     for (int64_t k = 0; k + 1 < K; ++k) win[k] = win[k + 1];
     win[K - 1] = load_vec<kFull, S>(c.x.at(b, c.time(p), e0), n);
     const Vec<S> pre = preactivation<S>(K, taps, lane_bias, win);
@@ -365,6 +379,8 @@ void conv_backward_lanes(const Conv<S, V>& c, const ConvGrads<V>& gr, int64_t b,
   Vec<S> dw_part[kMaxTaps] = {}, db_part = {};
   double dw[kMaxTaps][NativeVec<S>::lanes] = {}, db[NativeVec<S>::lanes] = {};
   for (int64_t p = T - 1; p >= 0; --p) {
+    if (p - K + 1 >= kAhead) prefetch_rows(b, c.time(p - K + 1 - kAhead), e0, c.x);
+    if (p >= kAhead) prefetch_rows(b, c.time(p - kAhead), e0, gr.dout, gr.dx);
     for (int64_t k = K - 1; k > 0; --k) win[k] = win[k - 1];
     win[0] = c.template x_at<kFull>(b, p - K + 1, e0, n);
     for (int64_t k = 0; k + 1 < K; ++k) g[k] = g[k + 1];
@@ -577,6 +593,7 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, cons
       for (int64_t n = 0; n < p.N; ++n) h[n * W + w] = lane_state[w * p.N + n];
   for (int64_t s = 0; s < p.T; ++s) {
     const int64_t t = p.time(s);
+    if (s + kAhead < p.T) prefetch_rows(b, p.time(s + kAhead), l.e0, p.u, p.delta, p.z, out);
     S dt[W], slope[W], dtu[W], acc[W];
     step_sizes<NV>(p, prm, l, b, t, dt, slope, dtu);
     const V* __restrict__ u = p.u.at(b, t, l.e0);
@@ -638,6 +655,7 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
   for (int64_t i = 0; i < len; ++i) {
     const int64_t s = s0 + i, t = p.time(s);
+    if (s + kAhead < p.T) prefetch_rows(b, p.time(s + kAhead), l.e0, p.u, p.delta, p.z, gr.dout, gr.dz);
     S* __restrict__ dti = ws.dt.data() + i * W;
     S* __restrict__ dyi = ws.dy.data() + i * W;
     S dtu[W], y[W];
@@ -676,6 +694,7 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
   for (int64_t i = len - 1; i >= 0; --i) {
     const int64_t s = s0 + i, t = p.time(s);
+    if (s >= kAhead) prefetch_rows(b, p.time(s - kAhead), l.e0, p.u, gr.du, gr.ddelta);
     const V* __restrict__ u = p.u.at(b, t, l.e0);
     const S* __restrict__ dti = ws.dt.data() + i * W;
     const S* __restrict__ dyi = ws.dy.data() + i * W;
@@ -739,6 +758,7 @@ void scan_backward_block(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b,
     S* h = ws.ckpt.data() + (c + 1) * NW;
     std::copy(h - NW, h, h);
     for (int64_t s = c * chunk; s < (c + 1) * chunk; ++s) {
+      if (s + kAhead < p.T) prefetch_rows(b, p.time(s + kAhead), l.e0, p.u, p.delta);
       S dt[W], slope[W], dtu[W], unused[W] = {};
       step_sizes<NV>(p, prm, l, b, p.time(s), dt, slope, dtu);
       advance<NV, false>(p, prm, l, b, p.time(s), dt, dtu, h, h, static_cast<S*>(nullptr), unused);
