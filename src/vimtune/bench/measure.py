@@ -1,7 +1,9 @@
 """One measurement in a fresh process: build a model, time inference or a training step, report peak RSS.
 
-Run as ``python -m vimtune.bench.measure '<json spec>'``; prints one JSON line. A fresh process per
-measurement makes the peak resident-set size (``ru_maxrss``) belong to that measurement alone.
+Run as ``python -m vimtune.bench.measure '<json spec>'``; prints one JSON line. ``peak_extra_bytes`` is the
+peak resident-set size (``VmHWM``, reset after the library warm-up) minus the RSS before the model is built;
+``peak_rss_bytes`` the process's whole peak (``ru_maxrss``), which a fresh process per measurement makes that
+measurement's own.
 
 Spec keys: ``model`` (timm name), ``model_kwargs`` (dict), ``method`` (name or null) and
 ``method_options``, ``mode`` (``infer`` | ``train``), ``batch``, ``img_size``, ``dtype``
@@ -48,6 +50,12 @@ def current_rss_bytes() -> int:
 def high_water_rss_bytes() -> int:
     """Peak resident-set size since start or since the last reset (``echo 5 > /proc/self/clear_refs``)."""
     return _status_bytes("VmHWM")
+
+
+def reset_high_water_rss() -> None:
+    """Reset the peak resident-set size ``VmHWM`` (:func:`high_water_rss_bytes`) to the current RSS."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
 
 
 def peak_rss_bytes() -> int:
@@ -130,6 +138,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     warm_up_libraries(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    reset_high_water_rss()  # the peak below is this measurement's, not the warm-up's or an earlier one's
     baseline = current_rss_bytes()
     model = build(spec).to(device)
     size = int(spec["img_size"])
@@ -150,7 +159,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     best = min(times)
     gpu = {}
     if device.type == "cuda":
-        gpu = {"gpu": torch.cuda.get_device_name(device), "peak_rss_extra_bytes": peak_rss_bytes() - baseline,
+        gpu = {"gpu": torch.cuda.get_device_name(device), "peak_rss_extra_bytes": high_water_rss_bytes() - baseline,
                "scan_backend": resolve_backend(device)}
     return {
         "seconds": best,
@@ -161,7 +170,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "kernel_cpu_share": (usage.ru_stime - usage_before.ru_stime) / cpu_seconds if cpu_seconds > 0 else 0.0,
         "images_per_s": int(spec["batch"]) / best,
         "peak_rss_bytes": peak_rss_bytes(),
-        "peak_extra_bytes": peak_rss_bytes() - baseline,
+        # Linux's RSS counters are per-CPU approximations (to some pages): a measurement that allocates
+        # nothing can read a peak a little below the baseline
+        "peak_extra_bytes": max(high_water_rss_bytes() - baseline, 0),
         "threads": torch.get_num_threads(),
     } | breakdown | gpu | ({"peak_extra_bytes": torch.cuda.max_memory_allocated(device)} if gpu else {})
 

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from vimtune.bench.exp_floor import ExpFloor
-from vimtune.bench.measure import current_rss_bytes, high_water_rss_bytes
+from vimtune.bench.measure import current_rss_bytes, high_water_rss_bytes, reset_high_water_rss
 from vimtune.bench.runner import (
     bench_command,
     load_text,
@@ -215,8 +215,7 @@ def memory_probe(backend: str, shape: tuple[int, int, int, int], threads: int) -
     step_fn(fn, make_inputs((1, 16, 8, shape[3]), grad=True, time_major=time_major), "fwd+bwd")()
     inputs = make_inputs(shape, grad=True, time_major=time_major)
     step = step_fn(fn, inputs, "fwd+bwd")
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # reset VmHWM to the current RSS
+    reset_high_water_rss()
     before = current_rss_bytes()
     step()
     input_bytes = sum(t.numel() * t.element_size() for t in inputs.values())
