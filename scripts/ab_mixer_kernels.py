@@ -1,0 +1,137 @@
+"""Time the mixer's C++ scan kernels of a git revision against another's (or the working tree's), side by side.
+
+Builds ``src/vimtune/ops/csrc/mixer_cpu.cpp`` (with its headers) as it was at ``--base`` (and at ``--new``)
+under other ``TORCH_LIBRARY`` namespaces, next to the working tree's build, checks that both give the same
+outputs and gradients on random inputs, then times ``scan_fwd`` and ``scan_bwd`` of the two in turn (best
+of each round's repeats, ``--rounds`` rounds), with freed memory kept for reuse as the vimtune command keeps
+it. Prints a Markdown table with the machine line. Example (the rows prefetch of issue #17):
+
+    python scripts/ab_mixer_kernels.py --base f6328cd --new d4aa4c1 --shapes 8,197,384 32,197,768
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from vimtune.allocator import keep_freed_memory
+from vimtune.bench.runner import load_text, machine_line, machine_with_load
+from vimtune.ops._build import load_cpu_extension
+from vimtune.ops.mixer_cpu import _ops
+
+CSRC = Path("src/vimtune/ops/csrc")
+STATE = 16  # N, Vim's state size
+
+
+def revision_kernels(rev: str, folder: Path, namespace: str) -> object:
+    """The mixer kernels of git revision ``rev``, built from a copy in ``folder`` as ``namespace``."""
+    root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                               check=True).stdout.strip())
+    names = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:{CSRC}"], capture_output=True, text=True,
+                           check=True, cwd=root).stdout.split()
+    folder.mkdir()
+    for name in names:
+        text = subprocess.run(["git", "show", f"{rev}:{CSRC / name}"], capture_output=True, text=True,
+                              check=True, cwd=root).stdout
+        renamed = text.replace("TORCH_LIBRARY(vimtune_mixer_cpu,", f"TORCH_LIBRARY({namespace},")
+        (folder / name).write_text(renamed)
+    ops = load_cpu_extension(namespace, folder / "mixer_cpu.cpp", what=f"mixer kernels of {rev}",
+                             fallback="nothing to compare.")
+    if ops is None:
+        raise SystemExit(f"the mixer kernels of {rev} could not be built")
+    return ops
+
+
+def scan_inputs(batch: int, length: int, channels: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Random time-major scan inputs as the models pass them: x, z and B, C are column slices of wider rows."""
+    g = torch.Generator().manual_seed(0)
+    xz = torch.randn(batch, length, 2 * channels, generator=g).to(dtype)
+    bc = torch.randn(batch, length, 2 * STATE, generator=g).to(dtype)
+    return {
+        "u": xz[..., :channels], "delta": (torch.randn(batch, length, channels, generator=g) * 0.5 - 1).to(dtype),
+        "A": -torch.rand(channels, STATE, generator=g) * 4 - 0.5, "B": bc[..., :STATE], "C": bc[..., STATE:],
+        "D": torch.randn(channels, generator=g), "z": xz[..., channels:],
+        "delta_bias": torch.randn(channels, generator=g) * 0.1,
+        "dout": torch.randn(batch, length, channels, generator=g).to(dtype),
+    }
+
+
+def calls(ops: object, x: dict[str, torch.Tensor]) -> dict[str, Callable[[], object]]:
+    """The forward and backward kernel calls of ``ops`` on inputs ``x`` (forward direction, softplus on)."""
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, False)
+    return {"forward": lambda: ops.scan_fwd(*args, None), "backward": lambda: ops.scan_bwd(*args, x["dout"], True)}
+
+
+def max_difference(base: object, new: object) -> float:
+    """Largest difference between the two results over all outputs, relative to each output's largest value."""
+    pairs = zip(base, new, strict=True) if isinstance(base, tuple) else [(base, new)]
+    return max(((a.float() - b.float()).abs().max() / a.float().abs().max().clamp_min(1e-30)).item()
+               for a, b in pairs if a.numel())
+
+
+def best_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Best of ``repeats`` timed calls, in milliseconds."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="git revision whose kernels are the baseline")
+    parser.add_argument("--new", help="git revision whose kernels are compared with it (default: the working tree)")
+    parser.add_argument("--shapes", nargs="+", default=["8,197,384"], help="B,T,E per shape (N = 16)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=0.5, help="time per kernel per round")
+    args = parser.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        base = revision_kernels(args.base, Path(folder) / "base", "vimtune_mixer_base")
+        new = revision_kernels(args.new, Path(folder) / "new", "vimtune_mixer_new") if args.new else _ops()
+        if new is None:
+            raise SystemExit("the working tree's mixer kernels could not be built")
+        for shape in args.shapes:
+            batch, length, channels = (int(v) for v in shape.split(","))
+            for dtype_name in args.dtypes:
+                x = scan_inputs(batch, length, channels, getattr(torch, dtype_name))
+                base_calls, new_calls = calls(base, x), calls(new, x)
+                for mode in ("forward", "backward"):
+                    difference = max_difference(base_calls[mode](), new_calls[mode]())
+                    repeats = max(2, int(args.budget_s * 1e3 / best_ms(base_calls[mode], 1)))
+                    times = {"base": float("inf"), "new": float("inf")}
+                    for _ in range(args.rounds):
+                        times["base"] = min(times["base"], best_ms(base_calls[mode], repeats))
+                        times["new"] = min(times["new"], best_ms(new_calls[mode], repeats))
+                    rows.append(f"| ({batch}, {length}, {channels}, {STATE}) | {dtype_name} | {mode} | "
+                                f"{times['base']:.2f} | {times['new']:.2f} | {times['new'] / times['base']:.2f} | "
+                                f"{difference:.1e} |")
+    machine = machine_with_load(load_before)
+    print(f"Machine: {machine_line(machine)}; {load_text(machine)}.")
+    new_option = f" --new {args.new}" if args.new else ""
+    print(f"Command: `python scripts/ab_mixer_kernels.py --base {args.base}{new_option} "
+          f"--shapes {' '.join(args.shapes)} --dtypes {' '.join(args.dtypes)} --threads {args.threads} "
+          f"--rounds {args.rounds}`\n")
+    new_name = args.new or "working tree"
+    print(f"| shape (B, T, E, N) | dtype | kernel | {args.base} ms | {new_name} ms | ratio | max rel. difference |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
