@@ -2,9 +2,9 @@
 
 Builds ``src/vimtune/ops/csrc/mixer_cpu.cpp`` (with its headers) as it was at ``--base`` (and at ``--new``)
 under other ``TORCH_LIBRARY`` namespaces, next to the working tree's build, checks that both give the same
-outputs and gradients on random inputs, then times ``scan_fwd`` and ``scan_bwd`` of the two in turn (best
-of each round's repeats, ``--rounds`` rounds), with freed memory kept for reuse as the vimtune command keeps
-it. Prints a Markdown table with the machine line. Example (the rows prefetch of issue #17):
+outputs and gradients on random inputs, then times ``scan_fwd`` and ``scan_bwd`` of the two in turn, one call
+each per round (:func:`vimtune.bench.scan.time_steps`, best call of each), with freed memory kept for reuse as
+the vimtune command keeps it. Prints a Markdown table with the machine line. Example (the rows prefetch of issue #17):
 
     python scripts/ab_mixer_kernels.py --base f6328cd --new d4aa4c1 --shapes 8,197,384 32,197,768
 """
@@ -15,7 +15,6 @@ import argparse
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from vimtune.allocator import keep_freed_memory
 from vimtune.bench.runner import load_text, machine_line, machine_with_load
+from vimtune.bench.scan import time_steps
 from vimtune.ops._build import load_cpu_extension
 from vimtune.ops.mixer_cpu import _ops
 
@@ -76,16 +76,6 @@ def max_difference(base: object, new: object) -> float:
                for a, b in pairs if a.numel())
 
 
-def best_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Best of ``repeats`` timed calls, in milliseconds."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="git revision whose kernels are the baseline")
@@ -93,8 +83,8 @@ def main() -> int:
     parser.add_argument("--shapes", nargs="+", default=["8,197,384"], help="B,T,E per shape (N = 16)")
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--budget-s", type=float, default=0.5, help="time per kernel per round")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per kernel, at least")
+    parser.add_argument("--budget-s", type=float, default=5.0, help="time per kernel and mode, at most")
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_num_threads(args.threads)
@@ -112,20 +102,16 @@ def main() -> int:
                 base_calls, new_calls = calls(base, x), calls(new, x)
                 for mode in ("forward", "backward"):
                     difference = max_difference(base_calls[mode](), new_calls[mode]())
-                    repeats = max(2, int(args.budget_s * 1e3 / best_ms(base_calls[mode], 1)))
-                    times = {"base": float("inf"), "new": float("inf")}
-                    for _ in range(args.rounds):
-                        times["base"] = min(times["base"], best_ms(base_calls[mode], repeats))
-                        times["new"] = min(times["new"], best_ms(new_calls[mode], repeats))
+                    times = time_steps({"base": base_calls[mode], "new": new_calls[mode]}, args.repeats, args.budget_s)
+                    base_ms, new_ms = times["base"]["seconds"] * 1e3, times["new"]["seconds"] * 1e3
                     rows.append(f"| ({batch}, {length}, {channels}, {STATE}) | {dtype_name} | {mode} | "
-                                f"{times['base']:.2f} | {times['new']:.2f} | {times['new'] / times['base']:.2f} | "
-                                f"{difference:.1e} |")
+                                f"{base_ms:.2f} | {new_ms:.2f} | {new_ms / base_ms:.2f} | {difference:.1e} |")
     machine = machine_with_load(load_before)
     print(f"Machine: {machine_line(machine)}; {load_text(machine)}.")
     new_option = f" --new {args.new}" if args.new else ""
     print(f"Command: `python scripts/ab_mixer_kernels.py --base {args.base}{new_option} "
           f"--shapes {' '.join(args.shapes)} --dtypes {' '.join(args.dtypes)} --threads {args.threads} "
-          f"--rounds {args.rounds}`\n")
+          f"--repeats {args.repeats} --budget-s {args.budget_s:g}`\n")
     new_name = args.new or "working tree"
     print(f"| shape (B, T, E, N) | dtype | kernel | {args.base} ms | {new_name} ms | ratio | max rel. difference |")
     print("|---|---|---|---:|---:|---:|---:|")

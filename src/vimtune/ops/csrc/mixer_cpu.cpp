@@ -98,7 +98,7 @@ struct Rows {
 // the step). A task walks its column strip one time step at a time, and the rows of (B, T, X) tensors are
 // kilobytes apart: every step reads new pages, which the hardware prefetchers do not run ahead into. Once
 // the tensors no longer fit in the caches, every step waited for memory: at (32, 197, 768), one thread,
-// on an Intel Xeon, the scan forward took 1.6x and its backward 1.7x as long as with these prefetches
+// on an Intel Xeon, the scan forward took 1.6x and its backward 1.8x as long as with these prefetches
 // kAhead steps ahead (no change at (8, 197, 384), which stays in cache). always_inline: gcc 12 judged an
 // out-of-line copy free of side effects and dropped the calls, prefetches included.
 template <typename... R>
