@@ -104,38 +104,101 @@ def _scan_work(*inputs: Tensor) -> tuple[Tensor, ...]:
 
 def _scan_grads(
     work_inputs: tuple[Tensor, ...], flags: tuple[bool, bool], dout: Tensor,
-    meta: tuple[tuple[torch.dtype, torch.Size], ...], need_A: bool,
+    meta: tuple[tuple[torch.dtype, torch.Size], ...], need_A: bool, into: _InProjGrad | None = None,
 ) -> tuple[Tensor | None, ...]:
     """The scan kernel's backward: gradients of (u, delta, A, B, C, D, z, delta_bias) in that order, each in
     its input's dtype and shape (``meta``). ``flags`` = (delta_softplus, reverse); dout (B, T, E). Without
-    ``need_A`` (a frozen A) the kernel skips dA and its slot is None."""
+    ``need_A`` (a frozen A) the kernel skips dA and its slot is None. With ``into`` (whose dtype is the
+    kernel's) dz is written into its z half and its slot is None."""
     du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(
-        *work_inputs, *flags, _lanes(dout, work_inputs[0].dtype), need_A
+        *work_inputs, *flags, _lanes(dout, work_inputs[0].dtype), need_A, *(into.half(1) if into is not None else ())
     )
-    return _cast_back((du, ddelta, dA if need_A else None, dB, dC, dD, dz, dbias), meta)
+    return _cast_back((du, ddelta, dA if need_A else None, dB, dC, dD, None if into is not None else dz, dbias), meta)
+
+
+class _InProjGrad:
+    """The gradient of ``in_proj``'s (B, T, 2E) output, written in place by the mixer's backward kernels.
+
+    Left to autograd, each direction's conv backward returns its own dL/dx and each scan backward its
+    own dL/dz, which autograd adds up per half and then concatenates: two (B, T, E) additions and a
+    (B, T, 2E) copy per mixer and training step. Instead the first kernel to reach a half writes it and
+    the second adds to it (as a torch addition of the two rounded gradients would: the same bits), and
+    :class:`_SplitXZ`'s backward passes the buffer on. Halves: 0 = x (the convs' input), 1 = z.
+    """
+
+    def __init__(self, xz: Tensor, width: int) -> None:
+        self.shape, self.dtype, self.width = xz.shape, xz.dtype, width
+        self.buffer: Tensor | None = None
+        self.written = [False, False]
+
+    def half(self, index: int) -> tuple[Tensor, bool]:
+        """Half ``index`` (B, T, E) of the buffer (allocated on first use) and whether it already holds a
+        gradient to add to."""
+        if self.buffer is None:
+            self.buffer = torch.empty(self.shape, dtype=self.dtype)
+        accumulate, self.written[index] = self.written[index], True
+        return self.buffer[..., index * self.width : (index + 1) * self.width], accumulate
+
+    def add(self, index: int, grad: Tensor) -> None:
+        """Adds a gradient (B, T, E) computed outside the kernels to half ``index``."""
+        view, accumulate = self.half(index)
+        view.add_(grad) if accumulate else view.copy_(grad)
+
+    def take(self) -> Tensor:
+        """The (B, T, 2E) gradient, halves nobody wrote zero; resets this object for another backward pass."""
+        for index in (0, 1):
+            if not self.written[index]:
+                self.half(index)[0].zero_()
+        grad, self.buffer, self.written = self.buffer, None, [False, False]
+        return grad
+
+
+class _SplitXZ(torch.autograd.Function):
+    """``in_proj``'s output (B, T, 2E) -> its column slices x, z (B, T, E), whose gradients the mixer's
+    kernels write into an :class:`_InProjGrad` (any other gradient reaching x or z is added to it)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, xz: Tensor, grad: _InProjGrad) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        ctx.grad = grad
+        return tuple(xz.split(grad.width, dim=-1))
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dx: Tensor | None, dz: Tensor | None) -> tuple[Tensor, None]:
+        for index, other in enumerate((dx, dz)):
+            if other is not None:
+                ctx.grad.add(index, other)
+        return ctx.grad.take(), None
 
 
 class _ConvSiLU(torch.autograd.Function):
-    """Autograd wrapper of the conv kernel; the backward recomputes the pre-activations from ``x``."""
+    """Autograd wrapper of the conv kernel; the backward recomputes the pre-activations from ``x``. Given an
+    :class:`_InProjGrad`, dL/dx goes into its x half instead of being returned."""
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, reverse: bool
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, reverse: bool,
+        into: _InProjGrad | None = None,
     ) -> Tensor:
         x_w, weight_w, bias_w = _conv_work(x, weight, bias)
         ctx.save_for_backward(x_w, weight_w, bias_w)
         ctx.meta = _meta(x, weight, bias)
-        ctx.reverse = reverse
+        ctx.reverse, ctx.into = reverse, into
         return _ops().conv_fwd(x_w, weight_w, bias_w, reverse).to(x.dtype)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
         x_w, weight_w, bias_w = ctx.saved_tensors
         param_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]  # skipped for a frozen conv
-        dx, dweight, dbias = _ops().conv_bwd(x_w, weight_w, bias_w, ctx.reverse, _lanes(dout, x_w.dtype), param_grads)
+        into = ctx.into if ctx.into is not None and ctx.into.dtype == x_w.dtype else None  # kernel writes it
+        dx, dweight, dbias = _ops().conv_bwd(x_w, weight_w, bias_w, ctx.reverse, _lanes(dout, x_w.dtype), param_grads,
+                                             *(into.half(0) if into is not None else ()))
         if not param_grads:
             dweight = dbias = None  # empty tensors from the kernel
-        return (*_cast_back((dx, dweight, dbias), ctx.meta), None)
+        dx, dweight, dbias = _cast_back((None if into is not None else dx, dweight, dbias), ctx.meta)
+        if ctx.into is not None and into is None:
+            ctx.into.add(0, dx)
+        return (None if ctx.into is not None else dx), dweight, dbias, None, None
 
 
 def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool = False) -> Tensor:
@@ -155,7 +218,7 @@ def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool = 
     Returns:
         u (B, T, E), contiguous, in the dtype of ``x``.
     """
-    return _ConvSiLU.apply(x, weight, bias, reverse)
+    return _ConvSiLU.apply(x, weight, bias, reverse, None)
 
 
 class _SelectiveScanTM(torch.autograd.Function):
@@ -206,7 +269,7 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
     The backward recomputes ``delta`` from the low-rank ``dt`` and ``u`` from the conv input with the
     conv forward kernel (bit-identical to the forward's ``u``), so the (B, T, E) tensors kept for it
     are only the conv input ``x`` and ``z``: column slices of ``in_proj``'s output, which the conv
-    keeps alive anyway.
+    keeps alive anyway. Given an :class:`_InProjGrad`, dL/dz goes into its z half instead of being returned.
     """
 
     @staticmethod
@@ -214,13 +277,13 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
     def forward(
         ctx: torch.autograd.function.FunctionCtx, u: Tensor, dt: Tensor, dt_weight: Tensor, A: Tensor, B: Tensor,
         C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor, conv_x: Tensor, conv_weight: Tensor, conv_bias: Tensor,
-        delta_softplus: bool, reverse: bool,
+        delta_softplus: bool, reverse: bool, into: _InProjGrad | None = None,
     ) -> Tensor:
         delta = dt @ dt_weight.t()  # (B, T, E), freed on return
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         ctx.save_for_backward(dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias)
         ctx.meta = _meta(*inputs)
-        ctx.flags = (delta_softplus, reverse)
+        ctx.flags, ctx.into = (delta_softplus, reverse), into
         return _ops().scan_fwd(*_scan_work(*inputs), delta_softplus, reverse).to(u.dtype)
 
     @staticmethod
@@ -231,14 +294,19 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
         u = _ops().conv_fwd(*_conv_work(conv_x, conv_weight, conv_bias), reverse).to(u_dtype)  # as in forward
         work_inputs = _scan_work(u, dt @ dt_weight.t(), A, B, C, D, z, delta_bias)
         del u
+        into = ctx.into if ctx.into is not None and ctx.into.dtype == work_inputs[6].dtype else None  # kernel writes
         du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_grads(work_inputs, ctx.flags, dout, ctx.meta,
-                                                            ctx.needs_input_grad[3])
+                                                            ctx.needs_input_grad[3], into)
         del work_inputs
+        if ctx.into is not None:
+            if into is None:
+                ctx.into.add(1, dz)
+            dz = None
         # The gradients autograd gives ``dt @ dt_weight.t()`` (matmul folds (B, T) into rows: mm).
         ddelta_rows, dt_rows = ddelta.flatten(0, -2), dt.flatten(0, -2)
         d_dt = (ddelta_rows @ dt_weight).view(dt.shape) if ctx.needs_input_grad[1] else None
         d_weight = ddelta_rows.t() @ dt_rows if ctx.needs_input_grad[2] else None
-        return du, d_dt, d_weight, dA, dB, dC, dD, dz, dbias, None, None, None, None, None
+        return du, d_dt, d_weight, dA, dB, dC, dD, dz, dbias, None, None, None, None, None, None
 
 
 def selective_scan_recompute_tm(
@@ -268,23 +336,23 @@ def selective_scan_recompute_tm(
         out (B, T, E), contiguous, in the dtype of ``u``.
     """
     return _SelectiveScanRecomputeTM.apply(
-        u, dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias, delta_softplus, reverse
+        u, dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias, delta_softplus, reverse, None
     )
 
 
 def _direction_tm(
     mixer: BiMambaMixer, x: Tensor, z: Tensor, reverse: bool, conv: torch.nn.Conv1d, x_proj: torch.nn.Module,
-    dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor,
+    dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor, into: _InProjGrad | None,
 ) -> Tensor:
-    """One direction of the mixer. x, z: (B, T, E) -> y (B, T, E), in original time order."""
-    u = causal_conv1d_silu(x, conv.weight, conv.bias, reverse)
+    """One direction of the mixer. x, z: (B, T, E) -> y (B, T, E), in original time order; with ``into``,
+    the gradients of x and z go there."""
+    u = _ConvSiLU.apply(x, conv.weight, conv.bias, reverse, into)
     dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)  # column slices
     A = -torch.exp(A_log.to(_compute_dtype(x, A_log)))
     # delta = dt @ dt_proj.weight^T is formed inside the scan (its bias is added by the kernel); u and
     # delta are recomputed in the backward rather than kept.
-    return selective_scan_recompute_tm(
-        u, dt, dt_proj.weight, A, Bm, Cm, D, z, dt_proj.bias, x, conv.weight, conv.bias,
-        delta_softplus=True, reverse=reverse,
+    return _SelectiveScanRecomputeTM.apply(
+        u, dt, dt_proj.weight, A, Bm, Cm, D, z, dt_proj.bias, x, conv.weight, conv.bias, True, reverse, into
     )
 
 
@@ -336,7 +404,9 @@ def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor, piece: int | None = 
         (B, T, D).
     """
     piece = INFERENCE_PIECE if piece is None else piece
-    x, z = mixer.in_proj(hidden).split(mixer.d_inner, dim=-1)  # (B, T, E) column slices
+    xz = mixer.in_proj(hidden)  # (B, T, 2E)
+    into = _InProjGrad(xz, mixer.d_inner) if xz.requires_grad else None
+    x, z = _SplitXZ.apply(xz, into) if into is not None else xz.split(mixer.d_inner, dim=-1)  # column slices
     if not torch.is_grad_enabled() and x.shape[1] > piece:
         y = torch.empty_like(z, memory_format=torch.contiguous_format)
         _direction_in_pieces(mixer, x, z, False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D,
@@ -344,6 +414,7 @@ def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor, piece: int | None = 
         _direction_in_pieces(mixer, x, z, True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log,
                              mixer.D_b, y, piece)
         return mixer.out_proj(y.div_(2))
-    y = _direction_tm(mixer, x, z, False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D)
-    y_bwd = _direction_tm(mixer, x, z, True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log, mixer.D_b)
+    y = _direction_tm(mixer, x, z, False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D, into)
+    y_bwd = _direction_tm(mixer, x, z, True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log,
+                          mixer.D_b, into)
     return mixer.out_proj(y.add_(y_bwd).div_(2))  # in place on the fresh scan output: (y_fwd + y_bwd) / 2

@@ -198,6 +198,14 @@ at::Tensor wanted(bool want, at::IntArrayRef sizes, const at::TensorOptions& opt
   return want ? at::empty(sizes, options) : at::empty({0}, options);
 }
 
+// The caller's `given` output (checked to be (batch, T, width) rows of dtype), or a fresh one like `like`.
+at::Tensor output_rows(const std::optional<at::Tensor>& given, const at::Tensor& like, int64_t batch, int64_t T,
+                       int64_t width, const char* name) {
+  if (!given.has_value()) return at::empty(like.sizes(), like.options());
+  check_rows(*given, like.scalar_type(), batch, T, width, name);
+  return *given;
+}
+
 // Uninitialised float64 buffer for per-task partial sums (every entry is written by one task).
 using Partials = std::unique_ptr<double[]>;
 
@@ -310,6 +318,18 @@ inline void store_vec(V* dst, Vec<S> v, int64_t n) {
   }
 }
 
+// v as a store to V keeps it, read back (v itself when V is S).
+template <bool kFull, typename S, typename V>
+inline Vec<S> as_stored(Vec<S> v, int64_t n) {
+  if constexpr (std::is_same_v<V, S>) {
+    return v;
+  } else {
+    V kept[NativeVec<S>::lanes];
+    store_vec<kFull, S>(kept, v, n);
+    return load_vec<kFull, S>(kept, n);
+  }
+}
+
 template <typename S, typename V>
 struct Conv {
   Rows<const V> x;  // (B, T, E)
@@ -364,6 +384,7 @@ struct ConvGrads {
   Rows<V> dx;          // (B, T, E)
   double* dweight;     // (B, E, K) partial sums per batch row
   double* dbias;       // (B, E)
+  bool accumulate;     // dx += the gradient (both rounded to V, as a torch add of two V tensors), not dx =
 };
 
 // Walks the positions down from T - 1, so that g at p + K - 1 .. p, which dx[p] = sum_k w[k] g[p + K - 1 - k]
@@ -389,7 +410,9 @@ void conv_backward_lanes(const Conv<S, V>& c, const ConvGrads<V>& gr, int64_t b,
     g[K - 1] = gp;
     Vec<S> dx = {};
     for (int64_t k = 0; k < K; ++k) dx += taps[k] * g[k];
-    store_vec<kFull, S>(gr.dx.at(b, c.time(p), e0), dx, n);
+    V* dx_row = gr.dx.at(b, c.time(p), e0);
+    if (gr.accumulate) dx = load_vec<kFull, S>(dx_row, n) + as_stored<kFull, S, V>(dx, n);
+    store_vec<kFull, S>(dx_row, dx, n);
     if constexpr (kParamGrads) {
       db_part += gp;
       for (int64_t k = 0; k < K; ++k) dw_part[k] += gp * win[k];
@@ -465,11 +488,16 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Ten
   return out;
 }
 
-// Returns dx (B, T, E), dweight (E, K), dbias (E,); dweight and dbias are empty without param_grads.
+// Returns dx (B, T, E), dweight (E, K), dbias (E,); dweight and dbias are empty without param_grads. With
+// dx_out, dx is written into it (added to it with accumulate) and the dx returned is empty (an op's outputs
+// do not alias its inputs).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& weight,
                                                         const at::Tensor& bias, bool reverse,
-                                                        const at::Tensor& dout, bool param_grads) {
-  at::Tensor dx = at::empty(x.sizes(), x.options());
+                                                        const at::Tensor& dout, bool param_grads,
+                                                        const std::optional<at::Tensor>& dx_out, bool accumulate) {
+  TORCH_CHECK(dx_out.has_value() || !accumulate, "conv_bwd: accumulate needs dx_out");
+  TORCH_CHECK(x.dim() == 3, "conv_silu: x must be (B, T, E)");
+  at::Tensor dx = output_rows(dx_out, x, x.size(0), x.size(1), x.size(2), "dx_out");
   at::Tensor dweight = wanted(param_grads, weight.sizes(), weight.options());
   at::Tensor dbias = wanted(param_grads, bias.sizes(), bias.options());
   dispatch_types(x.scalar_type(), weight.scalar_type(), "conv_silu", [&](auto s, auto v) {
@@ -479,7 +507,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& x, con
     check_rows(dout, x.scalar_type(), c.batch, c.T, c.E, "dout");
     const int64_t param_rows = param_grads ? c.batch : 0;
     const Partials dw_rows = partials(param_rows * c.E * c.K), db_rows = partials(param_rows * c.E);
-    const ConvGrads<V> gr{rows_in<V>(dout), rows_out<V>(dx), dw_rows.get(), db_rows.get()};
+    const ConvGrads<V> gr{rows_in<V>(dout), rows_out<V>(dx), dw_rows.get(), db_rows.get(), accumulate};
     const int64_t n_cb = (c.E + W - 1) / W;
     struct None {};
     dispatch_flag(param_grads, [&]<bool kParamGrads>() {
@@ -495,7 +523,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& x, con
       sum_rows<S>(db_rows, c.batch, c.E, dbias.mutable_data_ptr<S>());
     }
   });
-  return {dx, dweight, dbias};
+  return {dx_out.has_value() ? at::empty({0}, dx.options()) : dx, dweight, dbias};
 }
 
 // ---------------------------------------------------------------- selective scan
@@ -623,6 +651,7 @@ struct ScanGrads {
   double* dB;                 // (G, B, T, N) partial sums per channel group
   double* dC;                 // (G, B, T, N)
   int64_t groups, chunk;
+  bool accumulate_dz;         // dz += the gradient (both rounded to V, as a torch add of two V tensors), not dz =
 };
 
 // Per-thread buffers of the scan backward.
@@ -669,12 +698,22 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
     const V* __restrict__ z = p.z.at(b, t, l.e0);
     const V* __restrict__ g = gr.dout.at(b, t, l.e0);
     V* __restrict__ dz = gr.dz.at(b, t, l.e0);
-    #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) {
-      const S zw = lane(z[w]), gw = lane(g[w]), sz = sigmoid(zw);
-      dyi[w] = gw * zw * sz;
-      dz[w] = stored<V>(gw * y[w] * sz * (S(1) + zw * (S(1) - sz)));
-      dD[w] += double(dyi[w] * lane(u[w]));
+    const auto gate = [&]<bool kAccumulate>() {
+      #pragma omp simd
+      for (int64_t w = 0; w < nv; ++w) {
+        const S zw = lane(z[w]), gw = lane(g[w]), sz = sigmoid(zw);
+        const S dzw = gw * y[w] * sz * (S(1) + zw * (S(1) - sz));
+        dyi[w] = gw * zw * sz;
+        // Accumulating: dzw rounded as stored, then added, as torch adds two stored tensors ("+ 0" keeps gcc
+        // from fusing the product that makes dzw into the addition, which would round once less).
+        dz[w] = kAccumulate ? stored<V>(lane(dz[w]) + (lane(stored<V>(dzw)) + S(0))) : stored<V>(dzw);
+        dD[w] += double(dyi[w] * lane(u[w]));
+      }
+    };
+    if (gr.accumulate_dz) {
+      gate.template operator()<true>();
+    } else {
+      gate.template operator()<false>();
     }
     for (int64_t n = 0; n < N; ++n) {
       const S* __restrict__ hn = h + n * W;
@@ -834,13 +873,16 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
 }
 
 // Returns du, ddelta, dz (B, T, E), dA (E, N) (empty without compute_dA: a frozen A saves the reverse
-// walk a multiply-add per state and step), dB, dC (B, T, N), dD, ddelta_bias (E,).
+// walk a multiply-add per state and step), dB, dC (B, T, N), dD, ddelta_bias (E,). With dz_out, dz is written
+// into it (added to it with accumulate_dz) and the dz returned is empty.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_bwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
     const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias, bool softplus, bool reverse,
-    const at::Tensor& dout, bool compute_dA) {
+    const at::Tensor& dout, bool compute_dA, const std::optional<at::Tensor>& dz_out, bool accumulate_dz) {
+  TORCH_CHECK(dz_out.has_value() || !accumulate_dz, "scan_bwd: accumulate_dz needs dz_out");
+  TORCH_CHECK(u.dim() == 3, "scan: u must be (B, T, E)");
   at::Tensor du = at::empty(u.sizes(), u.options()), ddelta = at::empty(u.sizes(), u.options());
-  at::Tensor dz = at::empty(u.sizes(), u.options());
+  at::Tensor dz = output_rows(dz_out, u, u.size(0), u.size(1), u.size(2), "dz_out");
   at::Tensor dA = wanted(compute_dA, A.sizes(), A.options()), dD = at::empty(D.sizes(), D.options());
   at::Tensor dbias = at::empty(bias.sizes(), bias.options());
   at::Tensor dB = at::empty(Bm.sizes(), Bm.options()), dC = at::empty(Cm.sizes(), Cm.options());
@@ -859,7 +901,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const Partials dB_groups = partials(groups * batch * T * N), dC_groups = partials(groups * batch * T * N);
     const ScanGrads<V> gr{rows_in<V>(dout), rows_out<V>(du), rows_out<V>(ddelta), rows_out<V>(dz),
                           dA_rows.get(), dD_rows.get(), dbias_rows.get(), dB_groups.get(), dC_groups.get(),
-                          groups, chunk};
+                          groups, chunk, accumulate_dz};
     for_each_task<ScanWork<S>>(batch * groups, [&](int64_t i, ScanWork<S>& ws) {
       const int64_t b = i / groups, g = i % groups;
       ws.reserve(T, N, chunk);
@@ -890,7 +932,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     sum_rows<S>(dB_groups, groups, batch * T * N, dB.mutable_data_ptr<V>());
     sum_rows<S>(dC_groups, groups, batch * T * N, dC.mutable_data_ptr<V>());
   });
-  return {du, ddelta, dz, dA, dB, dC, dD, dbias};
+  return {du, ddelta, dz_out.has_value() ? at::empty({0}, dz.options()) : dz, dA, dB, dC, dD, dbias};
 }
 
 }  // namespace
@@ -898,8 +940,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 TORCH_LIBRARY(vimtune_mixer_cpu, m) {
   m.def("conv_fwd(Tensor x, Tensor weight, Tensor bias, bool reverse) -> Tensor", &conv_fwd);
   m.def(
-      "conv_bwd(Tensor x, Tensor weight, Tensor bias, bool reverse, Tensor dout, bool param_grads) -> (Tensor, "
-      "Tensor, Tensor)",
+      "conv_bwd(Tensor x, Tensor weight, Tensor bias, bool reverse, Tensor dout, bool param_grads, "
+      "Tensor(a!)? dx_out=None, bool accumulate=False) -> (Tensor, Tensor, Tensor)",
       &conv_bwd);
   m.def(
       "scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
@@ -907,8 +949,7 @@ TORCH_LIBRARY(vimtune_mixer_cpu, m) {
       &scan_fwd);
   m.def(
       "scan_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
-      "bool delta_softplus, bool reverse, Tensor dout, bool compute_dA) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, "
-      "Tensor)",
+      "bool delta_softplus, bool reverse, Tensor dout, bool compute_dA, Tensor(a!)? dz_out=None, "
+      "bool accumulate_dz=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       &scan_bwd);
 }
