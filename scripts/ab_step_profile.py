@@ -8,7 +8,7 @@ the table gives that step's self time per operator (the operators that take at l
 Operators' self times are steadier than whole steps on a shared machine: a change that removes operators
 shows there even when the step time moves less than its noise. Example (issue #17's gradient buffer):
 
-    python scripts/ab_step_profile.py --base ec9af41 --new 5d0c1f2 --dtypes float32 bfloat16 --rounds 3
+    python scripts/ab_step_profile.py --base ec9af41 --new 9a9c122 --dtypes float32 bfloat16 --rounds 3
 """
 
 from __future__ import annotations
