@@ -104,16 +104,16 @@ def _scan_work(*inputs: Tensor) -> tuple[Tensor, ...]:
 
 def _scan_grads(
     work_inputs: tuple[Tensor, ...], flags: tuple[bool, bool], dout: Tensor,
-    meta: tuple[tuple[torch.dtype, torch.Size], ...], need_A: bool, into: _InProjGrad | None = None,
+    meta: tuple[tuple[torch.dtype, torch.Size], ...], need_A: bool, dz_out: tuple[Tensor, bool] | tuple[()] = (),
 ) -> tuple[Tensor | None, ...]:
     """The scan kernel's backward: gradients of (u, delta, A, B, C, D, z, delta_bias) in that order, each in
     its input's dtype and shape (``meta``). ``flags`` = (delta_softplus, reverse); dout (B, T, E). Without
-    ``need_A`` (a frozen A) the kernel skips dA and its slot is None. With ``into`` (whose dtype is the
-    kernel's) dz is written into its z half and its slot is None."""
+    ``need_A`` (a frozen A) the kernel skips dA and its slot is None. With ``dz_out`` (an
+    :func:`_kernel_half`) dz is written there and its slot is None."""
     du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(
-        *work_inputs, *flags, _lanes(dout, work_inputs[0].dtype), need_A, *(into.half(1) if into is not None else ())
+        *work_inputs, *flags, _lanes(dout, work_inputs[0].dtype), need_A, *dz_out
     )
-    return _cast_back((du, ddelta, dA if need_A else None, dB, dC, dD, None if into is not None else dz, dbias), meta)
+    return _cast_back((du, ddelta, dA if need_A else None, dB, dC, dD, None if dz_out else dz, dbias), meta)
 
 
 class _InProjGrad:
@@ -153,6 +153,23 @@ class _InProjGrad:
         return grad
 
 
+def _kernel_half(into: _InProjGrad | None, index: int, kernel_dtype: torch.dtype) -> tuple[Tensor, bool] | tuple[()]:
+    """The output arguments (half ``index``, accumulate) for a backward kernel to write its gradient into
+    ``into``; none (the kernel returns the gradient) without ``into`` or when the kernel computes in
+    another dtype than the buffer's."""
+    return into.half(index) if into is not None and into.dtype == kernel_dtype else ()
+
+
+def _routed(into: _InProjGrad | None, index: int, grad: Tensor | None) -> Tensor | None:
+    """The gradient a backward returns for x (``index`` 0) or z (1): ``grad`` without ``into``; else None, after
+    adding ``grad`` (one the kernel returned instead of writing it) to half ``index``."""
+    if into is None:
+        return grad
+    if grad is not None:
+        into.add(index, grad)
+    return None
+
+
 class _SplitXZ(torch.autograd.Function):
     """``in_proj``'s output (B, T, 2E) -> its column slices x, z (B, T, E), whose gradients the mixer's
     kernels write into an :class:`_InProjGrad` (any other gradient reaching x or z is added to it)."""
@@ -190,15 +207,13 @@ class _ConvSiLU(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
         x_w, weight_w, bias_w = ctx.saved_tensors
         param_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]  # skipped for a frozen conv
-        into = ctx.into if ctx.into is not None and ctx.into.dtype == x_w.dtype else None  # kernel writes it
+        dx_out = _kernel_half(ctx.into, 0, x_w.dtype)
         dx, dweight, dbias = _ops().conv_bwd(x_w, weight_w, bias_w, ctx.reverse, _lanes(dout, x_w.dtype), param_grads,
-                                             *(into.half(0) if into is not None else ()))
+                                             *dx_out)
         if not param_grads:
             dweight = dbias = None  # empty tensors from the kernel
-        dx, dweight, dbias = _cast_back((None if into is not None else dx, dweight, dbias), ctx.meta)
-        if ctx.into is not None and into is None:
-            ctx.into.add(0, dx)
-        return (None if ctx.into is not None else dx), dweight, dbias, None, None
+        dx, dweight, dbias = _cast_back((None if dx_out else dx, dweight, dbias), ctx.meta)
+        return _routed(ctx.into, 0, dx), dweight, dbias, None, None
 
 
 def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool = False) -> Tensor:
@@ -294,14 +309,11 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
         u = _ops().conv_fwd(*_conv_work(conv_x, conv_weight, conv_bias), reverse).to(u_dtype)  # as in forward
         work_inputs = _scan_work(u, dt @ dt_weight.t(), A, B, C, D, z, delta_bias)
         del u
-        into = ctx.into if ctx.into is not None and ctx.into.dtype == work_inputs[6].dtype else None  # kernel writes
         du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_grads(work_inputs, ctx.flags, dout, ctx.meta,
-                                                            ctx.needs_input_grad[3], into)
+                                                            ctx.needs_input_grad[3],
+                                                            _kernel_half(ctx.into, 1, work_inputs[6].dtype))
         del work_inputs
-        if ctx.into is not None:
-            if into is None:
-                ctx.into.add(1, dz)
-            dz = None
+        dz = _routed(ctx.into, 1, dz)
         # The gradients autograd gives ``dt @ dt_weight.t()`` (matmul folds (B, T) into rows: mm).
         ddelta_rows, dt_rows = ddelta.flatten(0, -2), dt.flatten(0, -2)
         d_dt = (ddelta_rows @ dt_weight).view(dt.shape) if ctx.needs_input_grad[1] else None
