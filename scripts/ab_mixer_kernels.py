@@ -15,19 +15,18 @@ import argparse
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from vimtune.allocator import keep_freed_memory
+from vimtune.bench.mixer_calls import STATE, calls, scan_inputs
 from vimtune.bench.runner import load_text, machine_line, machine_with_load
 from vimtune.bench.scan import time_steps
 from vimtune.ops._build import load_cpu_extension
 from vimtune.ops.mixer_cpu import _ops
 
 CSRC = Path("src/vimtune/ops/csrc")
-STATE = 16  # N, Vim's state size
 
 
 def revision_kernels(rev: str, folder: Path, namespace: str) -> object:
@@ -47,26 +46,6 @@ def revision_kernels(rev: str, folder: Path, namespace: str) -> object:
     if ops is None:
         raise SystemExit(f"the mixer kernels of {rev} could not be built")
     return ops
-
-
-def scan_inputs(batch: int, length: int, channels: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Random time-major scan inputs as the models pass them: x, z and B, C are column slices of wider rows."""
-    g = torch.Generator().manual_seed(0)
-    xz = torch.randn(batch, length, 2 * channels, generator=g).to(dtype)
-    bc = torch.randn(batch, length, 2 * STATE, generator=g).to(dtype)
-    return {
-        "u": xz[..., :channels], "delta": (torch.randn(batch, length, channels, generator=g) * 0.5 - 1).to(dtype),
-        "A": -torch.rand(channels, STATE, generator=g) * 4 - 0.5, "B": bc[..., :STATE], "C": bc[..., STATE:],
-        "D": torch.randn(channels, generator=g), "z": xz[..., channels:],
-        "delta_bias": torch.randn(channels, generator=g) * 0.1,
-        "dout": torch.randn(batch, length, channels, generator=g).to(dtype),
-    }
-
-
-def calls(ops: object, x: dict[str, torch.Tensor]) -> dict[str, Callable[[], object]]:
-    """The forward and backward kernel calls of ``ops`` on inputs ``x`` (forward direction, softplus on)."""
-    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, False)
-    return {"forward": lambda: ops.scan_fwd(*args, None), "backward": lambda: ops.scan_bwd(*args, x["dout"], True)}
 
 
 def max_difference(base: object, new: object) -> float:
