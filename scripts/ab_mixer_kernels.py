@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from vimtune.allocator import keep_freed_memory
-from vimtune.bench.mixer_calls import STATE, calls, scan_inputs
+from vimtune.bench.mixer_calls import add_timing_arguments, calls, cases, side_by_side_ms, timing_options
 from vimtune.bench.runner import load_text, machine_line, machine_with_load
-from vimtune.bench.scan import time_steps
 from vimtune.ops._build import load_cpu_extension
 from vimtune.ops.mixer_cpu import _ops
 
@@ -59,11 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="git revision whose kernels are the baseline")
     parser.add_argument("--new", help="git revision whose kernels are compared with it (default: the working tree)")
-    parser.add_argument("--shapes", nargs="+", default=["8,197,384"], help="B,T,E per shape (N = 16)")
-    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=20, help="timed calls per kernel, at least")
-    parser.add_argument("--budget-s", type=float, default=5.0, help="time per kernel and mode, at most")
+    add_timing_arguments(parser)
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_num_threads(args.threads)
@@ -74,23 +69,16 @@ def main() -> int:
         new = revision_kernels(args.new, Path(folder) / "new", "vimtune_mixer_new") if args.new else _ops()
         if new is None:
             raise SystemExit("the working tree's mixer kernels could not be built")
-        for shape in args.shapes:
-            batch, length, channels = (int(v) for v in shape.split(","))
-            for dtype_name in args.dtypes:
-                x = scan_inputs(batch, length, channels, getattr(torch, dtype_name))
-                base_calls, new_calls = calls(base, x), calls(new, x)
-                for mode in ("forward", "backward"):
-                    difference = max_difference(base_calls[mode](), new_calls[mode]())
-                    times = time_steps({"base": base_calls[mode], "new": new_calls[mode]}, args.repeats, args.budget_s)
-                    base_ms, new_ms = times["base"]["seconds"] * 1e3, times["new"]["seconds"] * 1e3
-                    rows.append(f"| ({batch}, {length}, {channels}, {STATE}) | {dtype_name} | {mode} | "
-                                f"{base_ms:.2f} | {new_ms:.2f} | {new_ms / base_ms:.2f} | {difference:.1e} |")
+        for shape, dtype_name, x in cases(args):
+            base_calls, new_calls = calls(base, x), calls(new, x)
+            difference = {mode: max_difference(base_calls[mode](), new_calls[mode]()) for mode in base_calls}
+            for mode, base_ms, new_ms in side_by_side_ms(base_calls, new_calls, args):
+                rows.append(f"| {shape} | {dtype_name} | {mode} | {base_ms:.2f} | {new_ms:.2f} | "
+                            f"{new_ms / base_ms:.2f} | {difference[mode]:.1e} |")
     machine = machine_with_load(load_before)
     print(f"Machine: {machine_line(machine)}; {load_text(machine)}.")
     new_option = f" --new {args.new}" if args.new else ""
-    print(f"Command: `python scripts/ab_mixer_kernels.py --base {args.base}{new_option} "
-          f"--shapes {' '.join(args.shapes)} --dtypes {' '.join(args.dtypes)} --threads {args.threads} "
-          f"--repeats {args.repeats} --budget-s {args.budget_s:g}`\n")
+    print(f"Command: `python scripts/ab_mixer_kernels.py --base {args.base}{new_option} {timing_options(args)}`\n")
     new_name = args.new or "working tree"
     print(f"| shape (B, T, E, N) | dtype | kernel | {args.base} ms | {new_name} ms | ratio | max rel. difference |")
     print("|---|---|---|---:|---:|---:|---:|")

@@ -6,9 +6,12 @@ times one build on them and on copies whose rows all repeat the first one (every
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+from collections.abc import Callable, Iterator
 
 import torch
+
+from vimtune.bench.scan import time_steps
 
 STATE = 16  # N, Vim's state size
 
@@ -40,3 +43,37 @@ def calls(ops: object, x: dict[str, torch.Tensor]) -> dict[str, Callable[[], obj
     """The forward and backward kernel calls of ``ops`` on inputs ``x`` (forward direction, softplus on)."""
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, False)
     return {"forward": lambda: ops.scan_fwd(*args, None), "backward": lambda: ops.scan_bwd(*args, x["dout"], True)}
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both kernel scripts share: shapes, dtypes, threads and the timing budget."""
+    parser.add_argument("--shapes", nargs="+", default=["8,197,384"], help="B,T,E per shape (N = 16)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per kernel, at least")
+    parser.add_argument("--budget-s", type=float, default=5.0, help="time per kernel and mode, at most")
+
+
+def timing_options(args: argparse.Namespace) -> str:
+    """The options of :func:`add_timing_arguments` as they would be typed, for a results file's command line."""
+    return (f"--shapes {' '.join(args.shapes)} --dtypes {' '.join(args.dtypes)} --threads {args.threads} "
+            f"--repeats {args.repeats} --budget-s {args.budget_s:g}")
+
+
+def cases(args: argparse.Namespace) -> Iterator[tuple[str, str, dict[str, torch.Tensor]]]:
+    """For every ``--shapes`` x ``--dtypes`` pair: the shape as a table cell "(B, T, E, N)", the dtype's name
+    and :func:`scan_inputs` of that shape and dtype."""
+    for shape in args.shapes:
+        batch, length, channels = (int(v) for v in shape.split(","))
+        for dtype_name in args.dtypes:
+            inputs = scan_inputs(batch, length, channels, getattr(torch, dtype_name))
+            yield f"({batch}, {length}, {channels}, {STATE})", dtype_name, inputs
+
+
+def side_by_side_ms(first: dict[str, Callable[[], object]], second: dict[str, Callable[[], object]],
+                    args: argparse.Namespace) -> Iterator[tuple[str, float, float]]:
+    """For the forward and then the backward of two :func:`calls`: the mode and each one's best time in ms,
+    the two timed in turn (:func:`vimtune.bench.scan.time_steps`, ``--repeats`` and ``--budget-s``)."""
+    for mode in ("forward", "backward"):
+        times = time_steps({"first": first[mode], "second": second[mode]}, args.repeats, args.budget_s)
+        yield mode, times["first"]["seconds"] * 1e3, times["second"]["seconds"] * 1e3
