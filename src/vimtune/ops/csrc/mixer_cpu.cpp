@@ -828,8 +828,8 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
 // states before every chunk, block_chunk takes one chunk (dA only with kDA), block_finish writes the block's
 // sums. A task walks the chunks in its outer loop and its channel blocks in the inner one, so that its
 // lane-wise dB, dC sums cover one chunk at a time: over the whole sequence (T N W values each) they left the
-// cache at long T: the backward's time per state update grew from 0.9 ns at (B, T, E, N) = (32, 190, 384, 16)
-// to 2.1 ns at (1, 6085, 384, 16) (AMD EPYC, one thread), the forward's stayed at 0.3 ns.
+// cache at long T: with them the backward took 1.7 ns per state update at (B, T, E, N) = (1, 6085, 384, 16)
+// against 1.0 ns at (8, 197, 384, 16) (AMD EPYC, one thread; the forward 0.3 ns at both).
 template <int64_t NV, typename S, typename V>
 void block_start(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b, const Lanes& l, BlockCarry<S>& bc) {
   const int64_t NW = p.N * W, chunk = gr.chunk, n_chunks = (p.T + chunk - 1) / chunk;
