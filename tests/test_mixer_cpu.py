@@ -148,8 +148,9 @@ def test_scan_gradcheck(reverse: bool, softplus: bool) -> None:
     assert torch.autograd.gradcheck(fast, tuple(v.requires_grad_() for v in leaves.values()))
 
 
-# (batch, length, channels, state, delta scale): T = 1, odd T, several backward chunks (T > 128),
-# long T, batch 1, channels not a multiple of the lanes, large |delta| on both sides of the threshold
+# (batch, length, channels, state, delta scale): T = 1, odd T, several backward chunks (T > 256), long T,
+# batch 1, channels not a multiple of the lanes, large |delta| on both sides of the threshold; the last case
+# has several chunks (130 + 129 steps) and several channel blocks per backward task, N > 16
 SCAN_CASES = [
     (2, 1, 5, 3, 1.0),
     (1, 37, 33, 16, 1.0),
@@ -158,6 +159,7 @@ SCAN_CASES = [
     (1, 1000, 16, 16, 1.0),
     (2, 45, 17, 16, 15.0),
     (22, 9, 80, 4, 1.0),  # the backward's 5 channel blocks per row in 3 groups (of 1, 2, 2), as batch 22 asks
+    (22, 259, 76, 20, 1.0),  # the same groups (last block 12 lanes), walked chunk by chunk
 ]
 
 
@@ -221,8 +223,8 @@ def test_scan_recompute_gradcheck(reverse: bool) -> None:
     assert torch.autograd.gradcheck(lambda *a: fast(*a)[0], tuple(v.requires_grad_() for v in leaves.values()))
 
 
-# (batch, length, channels, state, rank): T = 1, odd T, T > 128 (several backward chunks), rank 1
-RECOMPUTE_CASES = [(2, 1, 5, 3, 2), (1, 37, 33, 16, 3), (3, 150, 40, 16, 3), (2, 45, 17, 4, 1)]
+# (batch, length, channels, state, rank): T = 1, odd T, T > 256 (several backward chunks), rank 1
+RECOMPUTE_CASES = [(2, 1, 5, 3, 2), (1, 37, 33, 16, 3), (3, 259, 40, 16, 3), (2, 45, 17, 4, 1)]
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -529,8 +531,8 @@ def _mixer_grads(mixer: BiMambaMixer, fn, hidden: torch.Tensor, cot: torch.Tenso
     return out, dict(zip(names, torch.autograd.grad((out * cot).sum(), leaves), strict=True))
 
 
-# (d_model, batch, length): E = 2 d_model, R = ceil(d_model / 16) (1 or 2), T = 1 and T > 128
-MIXER_CASES = [(24, 3, 29), (8, 2, 1), (20, 1, 150)]
+# (d_model, batch, length): E = 2 d_model, R = ceil(d_model / 16) (1 or 2), T = 1 and T > 256
+MIXER_CASES = [(24, 3, 29), (8, 2, 1), (20, 1, 259)]
 
 
 @pytest.mark.parametrize("trainable", ["none", "conv+dt_proj", "all"])

@@ -67,7 +67,7 @@ constexpr int64_t kGroups = 16;     // scan backward: at most this many channel 
 constexpr int64_t kGroupTasks = 64; // scan backward: fewer groups per row once batch * groups reaches this
 constexpr int64_t kFlush = 32;     // steps summed in the compute dtype before a float64 flush
 constexpr int64_t kAhead = 8;      // steps ahead whose rows a walk prefetches
-constexpr int64_t kSteps = 8;      // scan forward passes: steps whose step sizes (and gates) are computed together
+constexpr int64_t kSteps = 8;      // scan forward and checkpoint passes: steps whose step sizes are computed together
 
 // ---------------------------------------------------------------- shared plumbing
 
@@ -681,7 +681,7 @@ struct BlockCarry {
   std::vector<S> ckpt;             // [chunks][N][W]: state before each chunk
   std::vector<S> carry, dA_part;   // [N][W]: dL/dh flowing to earlier steps; dA sums since the last flush
   std::vector<double> dA;          // [N][W]
-  double dD[W], dbias[W];
+  double dD[W] = {}, dbias[W] = {};
 };
 
 // Per-thread buffers of the scan backward.
@@ -709,8 +709,9 @@ struct ScanWork {
 };
 
 // Recomputes steps [s0, s0 + len) from the state in ws.hs row 0: states, decays, step sizes and
-// dL/dy; writes dz, adds dL/dC lanes into ws.dC and dL/dD into dD. Three passes over the steps, as in
-// scan_forward_block: step sizes (and D u), the recurrence, then the gate and dL/dC.
+// dL/dy; writes dz, adds dL/dC lanes into ws.dC and dL/dD into dD. Three passes over the whole chunk (its
+// step sizes and states are kept for scan_reverse anyway): step sizes (and D u), the recurrence, then the
+// gate and dL/dC; as in scan_forward_block, no step's step sizes or gate wait on the state's chain.
 template <int64_t NV, typename S, typename V>
 void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<S>& prm, int64_t b,
                     const Lanes& l, int64_t s0, int64_t len, ScanWork<S>& ws, double (&dD)[W]) {
