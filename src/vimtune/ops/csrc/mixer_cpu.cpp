@@ -67,6 +67,15 @@ constexpr int64_t kGroups = 16;     // scan backward: at most this many channel 
 constexpr int64_t kGroupTasks = 64; // scan backward: fewer groups per row once batch * groups reaches this
 constexpr int64_t kFlush = 32;     // steps summed in the compute dtype before a float64 flush
 constexpr int64_t kAhead = 8;      // steps ahead whose rows a walk prefetches
+// The scan backward's walk keeps dL/dh in vector registers when the state has this many rows (Vim's N),
+// the lanes are float and full, and the CPU has AVX-512 (32 vector registers; see scan_reverse).
+constexpr int64_t kRegisterStates = 16;
+#if defined(__AVX512F__)
+constexpr bool kRegisterWalk = true;
+#else
+constexpr bool kRegisterWalk = false;
+#endif
+using Lanes16 = float __attribute__((vector_size(W * sizeof(float))));  // W float lanes as one GCC vector
 constexpr int64_t kSteps = 8;      // scan forward and checkpoint passes: steps whose step sizes are computed together
 
 // ---------------------------------------------------------------- shared plumbing
@@ -768,10 +777,16 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
 // Walks steps [s0, s0 + len) backwards after scan_recompute: carries dL/dh in bc.carry, adds dL/dB
 // lanes into ws.dB and (with kDA) dL/dA into bc.dA_part, writes du and ddelta, adds d delta_bias into
 // bc.dbias.
-template <int64_t NV, bool kDA, typename S, typename V>
+// kRegisters (float, 16 full lanes, N = kRegisterStates, AVX-512): the N rows of dL/dh stay in vector registers
+// from step to step instead of being loaded and stored at every state; the arithmetic is the same, term for
+// term. At (8, 197, 384, 16) a stand-alone copy of the state loop took half the time that way (AMD EPYC).
+template <int64_t NV, bool kDA, bool kRegisters, typename S, typename V>
 void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<S>& prm, int64_t b,
                   const Lanes& l, int64_t s0, int64_t len, ScanWork<S>& ws, BlockCarry<S>& bc) {
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
+  [[maybe_unused]] Lanes16 carry16[kRegisterStates];
+  if constexpr (kRegisters)
+    for (int64_t n = 0; n < kRegisterStates; ++n) std::memcpy(&carry16[n], bc.carry.data() + n * W, sizeof(Lanes16));
   for (int64_t i = len - 1; i >= 0; --i) {
     const int64_t s = s0 + i, t = p.time(s);
     if (s >= kAhead) prefetch_rows(b, p.time(s - kAhead), l.e0, p.u, gr.du, gr.ddelta);
@@ -786,23 +801,54 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
       uw[w] = lane(u[w]);
       dtu[w] = dti[w] * uw[w];
     }
-    for (int64_t n = 0; n < N; ++n) {
-      const S bn = lane(Bt[n]), cn = lane(Ct[n]);
-      const S* __restrict__ An = prm.A.data() + n * W;
-      const S* __restrict__ h_prev = ws.hs.data() + i * NW + n * W;
-      const S* __restrict__ a = ws.decay.data() + i * NW + n * W;
-      S* __restrict__ carry = bc.carry.data() + n * W;
-      S* __restrict__ dAn = bc.dA_part.data() + n * W;
-      S* __restrict__ dBn = ws.dB.data() + (i * N + n) * W;
-      #pragma omp simd
-      for (int64_t w = 0; w < nv; ++w) {
-        const S gh = carry[w] + dyi[w] * cn;  // dL/dh_t
-        dBn[w] += gh * dtu[w];
-        sb[w] += gh * bn;
-        const S ga = gh * h_prev[w] * a[w];  // dL/d(dt A[n])
-        if constexpr (kDA) dAn[w] += ga * dti[w];
-        dd[w] += ga * An[w];
-        carry[w] = a[w] * gh;
+    if constexpr (kRegisters) {
+      Lanes16 dy16, dt16, dtu16, sb16 = {}, dd16 = {};
+      std::memcpy(&dy16, dyi, sizeof dy16);
+      std::memcpy(&dt16, dti, sizeof dt16);
+      std::memcpy(&dtu16, dtu, sizeof dtu16);
+      #pragma GCC unroll 16
+      for (int64_t n = 0; n < kRegisterStates; ++n) {
+        const S bn = lane(Bt[n]), cn = lane(Ct[n]);
+        Lanes16 An, h_prev, a, dBn;
+        std::memcpy(&An, prm.A.data() + n * W, sizeof An);
+        std::memcpy(&h_prev, ws.hs.data() + i * NW + n * W, sizeof h_prev);
+        std::memcpy(&a, ws.decay.data() + i * NW + n * W, sizeof a);
+        std::memcpy(&dBn, ws.dB.data() + (i * N + n) * W, sizeof dBn);
+        const Lanes16 gh = carry16[n] + dy16 * cn;  // as in the loop below
+        dBn += gh * dtu16;
+        std::memcpy(ws.dB.data() + (i * N + n) * W, &dBn, sizeof dBn);
+        sb16 += gh * bn;
+        const Lanes16 ga = gh * h_prev * a;
+        if constexpr (kDA) {
+          Lanes16 dAn;
+          std::memcpy(&dAn, bc.dA_part.data() + n * W, sizeof dAn);
+          dAn += ga * dt16;
+          std::memcpy(bc.dA_part.data() + n * W, &dAn, sizeof dAn);
+        }
+        dd16 += ga * An;
+        carry16[n] = a * gh;
+      }
+      std::memcpy(sb, &sb16, sizeof sb16);
+      std::memcpy(dd, &dd16, sizeof dd16);
+    } else {
+      for (int64_t n = 0; n < N; ++n) {
+        const S bn = lane(Bt[n]), cn = lane(Ct[n]);
+        const S* __restrict__ An = prm.A.data() + n * W;
+        const S* __restrict__ h_prev = ws.hs.data() + i * NW + n * W;
+        const S* __restrict__ a = ws.decay.data() + i * NW + n * W;
+        S* __restrict__ carry = bc.carry.data() + n * W;
+        S* __restrict__ dAn = bc.dA_part.data() + n * W;
+        S* __restrict__ dBn = ws.dB.data() + (i * N + n) * W;
+        #pragma omp simd
+        for (int64_t w = 0; w < nv; ++w) {
+          const S gh = carry[w] + dyi[w] * cn;  // dL/dh_t
+          dBn[w] += gh * dtu[w];
+          sb[w] += gh * bn;
+          const S ga = gh * h_prev[w] * a[w];  // dL/d(dt A[n])
+          if constexpr (kDA) dAn[w] += ga * dti[w];
+          dd[w] += ga * An[w];
+          carry[w] = a[w] * gh;
+        }
       }
     }
     const S* __restrict__ sl = ws.slope.data() + i * W;
@@ -823,6 +869,8 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
       }
     }
   }
+  if constexpr (kRegisters)
+    for (int64_t n = 0; n < kRegisterStates; ++n) std::memcpy(bc.carry.data() + n * W, &carry16[n], sizeof(Lanes16));
 }
 
 // The backward of one channel block of row b is cut into chunks, walked last first: block_start finds the
@@ -864,7 +912,10 @@ void block_chunk(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b, const L
   const ScanParams<S> prm(p, l);
   std::copy(bc.ckpt.begin() + c * NW, bc.ckpt.begin() + (c + 1) * NW, ws.hs.begin());
   scan_recompute<NV>(p, gr, prm, b, l, s0, len, ws, bc.dD);
-  scan_reverse<NV, kDA>(p, gr, prm, b, l, s0, len, ws, bc);
+  if constexpr (kRegisterWalk && NV == W && std::is_same_v<S, float>) {
+    if (p.N == kRegisterStates) return scan_reverse<NV, kDA, true>(p, gr, prm, b, l, s0, len, ws, bc);
+  }
+  scan_reverse<NV, kDA, false>(p, gr, prm, b, l, s0, len, ws, bc);
 }
 
 template <bool kDA, typename S, typename V>
