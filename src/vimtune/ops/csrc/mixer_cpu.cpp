@@ -592,6 +592,19 @@ inline void step_sizes(const Scan<S, V>& p, const ScanParams<S>& prm, const Lane
   for (int64_t w = 0; w < nv; ++w) dtu[w] = dt[w] * lane(u[w]);
 }
 
+// Step sizes of the steps [s0, s0 + len), len <= kSteps, into rows 0 .. len - 1 of dt, slope and dtu; prefetches
+// the rows of `ahead` kAhead steps ahead. The first of the passes of scan_forward_block and block_start.
+template <int64_t NV, typename S, typename V, typename... R>
+inline void step_sizes_block(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& l, int64_t b, int64_t s0,
+                             int64_t len, S (&dt)[kSteps][W], S (&slope)[kSteps][W], S (&dtu)[kSteps][W],
+                             const R&... ahead) {
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t s = s0 + i;
+    if (s + kAhead < p.T) prefetch_rows(b, p.time(s + kAhead), l.e0, ahead...);
+    step_sizes<NV>(p, prm, l, b, p.time(s), dt[i], slope[i], dtu[i]);
+  }
+}
+
 // One step of the recurrence at time t: h_out[n] = a[n] h_in[n] + dtu B_t[n] with a[n] = exp(dt A[n])
 // (kept in decay[n] when kKeepDecay); acc += C_t . h_out. h_in may be h_out. The sum runs in a local
 // copy of acc: summed in place, each of its N additions waited for the previous one's store to be
@@ -644,11 +657,9 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, cons
   for (int64_t s0 = 0; s0 < p.T; s0 += kSteps) {
     const int64_t len = std::min(kSteps, p.T - s0);
     S dt[kSteps][W], slope[kSteps][W], dtu[kSteps][W], acc[kSteps][W];
+    step_sizes_block<NV>(p, prm, l, b, s0, len, dt, slope, dtu, p.u, p.delta, p.z, out);
     for (int64_t i = 0; i < len; ++i) {
-      const int64_t s = s0 + i, t = p.time(s);
-      if (s + kAhead < p.T) prefetch_rows(b, p.time(s + kAhead), l.e0, p.u, p.delta, p.z, out);
-      step_sizes<NV>(p, prm, l, b, t, dt[i], slope[i], dtu[i]);
-      const V* __restrict__ u = p.u.at(b, t, l.e0);
+      const V* __restrict__ u = p.u.at(b, p.time(s0 + i), l.e0);
       #pragma omp simd
       for (int64_t w = 0; w < nv; ++w) acc[i][w] = prm.D[w] * lane(u[w]);
     }
@@ -796,12 +807,10 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
     const S* __restrict__ dyi = ws.dy.data() + i * W;
     const V* __restrict__ Bt = p.Bm.at(b, t, 0);
     const V* __restrict__ Ct = p.Cm.at(b, t, 0);
-    S uw[W], dtu[W], sb[W] = {}, dd[W] = {};
+    const S* __restrict__ dtu = ws.dtu.data() + i * W;  // dt u, kept by scan_recompute
+    S uw[W], sb[W] = {}, dd[W] = {};
     #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) {
-      uw[w] = lane(u[w]);
-      dtu[w] = dti[w] * uw[w];
-    }
+    for (int64_t w = 0; w < nv; ++w) uw[w] = lane(u[w]);
     if constexpr (kRegisters) {
       Lanes16 dy16, dt16, dtu16, sb16 = {}, dd16 = {};
       std::memcpy(&dy16, dyi, sizeof dy16);
@@ -891,10 +900,7 @@ void block_start(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b, const L
     for (int64_t s0 = c * chunk; s0 < (c + 1) * chunk; s0 += kSteps) {  // as in scan_forward_block
       const int64_t steps = std::min(kSteps, (c + 1) * chunk - s0);
       S dt[kSteps][W], slope[kSteps][W], dtu[kSteps][W], unused[W] = {};
-      for (int64_t i = 0; i < steps; ++i) {
-        if (s0 + i + kAhead < p.T) prefetch_rows(b, p.time(s0 + i + kAhead), l.e0, p.u, p.delta);
-        step_sizes<NV>(p, prm, l, b, p.time(s0 + i), dt[i], slope[i], dtu[i]);
-      }
+      step_sizes_block<NV>(p, prm, l, b, s0, steps, dt, slope, dtu, p.u, p.delta);
       for (int64_t i = 0; i < steps; ++i)
         advance<NV, false>(p, prm, l, b, p.time(s0 + i), dt[i], dtu[i], h, h, static_cast<S*>(nullptr), unused);
     }
