@@ -149,8 +149,9 @@ def test_scan_gradcheck(reverse: bool, softplus: bool) -> None:
 
 
 # (batch, length, channels, state, delta scale): T = 1, odd T, several backward chunks (T > 256), long T,
-# batch 1, channels not a multiple of the lanes, large |delta| on both sides of the threshold; the last case
-# has several chunks (130 + 129 steps) and several channel blocks per backward task, N > 16
+# batch 1, channels not a multiple of the lanes, large |delta| on both sides of the threshold and decays
+# that underflow; the last case has several chunks (130 + 129 steps) and several channel blocks per backward
+# task, N > 16
 SCAN_CASES = [
     (2, 1, 5, 3, 1.0),
     (1, 37, 33, 16, 1.0),
@@ -158,6 +159,7 @@ SCAN_CASES = [
     (2, 300, 20, 4, 1.0),
     (1, 1000, 16, 16, 1.0),
     (2, 45, 17, 16, 15.0),
+    (2, 20, 32, 16, 100.0),  # a fifth of dt A below -87 (exp(dt A) < 2^-126), in whole 16-lane blocks
     (22, 9, 80, 4, 1.0),  # the backward's 5 channel blocks per row in 3 groups (of 1, 2, 2), as batch 22 asks
     (22, 259, 76, 20, 1.0),  # the same groups (last block 12 lanes), walked chunk by chunk
 ]

@@ -17,11 +17,27 @@
 #include <cstdint>
 #include <type_traits>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 // The unsigned integer type of F's bits: uint32_t for float, the integer vector of a GCC float vector.
 template <typename F>
 using Bits32 = std::conditional_t<std::is_same_v<F, float>, uint32_t, decltype(F{} < F{})>;
+
+// 2^f for f in [-1/2, 1/2]: the degree-6 polynomial described above; F is float or a GCC vector of floats.
+template <typename F>
+inline F exp2_fraction(F f) {
+  F p = 1.5344865e-4f * f + 1.3399924e-3f;
+  p = p * f + 9.6184928e-3f;
+  p = p * f + 5.5503286e-2f;
+  p = p * f + 2.4022646e-1f;
+  p = p * f + 6.9314718e-1f;
+  p = p * f + 1.0f;
+  return p;
+}
 
 // 2^y for float y, as described above; F is float or a GCC vector of floats (the same arithmetic per lane).
 template <typename F>
@@ -38,15 +54,33 @@ inline F exp2_lanes(F y) {
   y = std::bit_cast<F>((magnitude < kMagnitude126 ? magnitude : kMagnitude126) | (bits & kSign));
   const F shifted = y + kShift;
   const F f = y - (shifted - kShift);
-  F p = 1.5344865e-4f * f + 1.3399924e-3f;
-  p = p * f + 9.6184928e-3f;
-  p = p * f + 5.5503286e-2f;
-  p = p * f + 2.4022646e-1f;
-  p = p * f + 6.9314718e-1f;
-  p = p * f + 1.0f;
+  const F p = exp2_fraction(f);
   // The low bits of `shifted` hold k; shifting them into the exponent field scales p by 2^k.
   return std::bit_cast<F>(std::bit_cast<Bits32<F>>(p) + (std::bit_cast<Bits32<F>>(shifted) << 23));
 }
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// W float lanes as one GCC vector: the 512-bit register of AVX-512.
+using Floats16 = float __attribute__((vector_size(16 * sizeof(float))));
+constexpr bool kVectorExp = true;
+
+// exp2_lanes for a whole AVX-512 register, in fewer instructions than the lane-wise code compiles to: the clamp
+// is one vrangeps (sign(y) min(|y|, 126), in place of a mask, an integer minimum and a blend) and 2^k is applied
+// by vscalefps (p 2^k, in place of a shift and an add). k, f and the polynomial are exp2_lanes', so the value is
+// the same bits for every y but NaN (which stays NaN here, and becomes +-126 there) and y near -126, where
+// vscalefps gives the subnormal p 2^k that the exponent add cannot.
+inline Floats16 exp2_lanes(Floats16 y) {
+  constexpr float kShift = 12582912.0f;
+  constexpr int kMinAbsSignOfFirst = 0x02;  // vrangeps: the smaller magnitude, with the first operand's sign
+  y = Floats16(_mm512_range_ps(__m512(y), _mm512_set1_ps(126.0f), kMinAbsSignOfFirst));
+  const Floats16 k = (y + kShift) - kShift;
+  const Floats16 f = y - k;
+  const Floats16 p = exp2_fraction(f);
+  return Floats16(_mm512_scalef_ps(__m512(p), __m512(k)));
+}
+#else
+constexpr bool kVectorExp = false;
+#endif
 
 // exp(x) = exp_scaled(x * kExpScale<S>): 2^(x log2 e) in float, libm's e^x in double. A kernel may fold
 // kExpScale into a factor once (the mixer's scan does so with A) and call exp_scaled directly.
