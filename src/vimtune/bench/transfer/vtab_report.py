@@ -207,8 +207,10 @@ def write_vtab_outputs(header: dict[str, Any], plan: VtabPlan, records: Mapping[
         "",
         *accuracy_rows(table),
         "",
-        "**Chosen hyper-parameters** (learning rate, epochs; val200 accuracy of the chosen cell; **at grid edge**: "
-        "the best rate is still the highest or lowest after the grid grew as far as `--edge-steps` allows)",
+        "**Chosen hyper-parameters**",
+        "",
+        "Learning rate, epochs; val200 accuracy of the chosen cell; **at grid edge**: the best rate is still the "
+        "highest or lowest after the grid grew as far as `--edge-steps` allows.",
         "",
         *chosen_rows(table),
         "",
@@ -216,7 +218,9 @@ def write_vtab_outputs(header: dict[str, Any], plan: VtabPlan, records: Mapping[
         "",
         *spread_rows(table),
         "",
-        "**Against the one-lr table** (mean over the complete tasks)",
+        "**Against the one-lr table**",
+        "",
+        "Mean test accuracy over the complete tasks, each protocol's:",
         "",
         *(comparison_rows(table, before) if one_lr else ["No one-lr results file to compare with."]),
         "",
