@@ -1,4 +1,5 @@
-"""The kernel scripts' inputs: row-repeating views are read correctly by the mixer kernels."""
+"""The kernel scripts' inputs and calls: row-repeating views are read correctly by the mixer kernels; the
+selective_scan calls run the build they are given."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import pytest
 import torch
 
-from vimtune.bench.mixer_calls import STATE, calls, cases, repeat_first_row, scan_inputs
+from vimtune.bench.mixer_calls import STATE, calls, cases, repeat_first_row, scan_inputs, selective_scan_calls
 from vimtune.ops.mixer_cpu import _ops, mixer_kernels_available
 
 
@@ -40,3 +41,45 @@ def test_kernels_read_row_repeating_views_as_their_copies(dtype: torch.dtype) ->
         for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,),
                         strict=True):
             assert torch.equal(g, w), mode
+
+
+class _CountingOps:
+    """A kernels namespace that passes every call on to ``ops`` and counts the scan calls."""
+
+    def __init__(self, ops: object) -> None:
+        self.ops, self.counts = ops, {"fwd": 0, "bwd": 0}
+
+    def __getattr__(self, name: str) -> object:
+        if name not in self.counts:
+            return getattr(self.ops, name)
+
+        def counted(*args: object) -> object:
+            self.counts[name] += 1
+            return getattr(self.ops, name)(*args)
+
+        return counted
+
+
+def test_selective_scan_calls_run_the_given_build_and_give_the_wrapper_back() -> None:
+    """The A/B script's selective_scan calls run the build they are given (forward, then forward + backward),
+    give what the wrapper gives on the same (B, E, L) inputs, and leave the wrapper on its own build."""
+    from vimtune.ops import scan_cpu
+
+    if not scan_cpu.cpu_kernel_available():
+        pytest.skip("the C++ selective scan could not be built here")
+    own = scan_cpu._ops
+    x = scan_inputs(2, 9, 20, torch.float32)
+    counting = _CountingOps(own())
+    runs = selective_scan_calls(counting, x)
+    assert list(runs) == ["forward", "fwd+bwd"]
+    out = runs["forward"]()
+    assert counting.counts == {"fwd": 1, "bwd": 0}
+    grads = runs["fwd+bwd"]()
+    assert counting.counts == {"fwd": 2, "bwd": 1}
+    assert scan_cpu._ops is own
+    cm = {name: x[name].transpose(1, 2).contiguous() for name in ("u", "delta", "z", "B", "C")}
+    want = scan_cpu.selective_scan_cpu(cm["u"], cm["delta"], x["A"], cm["B"], cm["C"], x["D"], cm["z"],
+                                       x["delta_bias"], True)
+    assert torch.equal(out, want)
+    assert len(grads) == 8 and all(g.shape == t.shape for g, t in zip(grads, (*cm.values(), x["A"], x["D"],
+                                                                              x["delta_bias"]), strict=True))

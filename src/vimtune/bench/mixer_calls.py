@@ -1,4 +1,5 @@
-"""Inputs and calls of the time-major mixer scan kernels, for the kernel scripts in ``scripts/``.
+"""Inputs and calls of the CPU scan kernels (the models' time-major mixer kernels and ``selective_scan``'s),
+for the kernel scripts in ``scripts/``.
 
 ``scripts/ab_mixer_kernels.py`` times two builds of the kernels on these inputs; ``scripts/scan_in_cache.py``
 times one build on them and on copies whose rows all repeat the first one (every read then hits the L1 cache).
@@ -39,6 +40,34 @@ def repeat_first_row(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {name: t[:1, :1].expand_as(t) if t.dim() == 3 else t for name, t in inputs.items()}
 
 
+def selective_scan_calls(ops: object, x: dict[str, torch.Tensor]) -> dict[str, Callable[[], object]]:
+    """The forward and the forward + backward of :func:`vimtune.ops.scan_cpu.selective_scan_cpu` (softplus on)
+    on the kernels ``ops`` (another build's ``torch.ops`` namespace of ``selective_scan_cpu.cpp``), on inputs ``x``
+    of :func:`scan_inputs` moved to its (B, E, L) and (B, N, L) layout; float32 only.
+
+    The wrapper finds its kernels through ``vimtune.ops.scan_cpu._ops``, which each call points at ``ops`` for
+    its duration (the only way to run the wrapper's allocation and autograd code on another build)."""
+    from vimtune.ops import scan_cpu
+
+    channel_major = {name: x[name].transpose(1, 2).contiguous().float() for name in ("u", "delta", "z", "B", "C")}
+    leaves = {**channel_major, "A": x["A"], "D": x["D"], "delta_bias": x["delta_bias"]}
+    dout = x["dout"].transpose(1, 2).contiguous().float()
+
+    def run(grad: bool) -> object:
+        own = scan_cpu._ops
+        scan_cpu._ops = lambda: ops
+        try:
+            inputs = {name: t.detach().requires_grad_(grad) for name, t in leaves.items()}
+            with torch.set_grad_enabled(grad):
+                out = scan_cpu.selective_scan_cpu(inputs["u"], inputs["delta"], inputs["A"], inputs["B"],
+                                                  inputs["C"], inputs["D"], inputs["z"], inputs["delta_bias"], True)
+            return torch.autograd.grad(out, tuple(inputs.values()), dout) if grad else out
+        finally:
+            scan_cpu._ops = own
+
+    return {"forward": lambda: run(False), "fwd+bwd": lambda: run(True)}
+
+
 def calls(ops: object, x: dict[str, torch.Tensor]) -> dict[str, Callable[[], object]]:
     """The forward and backward kernel calls of ``ops`` on inputs ``x`` (forward direction, softplus on)."""
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, False)
@@ -72,8 +101,9 @@ def cases(args: argparse.Namespace) -> Iterator[tuple[str, str, dict[str, torch.
 
 def side_by_side_ms(first: dict[str, Callable[[], object]], second: dict[str, Callable[[], object]],
                     args: argparse.Namespace) -> Iterator[tuple[str, float, float]]:
-    """For the forward and then the backward of two :func:`calls`: the mode and each one's best time in ms,
-    the two timed in turn (:func:`vimtune.bench.scan.time_steps`, ``--repeats`` and ``--budget-s``)."""
-    for mode in ("forward", "backward"):
+    """For each mode of two :func:`calls` (or :func:`selective_scan_calls`), in order: the mode and each one's
+    best time in ms, the two timed in turn (:func:`vimtune.bench.scan.time_steps`, ``--repeats`` and
+    ``--budget-s``)."""
+    for mode in first:
         times = time_steps({"first": first[mode], "second": second[mode]}, args.repeats, args.budget_s)
         yield mode, times["first"]["seconds"] * 1e3, times["second"]["seconds"] * 1e3

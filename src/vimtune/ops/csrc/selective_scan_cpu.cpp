@@ -30,6 +30,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -215,6 +216,21 @@ struct Block {
 
 // ---------------------------------------------------------------- forward
 
+// The decays a[w] = exp(dt[w] A[w]) of one state row, An = A * kExpScale: with float lanes and AVX-512 one call of
+// exp2_lanes' whole-register form (the same bits as the lane-wise exp but for NaN; see fast_math.h).
+template <typename S>
+inline void decay_row(const S* __restrict__ dt, const S* __restrict__ An, S* __restrict__ a) {
+  if constexpr (kVectorExp && W == 16 && std::is_same_v<S, float>) {
+    Floats16 d, A;
+    std::memcpy(&d, dt, sizeof d);
+    std::memcpy(&A, An, sizeof A);
+    const Floats16 r = exp2_lanes(d * A);
+    std::memcpy(a, &r, sizeof r);
+  } else {
+    for (int64_t w = 0; w < W; ++w) a[w] = exp_scaled(dt[w] * An[w]);
+  }
+}
+
 // The recurrence over one block, in place on the state slot of ch.ns; y[t] = C_t . h_t.
 template <typename S>
 void scan_forward(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
@@ -229,10 +245,11 @@ void scan_forward(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
       const S bn = bc[(t * N + n) * 2], cn = bc[(t * N + n) * 2 + 1];
       const S* An = decay + n * W;
       S* hn = ns + n * 3 * W + W;
+      S a[W];
+      decay_row(dt + t * W, An, a);
 #pragma GCC ivdep
       for (int64_t w = 0; w < W; ++w) {
-        const S a = exp_scaled(dt[t * W + w] * An[w]);
-        const S hv = a * hn[w] + dtu[t * W + w] * bn;
+        const S hv = a[w] * hn[w] + dtu[t * W + w] * bn;
         hn[w] = hv;
         acc[w] += cn * hv;
       }
@@ -313,11 +330,12 @@ void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
       const S* hp = seg + (t * N + n) * 2 * W + W;
       S* cur = seg + ((t + 1) * N + n) * 2 * W;
       S* dC = dbc + (t * N + n) * 2 * W + W;
+      S a[W];
+      decay_row(dt + t * W, An, a);
 #pragma GCC ivdep
       for (int64_t w = 0; w < W; ++w) {
-        const S a = exp_scaled(dt[t * W + w] * An[w]);
-        const S hv = a * hp[w] + dtu[t * W + w] * bn;
-        cur[w] = a;
+        const S hv = a[w] * hp[w] + dtu[t * W + w] * bn;
+        cur[w] = a[w];
         cur[W + w] = hv;
         acc[w] += cn * hv;
         dC[w] += dy[t * W + w] * hv;
