@@ -216,21 +216,6 @@ struct Block {
 
 // ---------------------------------------------------------------- forward
 
-// The decays a[w] = exp(dt[w] A[w]) of one state row, An = A * kExpScale: with float lanes and AVX-512 one call of
-// exp2_lanes' whole-register form (the same bits as the lane-wise exp but for NaN; see fast_math.h).
-template <typename S>
-inline void decay_row(const S* __restrict__ dt, const S* __restrict__ An, S* __restrict__ a) {
-  if constexpr (kVectorExp && W == 16 && std::is_same_v<S, float>) {
-    Floats16 d, A;
-    std::memcpy(&d, dt, sizeof d);
-    std::memcpy(&A, An, sizeof A);
-    const Floats16 r = exp2_lanes(d * A);
-    std::memcpy(a, &r, sizeof r);
-  } else {
-    for (int64_t w = 0; w < W; ++w) a[w] = exp_scaled(dt[w] * An[w]);
-  }
-}
-
 // The recurrence over one block, in place on the state slot of ch.ns; y[t] = C_t . h_t.
 template <typename S>
 void scan_forward(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
@@ -240,16 +225,31 @@ void scan_forward(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
   const S* __restrict__ dt = blk.dt.data();
   const S* __restrict__ dtu = blk.dtu.data();
   for (int64_t t = 0; t < nt; ++t) {
+    if constexpr (kVectorExp && W == 16 && std::is_same_v<S, float>) {
+      // Whole registers, for exp2_lanes' AVX-512 form; the same arithmetic as the loop below.
+      Floats16 acc = {}, dt16, dtu16;
+      std::memcpy(&dt16, dt + t * W, sizeof dt16);
+      std::memcpy(&dtu16, dtu + t * W, sizeof dtu16);
+      for (int64_t n = 0; n < N; ++n) {
+        Floats16 An, h;
+        std::memcpy(&An, decay + n * W, sizeof An);
+        std::memcpy(&h, ns + n * 3 * W + W, sizeof h);
+        h = exp2_lanes(dt16 * An) * h + dtu16 * bc[(t * N + n) * 2];
+        std::memcpy(ns + n * 3 * W + W, &h, sizeof h);
+        acc += bc[(t * N + n) * 2 + 1] * h;
+      }
+      std::memcpy(blk.y.data() + t * W, &acc, sizeof acc);
+      continue;
+    }
     S acc[W] = {};
     for (int64_t n = 0; n < N; ++n) {
       const S bn = bc[(t * N + n) * 2], cn = bc[(t * N + n) * 2 + 1];
       const S* An = decay + n * W;
       S* hn = ns + n * 3 * W + W;
-      S a[W];
-      decay_row(dt + t * W, An, a);
 #pragma GCC ivdep
       for (int64_t w = 0; w < W; ++w) {
-        const S hv = a[w] * hn[w] + dtu[t * W + w] * bn;
+        const S a = exp_scaled(dt[t * W + w] * An[w]);
+        const S hv = a * hn[w] + dtu[t * W + w] * bn;
         hn[w] = hv;
         acc[w] += cn * hv;
       }
@@ -323,6 +323,30 @@ void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
   S* __restrict__ seg = blk.seg.data();
   S* __restrict__ dbc = blk.dbc.data();
   for (int64_t t = 0; t < nt; ++t) {
+    if constexpr (kVectorExp && W == 16 && std::is_same_v<S, float>) {
+      // Whole registers, for exp2_lanes' AVX-512 form; the same arithmetic as the loop below.
+      Floats16 acc = {}, dt16, dtu16, dy16;
+      std::memcpy(&dt16, dt + t * W, sizeof dt16);
+      std::memcpy(&dtu16, dtu + t * W, sizeof dtu16);
+      std::memcpy(&dy16, dy + t * W, sizeof dy16);
+      for (int64_t n = 0; n < N; ++n) {
+        Floats16 An, h, dC;
+        S* cur = seg + ((t + 1) * N + n) * 2 * W;
+        S* dCn = dbc + (t * N + n) * 2 * W + W;
+        std::memcpy(&An, decay + n * W, sizeof An);
+        std::memcpy(&h, seg + (t * N + n) * 2 * W + W, sizeof h);
+        std::memcpy(&dC, dCn, sizeof dC);
+        const Floats16 a = exp2_lanes(dt16 * An);
+        h = a * h + dtu16 * bc[(t * N + n) * 2];
+        std::memcpy(cur, &a, sizeof a);
+        std::memcpy(cur + W, &h, sizeof h);
+        acc += bc[(t * N + n) * 2 + 1] * h;
+        dC += dy16 * h;
+        std::memcpy(dCn, &dC, sizeof dC);
+      }
+      std::memcpy(blk.y.data() + t * W, &acc, sizeof acc);
+      continue;
+    }
     S acc[W] = {};
     for (int64_t n = 0; n < N; ++n) {
       const S bn = bc[(t * N + n) * 2], cn = bc[(t * N + n) * 2 + 1];
@@ -330,12 +354,11 @@ void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
       const S* hp = seg + (t * N + n) * 2 * W + W;
       S* cur = seg + ((t + 1) * N + n) * 2 * W;
       S* dC = dbc + (t * N + n) * 2 * W + W;
-      S a[W];
-      decay_row(dt + t * W, An, a);
 #pragma GCC ivdep
       for (int64_t w = 0; w < W; ++w) {
-        const S hv = a[w] * hp[w] + dtu[t * W + w] * bn;
-        cur[w] = a[w];
+        const S a = exp_scaled(dt[t * W + w] * An[w]);
+        const S hv = a * hp[w] + dtu[t * W + w] * bn;
+        cur[w] = a;
         cur[W + w] = hv;
         acc[w] += cn * hv;
         dC[w] += dy[t * W + w] * hv;
