@@ -1,20 +1,25 @@
 """What happens when a C++ kernel cannot be built: the library warns once and falls back; the test suite
-skips the kernel tests, except in CI (``CI=true``), where they fail."""
+skips the kernel tests, except in CI (``CI=true``), where they fail. And the kernels compile for the x86 ISA
+that this machine does not have."""
 
 from __future__ import annotations
 
 import os
+import platform
+import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import warnings
 from pathlib import Path
 
 import pytest
+from torch.utils.cpp_extension import include_paths
 
 from helpers.kernels import require_kernel
 from vimtune.ops import mixer_cpu, scan_cpu
-from vimtune.ops._build import lock_holders, remove_stale_build_lock
+from vimtune.ops._build import _CFLAGS, lock_holders, remove_stale_build_lock
 
 
 @pytest.mark.parametrize("module, fallback", [(scan_cpu, "falling back to the 'chunked' backend"),
@@ -119,3 +124,20 @@ def test_an_advisory_build_lock_file_is_left_alone(tmp_path: Path, monkeypatch: 
     lock = _old_lock(tmp_path / "ext" / "lock")
     assert remove_stale_build_lock("ext") is None
     assert lock.exists()
+
+
+@pytest.mark.parametrize("source", ["mixer_cpu.cpp", "selective_scan_cpu.cpp"])
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64-v4"], ids=["avx2", "avx512"])
+def test_the_kernels_compile_for_the_other_x86_isa(source: str, march: str) -> None:
+    """The kernels build with ``-march=native``, so a machine compiles only its own ISA's branches; this
+    compiles each source for an AVX2-only and for an AVX-512 CPU (``-fsyntax-only``: parsed and every template
+    instantiated), as the other machines' builds would (an AVX-512-only name once broke the AVX2 build)."""
+    compiler = shutil.which("g++")
+    if compiler is None or platform.machine() != "x86_64":
+        pytest.skip("needs g++ on an x86-64 machine")
+    flags = [f for f in _CFLAGS if not f.startswith("-march=")]
+    includes = [f"-I{p}" for p in (*include_paths(), sysconfig.get_paths()["include"])]
+    source_path = Path(scan_cpu.__file__).parent / "csrc" / source
+    result = subprocess.run([compiler, "-std=c++20", "-fsyntax-only", f"-march={march}", "-Wno-psabi", *flags,
+                             *includes, str(source_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

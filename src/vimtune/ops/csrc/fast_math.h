@@ -59,9 +59,11 @@ inline F exp2_lanes(F y) {
   return std::bit_cast<F>(std::bit_cast<Bits32<F>>(p) + (std::bit_cast<Bits32<F>>(shifted) << 23));
 }
 
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-// W float lanes as one GCC vector: the 512-bit register of AVX-512.
+// 16 float lanes as one GCC vector: one register with AVX-512 (two halves on AVX2). Declared on every CPU, so
+// that kernels may name it in `if constexpr (kVectorExp ...)` branches, which are compiled only with AVX-512.
 using Floats16 = float __attribute__((vector_size(16 * sizeof(float))));
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
 constexpr bool kVectorExp = true;
 
 // exp2_lanes for a whole AVX-512 register, in fewer instructions than the lane-wise code compiles to: the clamp
