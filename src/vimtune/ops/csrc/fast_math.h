@@ -69,8 +69,8 @@ constexpr bool kVectorExp = true;
 // exp2_lanes for a whole AVX-512 register, in fewer instructions than the lane-wise code compiles to: the clamp
 // is one vrangeps (sign(y) min(|y|, 126), in place of a mask, an integer minimum and a blend) and 2^k is applied
 // by vscalefps (p 2^k, in place of a shift and an add). k, f and the polynomial are exp2_lanes', so the value is
-// the same bits for every y but NaN (which stays NaN here, and becomes +-126 there) and y near -126, where
-// vscalefps gives the subnormal p 2^k that the exponent add cannot.
+// the same bits for every float y but signalling NaNs, which no arithmetic produces (vrangeps turns a quiet NaN
+// into +-126 by its sign, as the bit clamp does).
 inline Floats16 exp2_lanes(Floats16 y) {
   constexpr float kShift = 12582912.0f;
   constexpr int kMinAbsSignOfFirst = 0x02;  // vrangeps: the smaller magnitude, with the first operand's sign

@@ -44,6 +44,7 @@
 namespace {
 
 constexpr int64_t W = 16;  // channels per task block = vector lanes
+static_assert(W == 16, "the whole-register loops hold a block's lanes in one Floats16");
 constexpr int64_t T = 32;  // time steps per block = checkpoint interval
 
 // ---------------------------------------------------------------- transposes
@@ -225,7 +226,7 @@ void scan_forward(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
   const S* __restrict__ dt = blk.dt.data();
   const S* __restrict__ dtu = blk.dtu.data();
   for (int64_t t = 0; t < nt; ++t) {
-    if constexpr (kVectorExp && W == 16 && std::is_same_v<S, float>) {
+    if constexpr (kVectorExp && std::is_same_v<S, float>) {
       // Whole registers, for exp2_lanes' AVX-512 form; the same arithmetic as the loop below.
       Floats16 acc = {}, dt16, dtu16;
       std::memcpy(&dt16, dt + t * W, sizeof dt16);
@@ -323,7 +324,7 @@ void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt) {
   S* __restrict__ seg = blk.seg.data();
   S* __restrict__ dbc = blk.dbc.data();
   for (int64_t t = 0; t < nt; ++t) {
-    if constexpr (kVectorExp && W == 16 && std::is_same_v<S, float>) {
+    if constexpr (kVectorExp && std::is_same_v<S, float>) {
       // Whole registers, for exp2_lanes' AVX-512 form; the same arithmetic as the loop below.
       Floats16 acc = {}, dt16, dtu16, dy16;
       std::memcpy(&dt16, dt + t * W, sizeof dt16);
