@@ -61,6 +61,7 @@
 namespace {
 
 constexpr int64_t W = 16;          // channels per task block = vector lanes
+static_assert(W == 16, "the whole-register paths hold a block's lanes in one Floats16 (fast_math.h)");
 constexpr int64_t kMaxTaps = 8;    // largest conv kernel size
 constexpr int64_t kMaxChunk = 256; // scan backward: steps whose states are kept at once (224 px: one chunk)
 constexpr int64_t kGroups = 16;     // scan backward: at most this many channel groups per batch row
@@ -75,7 +76,6 @@ constexpr bool kRegisterWalk = true;
 #else
 constexpr bool kRegisterWalk = false;
 #endif
-using Lanes16 = float __attribute__((vector_size(W * sizeof(float))));  // W float lanes as one GCC vector
 constexpr int64_t kSteps = 8;      // scan forward and checkpoint passes: steps whose step sizes are computed together
 
 // ---------------------------------------------------------------- shared plumbing
@@ -815,9 +815,9 @@ template <int64_t NV, bool kDA, bool kRegisters, typename S, typename V>
 void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<S>& prm, int64_t b,
                   const Lanes& l, int64_t s0, int64_t len, ScanWork<S>& ws, BlockCarry<S>& bc) {
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
-  [[maybe_unused]] Lanes16 carry16[kRegisterStates];
+  [[maybe_unused]] Floats16 carry16[kRegisterStates];
   if constexpr (kRegisters)
-    for (int64_t n = 0; n < kRegisterStates; ++n) std::memcpy(&carry16[n], bc.carry.data() + n * W, sizeof(Lanes16));
+    for (int64_t n = 0; n < kRegisterStates; ++n) std::memcpy(&carry16[n], bc.carry.data() + n * W, sizeof(Floats16));
   for (int64_t i = len - 1; i >= 0; --i) {
     const int64_t s = s0 + i, t = p.time(s);
     if (s >= kAhead) prefetch_rows(b, p.time(s - kAhead), l.e0, p.u, gr.du, gr.ddelta);
@@ -831,25 +831,25 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
     #pragma omp simd
     for (int64_t w = 0; w < nv; ++w) uw[w] = lane(u[w]);
     if constexpr (kRegisters) {
-      Lanes16 dy16, dt16, dtu16, sb16 = {}, dd16 = {};
+      Floats16 dy16, dt16, dtu16, sb16 = {}, dd16 = {};
       std::memcpy(&dy16, dyi, sizeof dy16);
       std::memcpy(&dt16, dti, sizeof dt16);
       std::memcpy(&dtu16, dtu, sizeof dtu16);
       #pragma GCC unroll 16
       for (int64_t n = 0; n < kRegisterStates; ++n) {
         const S bn = lane(Bt[n]), cn = lane(Ct[n]);
-        Lanes16 An, h_prev, a, dBn;
+        Floats16 An, h_prev, a, dBn;
         std::memcpy(&An, prm.A.data() + n * W, sizeof An);
         std::memcpy(&h_prev, ws.hs.data() + i * NW + n * W, sizeof h_prev);
         std::memcpy(&a, ws.decay.data() + i * NW + n * W, sizeof a);
         std::memcpy(&dBn, ws.dB.data() + (i * N + n) * W, sizeof dBn);
-        const Lanes16 gh = carry16[n] + dy16 * cn;  // as in the loop below
+        const Floats16 gh = carry16[n] + dy16 * cn;  // as in the loop below
         dBn += gh * dtu16;
         std::memcpy(ws.dB.data() + (i * N + n) * W, &dBn, sizeof dBn);
         sb16 += gh * bn;
-        const Lanes16 ga = gh * h_prev * a;
+        const Floats16 ga = gh * h_prev * a;
         if constexpr (kDA) {
-          Lanes16 dAn;
+          Floats16 dAn;
           std::memcpy(&dAn, bc.dA_part.data() + n * W, sizeof dAn);
           dAn += ga * dt16;
           std::memcpy(bc.dA_part.data() + n * W, &dAn, sizeof dAn);
@@ -899,7 +899,7 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
     }
   }
   if constexpr (kRegisters)
-    for (int64_t n = 0; n < kRegisterStates; ++n) std::memcpy(bc.carry.data() + n * W, &carry16[n], sizeof(Lanes16));
+    for (int64_t n = 0; n < kRegisterStates; ++n) std::memcpy(bc.carry.data() + n * W, &carry16[n], sizeof(Floats16));
 }
 
 // The backward of one channel block of row b is cut into chunks, walked last first: block_start finds the
