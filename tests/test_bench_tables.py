@@ -184,8 +184,19 @@ def test_machine_line_names_the_cpu_model_its_numbers_and_isa() -> None:
     machine = MACHINE | {"cpu": "AMD EPYC", "cpu_id": "cpu family 25 model 1 stepping 1", "isa": ["avx2"]}
     line = runner.machine_line(machine)
     assert line.startswith("AMD EPYC (cpu family 25 model 1 stepping 1), ISA avx2, 2 cores")
-    assert runner.cpu_slug(machine) == "amd-epyc-avx2"
+    assert runner.cpu_slug(machine) == "amd-epyc-family25-model1-avx2"
+    assert runner.cpu_slug(machine | {"cpu_id": ""}) == "amd-epyc-avx2"  # results from before the numbers
     assert runner.cpu_slug(MACHINE | {"cpu": "Intel(R) Xeon(R) CPU @ 2.20GHz", "isa": []}) == "intel-xeon-baseline"
+
+
+def test_cpus_that_report_only_the_vendor_name_get_their_family_and_model_in_the_file_name() -> None:
+    zen4 = MACHINE | {"cpu": "AMD EPYC", "cpu_id": "cpu family 25 model 17 stepping 1",
+                      "isa": ["avx2", "avx512", "avx512_bf16"]}
+    zen5 = zen4 | {"cpu_id": "cpu family 26 model 2 stepping 1"}
+    assert runner.cpu_slug(zen4) == "amd-epyc-family25-model17-avx512-bf16"
+    assert runner.cpu_slug(zen5) == "amd-epyc-family26-model2-avx512-bf16"
+    named = zen4 | {"cpu": "AMD EPYC 9654 96-Core Processor"}  # a model number in the name is enough
+    assert runner.cpu_slug(named) == "amd-epyc-9654-avx512-bf16"
 
 
 def test_committed_results_are_named_by_the_cpu_they_were_measured_on() -> None:

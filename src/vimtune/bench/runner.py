@@ -127,10 +127,16 @@ def bench_command(name: str, argv: list[str] | None) -> str:
 
 
 def cpu_slug(machine: dict[str, Any]) -> str:
-    """File-name tag of the CPU: its model name and widest ISA, lower case, e.g. ``amd-epyc-avx512-bf16`` or
+    """File-name tag of the CPU: its model name and widest ISA, lower case, e.g. ``amd-epyc-9654-avx512-bf16`` or
     ``intel-xeon-platinum-8480-amx-bf16``. The ISA is part of it because a virtual machine may report only
-    the vendor's family name (two different "AMD EPYC" machines, one with AVX-512 and one without)."""
+    the vendor's family name (two different "AMD EPYC" machines, one with AVX-512 and one without); when
+    the name has no model number, its family and model numbers are added, as in
+    ``amd-epyc-family25-model17-avx512-bf16`` (Zen 4 and Zen 5 machines both say "AMD EPYC" and have the
+    same ISA flags). Results measured before those numbers were recorded keep the tag without them."""
     model = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$|\d+-core processor", "", machine["cpu"], flags=re.IGNORECASE)
+    numbers = re.match(r"cpu family (\d+) model (\d+)", machine.get("cpu_id") or "")
+    if numbers and not re.search(r"\d", model):
+        model += f" family{numbers[1]} model{numbers[2]}"
     isa = machine.get("isa") or sorted(machine.get("bf16_matmul_isa", ()))
     words = re.findall(r"[a-z0-9]+", f"{model} {isa[-1] if isa else 'baseline'}".lower())
     return "-".join(words)
