@@ -215,14 +215,15 @@ def test_allocator_bench_alternates_settings_and_tabulates_the_fastest_round(mon
         calls.append(env[allocator.SWITCH])
         kept = env[allocator.SWITCH] == "1"
         seconds = (1.0 if kept else 2.0) + 0.1 * (len(calls) > 2)  # the second round is slower
-        return {"seconds": seconds, "minor_faults_per_step": 10.0 if kept else 5000.0,
+        steps = [seconds, seconds * 1.5, seconds * 3]  # the round's best, median and slowest step
+        return {"seconds": seconds, "seconds_all": steps, "minor_faults_per_step": 10.0 if kept else 5000.0,
                 "kernel_cpu_share": 0.02 if kept else 0.4, "peak_extra_bytes": (120 if kept else 100) * 2**20}
 
     monkeypatch.setattr(allocator, "run_measurement", fake_run)
     rows = allocator.measure_all({"w": {"model": "m"}}, rounds=2)
     assert calls == ["0", "1", "1", "0"]  # the settings take turns
     table = allocator.to_markdown(rows, MACHINE, "vimtune bench allocator", rounds=2)
-    assert "| w | 2.000 | 1.000 | 2.00x | 5,000 | 10 | 40% | 2% | 100 | 120 |" in table
+    assert "| w | 2.000 | 1.000 | 2.00x | 3.000 | 1.500 | 5,000 | 10 | 40% | 2% | 100 | 120 |" in table
 
 
 def test_allocator_bench_marks_a_failed_workload() -> None:
