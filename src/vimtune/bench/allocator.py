@@ -4,21 +4,22 @@ Each workload runs in fresh processes with glibc's defaults (``VIMTUNE_KEEP_FREE
 vimtune's setting, the two taking turns in every round so that machine drift hits both. Per process,
 over its timed steps: the best step time, minor page faults per step, the kernel's share of the
 process's CPU time, and the peak RSS above the process's RSS before the model was built (freed blocks
-the allocator keeps count). A row reports each setting's fastest round, with the median step time of that
-round beside the best (fresh pages cost more on some virtual machines, and not on every step). Writes
-``STEM.md`` and ``STEM.json``.
+the allocator keeps count). A row reports each setting's fastest round and, beside it, the median step of
+its slowest round: on some virtual machines fresh pages cost far more, and under glibc's defaults a whole
+process can fault on every step while another does not. Writes ``STEM.md`` and ``STEM.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 from vimtune.allocator import SWITCH
-from vimtune.bench.runner import fastest, machine_description, machine_line, run_measurement, write_results
+from vimtune.bench.runner import fastest, load_text, machine_line, machine_with_load, run_measurement, write_results
 
 SETTINGS = {"glibc defaults": {SWITCH: "0"}, "freed blocks kept": {SWITCH: "1"}}
 _VIM_TINY_1248 = {"model": "vim_tiny_patch16_224", "model_kwargs": {"img_size": 1248}, "img_size": 1248,
@@ -48,17 +49,23 @@ def measure_all(workloads: dict[str, dict[str, Any]], rounds: int) -> list[dict[
     return list(rows.values())
 
 
+def slowest_round(results: list[dict[str, Any]]) -> float:
+    """The largest median step time among the rounds that finished (one fresh process each)."""
+    return max(statistics.median(r["seconds_all"]) for r in results if "error" not in r)
+
+
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str, rounds: int) -> str:
     """Step time, page faults, kernel CPU share and peak RSS under both settings, per workload."""
     default, kept = SETTINGS
     lines = [
-        f"Machine: {machine_line(machine)}. Command: `{command}`.",
+        f"Machine: {machine_line(machine)}; {load_text(machine)}. Command: `{command}`.",
         f"Each workload in fresh processes with glibc's malloc defaults and with `{SWITCH}=1` (vimtune's setting),",
-        f"taking turns, fastest of {rounds} round(s); step s = the round's best step, median = its median step;",
+        f"taking turns, fastest of {rounds} round(s) (step s: its best step); slowest round = the median step of the",
+        "round (process) whose median step was slowest;",
         "faults and kernel share over the timed steps; RSS = peak RSS above the process's RSS before the model",
         "was built, freed blocks kept by the allocator included.",
         "",
-        "| workload | step s, defaults | step s, kept | speed-up | median s, defaults | median s, kept "
+        "| workload | step s, defaults | step s, kept | speed-up | slowest round s, defaults | slowest round s, kept "
         "| minor faults/step, defaults "
         "| minor faults/step, kept | kernel CPU share, defaults | kernel CPU share, kept | RSS MiB, defaults "
         "| RSS MiB, kept |",
@@ -71,7 +78,7 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
             continue
         lines.append(
             f"| {row['workload']} | {a['seconds']:.3f} | {b['seconds']:.3f} | {a['seconds'] / b['seconds']:.2f}x | "
-            f"{statistics.median(a['seconds_all']):.3f} | {statistics.median(b['seconds_all']):.3f} | "
+            f"{slowest_round(row[default]):.3f} | {slowest_round(row[kept]):.3f} | "
             f"{a['minor_faults_per_step']:,.0f} | {b['minor_faults_per_step']:,.0f} | "
             f"{a['kernel_cpu_share']:.0%} | {b['kernel_cpu_share']:.0%} | "
             f"{a['peak_extra_bytes'] / 2**20:.0f} | {b['peak_extra_bytes'] / 2**20:.0f} |"
@@ -86,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/allocator"),
                         help="output stem: writes STEM.<cpu>.md and .json (<cpu>: model and ISA)")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     rows = measure_all({name: WORKLOADS[name] for name in args.workloads}, args.rounds)
-    machine = machine_description()
+    machine = machine_with_load(load_before)
     command = ("vimtune bench allocator " + " ".join(argv or [])).strip()
     write_results(args.out, to_markdown(rows, machine, command, args.rounds), machine, command, rows=rows)
     return 0
