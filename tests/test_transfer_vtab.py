@@ -15,7 +15,7 @@ from helpers.tiny_models import TINY_BACKBONE_ARGS as TINY_ARGS
 from vimtune.bench.transfer import main
 from vimtune.bench.transfer.grid import ResultsFile
 from vimtune.bench.transfer.vtab import FINAL, SELECT, Trial, VtabPlan, choose, run_plan
-from vimtune.bench.transfer.vtab_report import VtabTable, write_vtab_outputs
+from vimtune.bench.transfer.vtab_report import VtabTable, machines_text, write_vtab_outputs
 
 HEADER = {"fingerprint": "abc", "protocol": {}, "backbone": {}}
 
@@ -216,6 +216,13 @@ def test_report_marks_an_incomplete_run_and_compares_only_finished_tasks(tmp_pat
     assert (tmp_path / "vtab.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_names_every_machine_the_trials_ran_on() -> None:
+    records = {"a": {"machine": "zen5"}, "b": {"machine": "zen5"}, "c": {"machine": "zen4"}, "d": {}}
+    assert machines_text("zen5", records) == "Machines, by trials run: zen5 (2); zen4 (1); not recorded (1)."
+    assert machines_text("zen5", {"a": {"machine": "zen5"}}) == "Machine: zen5."
+    assert machines_text("zen5", {"a": {}}) == "Machine: zen5."  # a file from before trials named theirs
+
+
 def test_vtab_protocol_end_to_end_on_a_tiny_task(tmp_path: Path) -> None:
     make_vtab_task(tmp_path / "vtab" / "toy")
     out = tmp_path / "results" / "vtab"
@@ -228,6 +235,7 @@ def test_vtab_protocol_end_to_end_on_a_tiny_task(tmp_path: Path) -> None:
     stages = sorted((c["method"], c["stage"], c["seed"]) for c in data["cells"].values())
     assert stages == sorted([("linear", SELECT, 0), ("svp", SELECT, 0),
         ("linear", FINAL, 0), ("linear", FINAL, 1), ("svp", FINAL, 0), ("svp", FINAL, 1)])
+    assert {cell["machine"] for cell in data["cells"].values()} == {data["machine"]}  # each trial names its CPU
     for cell in data["cells"].values():
         train_list = Path(cell["run_dir"], "config.yaml").read_text()
         assert f"train_split: {cell['splits']['train']}" in train_list

@@ -219,7 +219,8 @@ def run_plan(plan: VtabPlan, trainer: Trainer, results: ResultsFile, log: Callab
                 results.refresh()
                 if trial.key not in results.cells:
                     log(f"[{len(results.cells) + 1}] {trial.key} ({len(todo)} runnable now)")
-                    results.cells[trial.key] = {**trainer(trial), **trial_fields(trial)}
+                    results.cells[trial.key] = {**trainer(trial), **trial_fields(trial),
+                                                "machine": results.header.get("machine")}
                     results.save()
                 break
         else:
