@@ -35,6 +35,7 @@ def test_transfer_runs_caches_and_plots(tmp_path: Path, monkeypatch: pytest.Monk
     out = tmp_path / "results" / "transfer"
     data = json.loads(out.with_suffix(".json").read_text())
     assert sorted(data["cells"]) == ["toy/linear/0", "toy/linear/1", "toy/svp/0", "toy/svp/1"]
+    assert {cell["machine"] for cell in data["cells"].values()} == {data["machine"]}  # each cell names its CPU
     for cell in data["cells"].values():
         assert set(cell["protocols"]) == {"val", "last"}
         assert all(0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["val_acc"] <= 1.0 for r in cell["protocols"].values())

@@ -14,8 +14,9 @@ from helpers.runs import make_vtab_task
 from helpers.tiny_models import TINY_BACKBONE_ARGS as TINY_ARGS
 from vimtune.bench.transfer import main
 from vimtune.bench.transfer.grid import ResultsFile
+from vimtune.bench.transfer.report import machines_text
 from vimtune.bench.transfer.vtab import FINAL, SELECT, Trial, VtabPlan, choose, run_plan
-from vimtune.bench.transfer.vtab_report import VtabTable, machines_text, write_vtab_outputs
+from vimtune.bench.transfer.vtab_report import VtabTable, write_vtab_outputs
 
 HEADER = {"fingerprint": "abc", "protocol": {}, "backbone": {}}
 
@@ -217,10 +218,10 @@ def test_report_marks_an_incomplete_run_and_compares_only_finished_tasks(tmp_pat
 
 
 def test_report_names_every_machine_the_trials_ran_on() -> None:
-    records = {"a": {"machine": "zen5"}, "b": {"machine": "zen5"}, "c": {"machine": "zen4"}, "d": {}}
+    records = [{"machine": "zen5"}, {"machine": "zen5"}, {"machine": "zen4"}, {}]
     assert machines_text("zen5", records) == "Machines, by trials run: zen5 (2); zen4 (1); not recorded (1)."
-    assert machines_text("zen5", {"a": {"machine": "zen5"}}) == "Machine: zen5."
-    assert machines_text("zen5", {"a": {}}) == "Machine: zen5."  # a file from before trials named theirs
+    assert machines_text("zen5", [{"machine": "zen5"}]) == "Machine: zen5."
+    assert machines_text("zen5", [{}]) == "Machine: zen5."  # a file from before trials named theirs
 
 
 def test_vtab_protocol_end_to_end_on_a_tiny_task(tmp_path: Path) -> None:

@@ -116,6 +116,11 @@ class ResultsFile:
                 return
             yield True
 
+    def add(self, key: str, record: dict[str, Any]) -> None:
+        """Store a finished cell, stamped with the machine of this file's header (the one it ran on), and save."""
+        self.cells[key] = {**record, "machine": self.header.get("machine")}
+        self.save()
+
     def refresh(self) -> None:
         """Add the cells other processes saved since this one opened or saved the file."""
         with self._merged():
@@ -158,7 +163,6 @@ class Grid:
                 self.log(f"{name} -> {run_dir}")
                 record = run_cell(self.data_root / task, run_dir, method, seed, self.protocol, self.backbone,
                                   root / "heads", resume=run_dir.is_dir())
-                self.results.cells[key] = {**record, "run_dir": str(run_dir)}
-                self.results.save()
+                self.results.add(key, {**record, "run_dir": str(run_dir)})
             self.log(f"  done in {record['seconds']:.0f} s: "
                      + ", ".join(f"{p} test {r['test_acc']:.3f}" for p, r in record["protocols"].items()))

@@ -8,7 +8,8 @@ the tasks that every method in the table has, so that the means compare like wit
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,16 @@ def agreement_lines(summary: dict[str, MethodSummary], title: str) -> list[str]:
     ]
 
 
+def machines_text(last: str, cells: Iterable[Mapping[str, Any]]) -> str:
+    """``Machine: LAST.`` when every cell ran there (or none says where it ran); else each machine with its
+    cell count, the last run's first, and the cells stored before cells named their machine."""
+    counts = Counter(cell.get("machine") or "not recorded" for cell in cells)
+    if len(counts) <= 1 and set(counts) <= {last, "not recorded"}:
+        return f"Machine: {last}."
+    order = sorted(counts, key=lambda m: (m != last, m == "not recorded", m))
+    return "Machines, by trials run: " + "; ".join(f"{m} ({counts[m]})" for m in order) + "."
+
+
 def to_markdown(header: dict[str, Any], table: TransferTable, plot_name: str | None) -> str:
     """The whole ``transfer.md``: headings are bold lines, so that the README can include the file as it is."""
     backbone, protocol = header["backbone"], header["protocol"]
@@ -189,7 +200,7 @@ def to_markdown(header: dict[str, Any], table: TransferTable, plot_name: str | N
         f"{protocol['warmup_epochs']} warmup epoch(s) then cosine, no augmentation, images resized to the "
         "backbone's input size); validate on `val200.txt` after every epoch; test on `test.txt` once per "
         "protocol. Nothing is selected on test.",
-        f"- Data: `{header['data_root']}`. Machine: {header['machine']}.",
+        f"- Data: `{header['data_root']}`. {machines_text(header['machine'], table.cells)}",
         f"- Accuracies in %; `a ± s (n)` = mean ± sample std over n seeds. Means over the tasks every method "
         f"has ({', '.join(table.common_tasks) or 'none'}).",
     ]

@@ -219,9 +219,7 @@ def run_plan(plan: VtabPlan, trainer: Trainer, results: ResultsFile, log: Callab
                 results.refresh()
                 if trial.key not in results.cells:
                     log(f"[{len(results.cells) + 1}] {trial.key} ({len(todo)} runnable now)")
-                    results.cells[trial.key] = {**trainer(trial), **trial_fields(trial),
-                                                "machine": results.header.get("machine")}
-                    results.save()
+                    results.add(trial.key, {**trainer(trial), **trial_fields(trial)})
                 break
         else:
             log(f"every runnable trial is being run by another process: waiting for {todo[0].key}")

@@ -8,12 +8,11 @@ like; what is missing is listed, never silently dropped.
 from __future__ import annotations
 
 import statistics
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vimtune.bench.transfer.report import MethodSummary, Stat, TransferTable, agreement_lines
+from vimtune.bench.transfer.report import MethodSummary, Stat, TransferTable, agreement_lines, machines_text
 from vimtune.bench.transfer.vtab import SELECT, VtabPlan, default_lr
 from vimtune.demo import METHOD_VARIANTS
 from vimtune.viz import plot_accuracy_vs_params
@@ -162,16 +161,6 @@ def status_lines(table: VtabTable) -> list[str]:
             f"Final runs still missing: {'; '.join(missing) or 'none (only further seeds)'}."]
 
 
-def machines_text(last: str, records: dict[str, dict[str, Any]]) -> str:
-    """``Machine: LAST.`` when every trial ran there (or none says where it ran); else each machine with its
-    trial count, the last run's first, and the trials recorded before trials named their machine."""
-    counts = Counter(record.get("machine") or "not recorded" for record in records.values())
-    if set(counts) <= {last, "not recorded"} and counts.get(last, 0) in (0, len(records)):
-        return f"Machine: {last}."
-    order = sorted(counts, key=lambda m: (m != last, m == "not recorded", m))
-    return "Machines, by trials run: " + "; ".join(f"{m} ({counts[m]})" for m in order) + "."
-
-
 def write_vtab_outputs(header: dict[str, Any], plan: VtabPlan, records: Mapping[str, Mapping[str, Any]],
                        stem: Path, one_lr: TransferTable | None) -> Path:
     """``STEM.md`` (and ``STEM.png`` once a task is complete); returns the markdown's path."""
@@ -205,7 +194,7 @@ def write_vtab_outputs(header: dict[str, Any], plan: VtabPlan, records: Mapping[
         f"(weight decay 1e-4), {header['trainer']['warmup_epochs']} warmup epoch(s) then cosine, no augmentation, "
         "images resized to the backbone's input size, a fresh head.",
         f"- Backbone: `{backbone['name']}` (sha256 {str(backbone['weights_sha256'])[:12]}...). "
-        f"Data: `{header['data_root']}`. {machines_text(header['machine'], records)}",
+        f"Data: `{header['data_root']}`. {machines_text(header['machine'], records.values())}",
         *([f"- **{backbone['warning']}**"] if backbone.get("warning") else []),
         f"- Accuracies in %; `a ± s (n)` = mean ± sample std over n seeds. Means over the tasks where every "
         f"method has its final run ({', '.join(table.complete_tasks) or 'none yet'}). `trials` and `CPU min`: "
