@@ -307,6 +307,20 @@ def test_step_bench_ratio_follows_the_chosen_clock() -> None:
     assert "| float32 | vim | m | 6.00 | 4.00 | 4.00x |" in step.to_markdown(rows, MACHINE, "c", "cpu", 32, 224)
 
 
+def test_step_bench_compares_within_each_cpu_matmul_choice() -> None:
+    from vimtune.bench import step
+
+    def row(matmul: str, model: str, wall: float) -> dict:
+        return {"dtype": "float32", "cpu_matmul": matmul, "model": model, "method": "m",
+                "step": {"seconds": wall, "cpu_seconds": wall}}
+
+    rows = [row("torch", "vim", 6.0), row("torch", "deit", 3.0), row("onednn", "vim", 3.0), row("onednn", "deit", 2.0)]
+    table = step.to_markdown(rows, MACHINE, "c", "wall", 8, 224, mode="infer")
+    assert "| float32, torch linears | vim | m | 6.00 | 6.00 | 2.00x |" in table
+    assert "| float32, onednn linears | vim | m | 3.00 | 3.00 | 1.50x |" in table
+    assert "computed by torch's default (MKL) or by oneDNN" in table
+
+
 def test_step_bench_rejects_a_malformed_setting(capsys: pytest.CaptureFixture[str]) -> None:
     from vimtune.bench import step
 

@@ -1,11 +1,11 @@
 """Where one step's time goes: ``torch.profiler`` self times of its operators, in four groups.
 
-``matmul`` (torch's matrix products and the patch-embedding convolution), ``kernels`` (vimtune's own C++
-scan and conv kernels: operators of the ``vimtune_*`` libraries), ``attention`` (torch's fused
-scaled-dot-product attention) and ``other`` (everything else: elementwise ops, norms, copies, the
-optimizer, autograd's own work). Self time is the time an operator's calling thread spends in it, so the
-groups add up to about the step's wall time at any thread count. Used by :mod:`vimtune.bench.measure`
-(spec key ``breakdown``) for ``vimtune bench step --breakdown``.
+``matmul`` (torch's matrix products, oneDNN's inner product and the patch-embedding convolution),
+``kernels`` (vimtune's own C++ scan and conv kernels: operators of the ``vimtune_*`` libraries),
+``attention`` (torch's fused scaled-dot-product attention) and ``other`` (everything else: elementwise
+ops, norms, copies, the optimizer, autograd's own work). Self time is the time an operator's calling
+thread spends in it, so the groups add up to about the step's wall time at any thread count. Used by
+:mod:`vimtune.bench.measure` (spec key ``breakdown``) for ``vimtune bench step --breakdown``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ GROUPS = ("matmul", "kernels", "attention", "other")
 MATMUL_OPS = frozenset({
     "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mv", "aten::addmv", "aten::dot",
     "aten::mkldnn_convolution", "aten::convolution_backward",
+    "mkldnn::_linear_pointwise",  # oneDNN's inner product (vimtune.ops.cpu_linear)
 })
 
 

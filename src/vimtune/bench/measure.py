@@ -9,7 +9,10 @@ Spec keys: ``model`` (timm name), ``model_kwargs`` (dict), ``method`` (name or n
 ``method_options``, ``mode`` (``infer`` | ``train``), ``batch``, ``img_size``, ``dtype``
 (``float32`` | ``bfloat16``), ``repeats``, ``warmup``, ``threads``, ``grad_checkpointing`` (bool), ``device`` (``cpu``
 (default) | ``cuda``), ``breakdown`` (bool: two more steps under ``torch.profiler``, the faster one's self time per
-group of :mod:`vimtune.bench.breakdown`, returned as ``breakdown``; CPU only).
+group of :mod:`vimtune.bench.breakdown`, returned as ``breakdown``; CPU only), ``cpu_matmul`` (null: as the
+environment says; ``auto`` | ``torch`` | ``onednn``: sets ``VIMTUNE_CPU_MATMUL`` and makes every plain
+``nn.Linear`` of the model, e.g. a timm ViT's, a :class:`vimtune.ops.cpu_linear.Linear`, so that every model
+compared takes the same path for its float32 linears).
 On CUDA every timed call ends with a synchronisation, and ``peak_extra_bytes`` is
 ``torch.cuda.max_memory_allocated`` from before the model was built (weights + activations + workspace).
 Times: ``seconds`` is the best wall time of a timed call, ``cpu_seconds`` the least CPU time (user + system,
@@ -19,6 +22,7 @@ all the process's threads) of one, which other work on a shared machine disturbs
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -93,11 +97,26 @@ def build(spec: dict[str, Any]) -> torch.nn.Module:
 
         method = build_method(spec["method"], **spec.get("method_options", {}))
         model = method.attach(model, num_classes=spec.get("model_kwargs", {}).get("num_classes"))
+    if spec.get("cpu_matmul"):
+        _linears_through(model, spec["cpu_matmul"])
     if spec.get("fused_attn") is False:
         for module in model.modules():
             if hasattr(module, "fused_attn"):
                 module.fused_attn = False
     return model
+
+
+def _linears_through(model: torch.nn.Module, choice: str) -> None:
+    """Float32 CPU linears of this process take ``choice`` (``VIMTUNE_CPU_MATMUL``), those of ``model``'s plain
+    ``nn.Linear`` modules included (their class becomes vimtune's Linear: same parameters, same function)."""
+    from vimtune.ops.cpu_linear import CHOICES, ENV_VAR, Linear
+
+    if choice not in CHOICES:
+        raise ValueError(f"cpu_matmul {choice!r}: expected one of {', '.join(CHOICES)}")
+    os.environ[ENV_VAR] = choice
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = Linear
 
 
 def _step_fn(model: torch.nn.Module, spec: dict[str, Any], images: torch.Tensor):

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from vimtune.cpuinfo import cpuinfo_fields
+
 # glibc malloc with a fixed mmap threshold: every block of 128 KiB or more is its own mapping and goes
 # back to the OS when freed, so the RSS follows the live tensors instead of the allocator's free lists
 # (slower: fresh pages fault in on every large allocation, so never used for timing).
@@ -71,7 +73,7 @@ def write_results(stem: Path, markdown: str, machine: dict[str, Any], command: s
 def machine_description() -> dict[str, Any]:
     """CPU model (``model name`` of /proc/cpuinfo) with its family / model / stepping numbers and vector ISA,
     core count, memory, torch version and thread count of this machine."""
-    fields = _cpuinfo_fields()
+    fields = cpuinfo_fields()
     cpu = fields.get("model name") or platform.processor() or "unknown CPU"
     flags = set(fields.get("flags", "").split())
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -90,21 +92,6 @@ def machine_description() -> dict[str, Any]:
 
 # /proc/cpuinfo flag -> ISA name used in result files, narrowest first (the last one a CPU has names its files).
 ISA_FLAGS = {"avx2": "avx2", "avx512f": "avx512", "avx512_bf16": "avx512_bf16", "amx_bf16": "amx_bf16"}
-
-
-def _cpuinfo_fields() -> dict[str, str]:
-    """The first processor's ``key: value`` lines of /proc/cpuinfo (empty where there is none)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return fields
 
 
 def machine_with_load(load_before: float) -> dict[str, Any]:

@@ -34,28 +34,33 @@ from vimtune.bench.runner import (
 )
 
 DTYPES = ("float32", "bfloat16")
+CPU_MATMULS = ("auto", "torch", "onednn")  # vimtune.ops.cpu_linear.CHOICES, without importing torch for --help
 CLOCKS = {"wall": "seconds", "cpu": "cpu_seconds"}  # --clock -> the measurement's field
 
 
 def measure_steps(settings: list[tuple[str, str | None]], dtypes: list[str], common: dict[str, Any], rounds: int,
-                  clock: str) -> list[dict[str, Any]]:
-    """One row per (dtype, model, method): the fastest round by ``clock`` (``seconds`` or ``cpu_seconds``).
+                  clock: str, cpu_matmuls: list[str | None] | None = None) -> list[dict[str, Any]]:
+    """One row per (dtype, CPU matmul choice, model, method): the fastest round by ``clock`` (``seconds`` or
+    ``cpu_seconds``).
 
     ``common``: the :mod:`vimtune.bench.measure` spec keys shared by every measurement (``mode``, ``batch``,
-    ``img_size``, ``repeats``, ``threads``, ``breakdown``)."""
+    ``img_size``, ``repeats``, ``threads``, ``breakdown``). ``cpu_matmuls``: values of the spec key
+    ``cpu_matmul`` to run every setting under (default ``[None]``: as the environment says)."""
     rows = []
+    matmuls = cpu_matmuls or [None]
     for dtype in dtypes:
-        results: dict[tuple[str, str | None], list[dict[str, Any]]] = {setting: [] for setting in settings}
-        for round_index in range(rounds):
-            for model, method in settings:
+        results: dict[tuple[str | None, str, str | None], list[dict[str, Any]]] = {
+            (cpu_matmul, *setting): [] for cpu_matmul in matmuls for setting in settings}
+        for round_index in range(rounds):  # the choices and settings in turn, so drift hits them alike
+            for cpu_matmul, model, method in results:
                 spec = common | {"model": model, "model_kwargs": {"img_size": common["img_size"], "num_classes": 10},
-                                 "method": method, "dtype": dtype, "warmup": 1}
-                results[model, method].append(run_measurement(spec))
-                print(json.dumps({"round": round_index, "dtype": dtype, "model": model, "method": method,
-                                  "result": results[model, method][-1]}), flush=True)
-        for (model, method), rounds_run in results.items():
+                                 "method": method, "dtype": dtype, "warmup": 1, "cpu_matmul": cpu_matmul}
+                results[cpu_matmul, model, method].append(run_measurement(spec))
+                print(json.dumps({"round": round_index, "dtype": dtype, "cpu_matmul": cpu_matmul, "model": model,
+                                  "method": method, "result": results[cpu_matmul, model, method][-1]}), flush=True)
+        for (cpu_matmul, model, method), rounds_run in results.items():
             plain = "full (plain model)" if common["mode"] == "train" else "- (plain model)"
-            rows.append({"dtype": dtype, "model": model, "method": method or plain,
+            rows.append({"dtype": dtype, "cpu_matmul": cpu_matmul, "model": model, "method": method or plain,
                          "step": fastest(rounds_run, clock), "rounds": rounds_run})
     return rows
 
@@ -66,18 +71,24 @@ STEP_TEXT = {"train": "One training step (forward, cross-entropy, backward, Adam
 
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str, clock: str, batch: int,
                 img_size: int, mode: str = "train") -> str:
-    """Wall and CPU seconds per step of each row; each row's step time over the last setting's of its dtype;
-    with breakdowns, the profiled seconds per group and what the first row would take without the kernels."""
+    """Wall and CPU seconds per step of each row; each row's step time over the last setting's of its dtype
+    (and CPU matmul choice); with breakdowns, the profiled seconds per group and what the first row would
+    take without the kernels."""
     field = CLOCKS[clock]
     profiled = any("breakdown" in r["step"] for r in rows)
+    chosen = any(r.get("cpu_matmul") for r in rows)
     lines = [
         f"Machine: {machine_line(machine)}; {load_text(machine)}.",
         f"Command: `{command}`. {STEP_TEXT[mode]} at batch {batch}, "
         f"{img_size} px, fresh process per measurement, fastest round by {clock} time. `wall s` = best wall time "
         "of a step; `CPU s` = least CPU time of a step (all threads); `vs last` = this row's "
-        f"{clock} time / the last row's of the same dtype."
+        f"{clock} time / the last row's of the same dtype{' and linears' if chosen else ''}."
+        + (" `torch linears` / `onednn linears`: every float32 linear of every model (vimtune's and timm's "
+           "`nn.Linear`) computed by torch's default (MKL) or by oneDNN (`--cpu-matmul`; "
+           "`vimtune.ops.cpu_linear`)." if chosen else "")
         + (" Profiled columns: the faster of two more steps under `torch.profiler`, self time of its operators "
-           "in seconds: `matmul` (matrix products, patch-embedding conv), `kernels` (vimtune's scan and conv kernels), "
+           "in seconds: `matmul` (matrix products, oneDNN's inner product, patch-embedding conv), "
+           "`kernels` (vimtune's scan and conv kernels), "
            "`attention` (fused attention), `other` (the rest)." if profiled else ""),
         "",
         "| dtype | model | method | wall s | CPU s | vs last |" + (" profiled s | " + " | ".join(GROUPS) + " |"
@@ -85,8 +96,9 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
         "|---|---|---|---:|---:|---:|" + "---:|" * (len(GROUPS) + 1) * profiled,
     ]
     notes = []
-    for dtype in dict.fromkeys(r["dtype"] for r in rows):
-        group = [r for r in rows if r["dtype"] == dtype]
+    for key in dict.fromkeys((r["dtype"], r.get("cpu_matmul")) for r in rows):
+        group = [r for r in rows if (r["dtype"], r.get("cpu_matmul")) == key]
+        dtype = key[0] if key[1] is None else f"{key[0]}, {key[1]} linears"
         base = group[-1]["step"].get(field)
         for r in group:
             step = r["step"]
@@ -133,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="profile two more steps per measurement: seconds in matmul, vimtune's kernels, "
                         "attention and the rest, and the ratio without the kernels")
+    parser.add_argument("--cpu-matmul", nargs="+", default=None, choices=CPU_MATMULS,
+                        help="run every setting with its float32 linears (vimtune's and a timm model's) through "
+                        "each of these (VIMTUNE_CPU_MATMUL; default: as the environment says, timm models untouched)")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps per measurement (after one warm-up)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -151,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     common = {"mode": args.mode, "batch": args.batch, "img_size": args.img_size, "repeats": args.repeats,
               "threads": args.threads, "breakdown": args.breakdown}
-    rows = measure_steps(settings, args.dtypes, common, args.rounds, CLOCKS[args.clock])
+    rows = measure_steps(settings, args.dtypes, common, args.rounds, CLOCKS[args.clock], args.cpu_matmul)
     machine = machine_with_load(load_before)
     if args.threads:
         machine["threads"] = args.threads

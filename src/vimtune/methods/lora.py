@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 
 from vimtune.methods.base import Method, param_names, place_like
 from vimtune.models.vim import VisionMamba
+from vimtune.ops.cpu_linear import Linear
 
 MODULE_TARGETS = ("in_proj", "x_proj", "x_proj_b", "out_proj")
 WEIGHT_TARGETS = ("dt_proj", "dt_proj_b")  # read as .weight by the mixer, never called
@@ -79,8 +80,9 @@ class LowRankUpdate(nn.Module):
         return self.scaling * F.linear(F.linear(self.dropout(x), self.down.to(x.dtype)), self.up.to(x.dtype))
 
 
-class LoRALinear(nn.Linear):
-    """An nn.Linear plus a :class:`LowRankUpdate` path; (..., in) -> (..., out).
+class LoRALinear(Linear):
+    """A :class:`~vimtune.ops.cpu_linear.Linear` (an nn.Linear) plus a :class:`LowRankUpdate` path;
+    (..., in) -> (..., out).
 
     Takes over the wrapped layer's ``weight`` and ``bias`` parameters (the very same tensors,
     under the same names), so backbone state dicts still load into it.
@@ -97,14 +99,14 @@ class LoRALinear(nn.Linear):
         return super().forward(x) + self.lora(x)
 
     @torch.no_grad()
-    def merged(self) -> nn.Linear:
-        """A plain nn.Linear computing the same function (the update folded into its weight)."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight.device, dtype=self.weight.dtype)
-        linear.weight.copy_(self.weight + self.lora.delta_weight().to(self.weight.dtype))
+    def merged(self) -> Linear:
+        """A plain Linear computing the same function (the update folded into its weight)."""
+        plain = Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                       device=self.weight.device, dtype=self.weight.dtype)
+        plain.weight.copy_(self.weight + self.lora.delta_weight().to(self.weight.dtype))
         if self.bias is not None:
-            linear.bias.copy_(self.bias)
-        return linear.requires_grad_(self.weight.requires_grad)
+            plain.bias.copy_(self.bias)
+        return plain.requires_grad_(self.weight.requires_grad)
 
 
 class AddUpdate(nn.Module):
@@ -149,7 +151,7 @@ class LoRA(Method):
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRA-carrying layer of ``model`` by a plain nn.Linear with W + delta W, in place.
+    """Replace every LoRA-carrying layer of ``model`` by a plain Linear with W + delta W, in place.
 
     The merged model computes the same function without the extra path (up to float rounding)
     and has the backbone's state-dict names again; the updates are no longer trainable.

@@ -13,6 +13,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from vimtune.ops import resolve_backend, selective_scan
+from vimtune.ops.cpu_linear import Linear, linear
 from vimtune.ops.mixer_cpu import bimamba_forward_tm, mixer_kernels_available
 
 
@@ -63,18 +64,18 @@ class BiMambaMixer(nn.Module):
         self.scan_backend = scan_backend
         e, n, r = self.d_inner, d_state, self.dt_rank
 
-        self.in_proj = nn.Linear(d_model, 2 * e, bias=False)
+        self.in_proj = Linear(d_model, 2 * e, bias=False)
         self.conv1d = nn.Conv1d(e, e, d_conv, groups=e, padding=d_conv - 1, bias=True)
-        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
-        self.dt_proj = nn.Linear(r, e, bias=True)
+        self.x_proj = Linear(e, r + 2 * n, bias=False)
+        self.dt_proj = Linear(r, e, bias=True)
         self.A_log = nn.Parameter(torch.empty(e, n))
         self.D = nn.Parameter(torch.empty(e))
         self.conv1d_b = nn.Conv1d(e, e, d_conv, groups=e, padding=d_conv - 1, bias=True)
-        self.x_proj_b = nn.Linear(e, r + 2 * n, bias=False)
-        self.dt_proj_b = nn.Linear(r, e, bias=True)
+        self.x_proj_b = Linear(e, r + 2 * n, bias=False)
+        self.dt_proj_b = Linear(r, e, bias=True)
         self.A_b_log = nn.Parameter(torch.empty(e, n))
         self.D_b = nn.Parameter(torch.empty(e))
-        self.out_proj = nn.Linear(e, d_model, bias=False)
+        self.out_proj = Linear(e, d_model, bias=False)
         self._dt_range = (dt_min, dt_max, dt_init_floor)
         self.reset_ssm_parameters()
 
@@ -104,7 +105,7 @@ class BiMambaMixer(nn.Module):
         u = F.silu(conv(x)[..., :length])
         dbl = x_proj(u.transpose(1, 2))  # (B, T, R + 2N)
         dt, Bm, Cm = torch.split(dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # (B, E, T), bias added in the scan
+        delta = linear(dt, dt_proj.weight).transpose(1, 2)  # (B, E, T), bias added in the scan
         return selective_scan(
             u, delta, -torch.exp(_wide(A_log)), Bm.transpose(1, 2), Cm.transpose(1, 2),
             D=_wide(D), z=z, delta_bias=_wide(dt_proj.bias), delta_softplus=True,

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from vimtune.ops._build import load_cpu_extension
+from vimtune.ops.cpu_linear import linear
 
 if TYPE_CHECKING:
     from vimtune.models.mamba import BiMambaMixer
@@ -294,7 +295,7 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
         C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor, conv_x: Tensor, conv_weight: Tensor, conv_bias: Tensor,
         delta_softplus: bool, reverse: bool, into: _InProjGrad | None = None,
     ) -> Tensor:
-        delta = dt @ dt_weight.t()  # (B, T, E), freed on return
+        delta = linear(dt, dt_weight)  # (B, T, E), freed on return
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         ctx.save_for_backward(dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias)
         ctx.meta = _meta(*inputs)
@@ -307,16 +308,16 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
         dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias = ctx.saved_tensors
         u_dtype, reverse = ctx.meta[0][0], ctx.flags[1]
         u = _ops().conv_fwd(*_conv_work(conv_x, conv_weight, conv_bias), reverse).to(u_dtype)  # as in forward
-        work_inputs = _scan_work(u, dt @ dt_weight.t(), A, B, C, D, z, delta_bias)
+        work_inputs = _scan_work(u, linear(dt, dt_weight), A, B, C, D, z, delta_bias)
         del u
         du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_grads(work_inputs, ctx.flags, dout, ctx.meta,
                                                             ctx.needs_input_grad[3],
                                                             _kernel_half(ctx.into, 1, work_inputs[6].dtype))
         del work_inputs
         dz = _routed(ctx.into, 1, dz)
-        # The gradients autograd gives ``dt @ dt_weight.t()`` (matmul folds (B, T) into rows: mm).
+        # The gradients autograd gives ``linear(dt, dt_weight)`` (with (B, T) folded into rows).
         ddelta_rows, dt_rows = ddelta.flatten(0, -2), dt.flatten(0, -2)
-        d_dt = (ddelta_rows @ dt_weight).view(dt.shape) if ctx.needs_input_grad[1] else None
+        d_dt = linear(ddelta_rows, dt_weight.t()).view(dt.shape) if ctx.needs_input_grad[1] else None
         d_weight = ddelta_rows.t() @ dt_rows if ctx.needs_input_grad[2] else None
         return du, d_dt, d_weight, dA, dB, dC, dD, dz, dbias, None, None, None, None, None, None
 
@@ -385,7 +386,7 @@ def _direction_in_pieces(
         first, last = (lo, min(hi + halo, length)) if reverse else (max(lo - halo, 0), hi)
         u = causal_conv1d_silu(x[:, first:last], conv.weight, conv.bias, reverse)[:, lo - first : hi - first]
         dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
-        work = _scan_work(u, dt @ dt_proj.weight.t(), A, Bm, Cm, D, z[:, lo:hi], dt_proj.bias)
+        work = _scan_work(u, linear(dt, dt_proj.weight), A, Bm, Cm, D, z[:, lo:hi], dt_proj.bias)
         out = _ops().scan_fwd(*work, True, reverse, state).to(u.dtype)
         if reverse:
             y[:, lo:hi].add_(out)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from vimtune.models.mamba import BiMambaMixer
 from vimtune.models.vim import VisionMamba
 from vimtune.ops import resolve_backend
+from vimtune.ops.cpu_linear import linear
 from vimtune.viz.hidden_attention import hidden_attention, hidden_attention_row
 
 
@@ -124,7 +125,7 @@ class _LayerRecorder:
         def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
             u = args[0].transpose(1, 2)  # (B, E, T) in scan order
             dt, B, C = output.split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
-            delta = (dt @ dt_proj.weight.t()).transpose(1, 2)
+            delta = linear(dt, dt_proj.weight).transpose(1, 2)
             A = -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))
             scan = (u, delta, A, B.transpose(1, 2), C.transpose(1, 2))
             length = u.shape[-1]

@@ -1,0 +1,124 @@
+"""Float32 linear layers on CPU through oneDNN, where torch's default BLAS leaves AVX-512 unused.
+
+torch computes a float32 ``F.linear`` on CPU with MKL's sgemm, and MKL runs its AVX-512 code only on
+Intel CPUs: on AMD CPUs with AVX-512 (Zen 4, Zen 5) it runs its AVX2 code. oneDNN's inner product,
+which torch also ships, picks its code by the CPU's ISA flags. On a 2-core Zen 5 AMD EPYC, at the
+shapes of Vim-Ti's mixer at 224 px and batch 8 (1576 rows), MKL computed about 200 GFLOP/s and
+oneDNN about 450 (``scripts/ab_cpu_linear.py`` measures both side by side on any machine).
+
+Which one float32 CPU linears use: ``VIMTUNE_CPU_MATMUL`` = ``auto`` (default: oneDNN on CPUs with
+AVX-512 whose vendor is not Intel, torch's default elsewhere), ``onednn`` or ``torch``. Products of
+fewer than :data:`MIN_MACS` multiply-adds, other dtypes (float64, bfloat16), autocast and other
+devices always take ``F.linear``: for small products oneDNN's fixed cost per call (about 15 us)
+is larger than what it saves. Both compute float32 sums of products; only the order of the
+additions differs, as between thread counts of one BLAS.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vimtune.cpuinfo import cpuinfo_fields
+
+ENV_VAR = "VIMTUNE_CPU_MATMUL"
+CHOICES = ("auto", "onednn", "torch")
+MIN_MACS = 1 << 22
+"""Smallest product (rows x in_features x out_features) that goes to oneDNN. On the Zen 5 EPYC, at two
+threads, oneDNN was slower up to about 2.4M multiply-adds (32 rows of a 384 -> 192 layer) and faster
+from about 4.2M on (64 rows of it, 256 rows of a 384 -> 44 layer)."""
+
+
+@functools.cache
+def _onednn_linear() -> Any | None:
+    """torch's oneDNN inner product on strided tensors (``mkldnn::_linear_pointwise``), or None where torch
+    has no oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+@functools.cache
+def _avx512_outside_intel() -> bool:
+    """True on a CPU with AVX-512 whose vendor is not Intel (the CPUs on which MKL runs its AVX2 code)."""
+    fields = cpuinfo_fields()
+    return fields.get("vendor_id", "GenuineIntel") != "GenuineIntel" and "avx512f" in fields.get("flags", "").split()
+
+
+def cpu_matmul_backend() -> str:
+    """``"onednn"`` or ``"torch"``: what float32 CPU linears of at least :data:`MIN_MACS` use, by
+    ``VIMTUNE_CPU_MATMUL`` (read at each call) and this CPU."""
+    choice = os.environ.get(ENV_VAR, "auto")
+    if choice not in CHOICES:
+        raise ValueError(f"{ENV_VAR}={choice!r}: expected one of {', '.join(CHOICES)}")
+    if choice == "onednn" and _onednn_linear() is None:
+        raise RuntimeError(f"{ENV_VAR}=onednn, but this torch build has no oneDNN (torch.backends.mkldnn)")
+    if choice == "onednn" or (choice == "auto" and _onednn_linear() is not None and _avx512_outside_intel()):
+        return "onednn"
+    return "torch"
+
+
+def _takes_onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether ``linear(x, weight, bias)`` goes to oneDNN (see the module docstring)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and x.layout == weight.layout == torch.strided
+        and x.stride(-1) == 1
+        and x.numel() * weight.shape[0] >= MIN_MACS
+        and not torch.is_autocast_enabled("cpu")
+        and cpu_matmul_backend() == "onednn"
+    )
+
+
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out), by oneDNN; ``weight`` may be a view
+    with any strides (a transpose is read in place)."""
+    return _onednn_linear()(x, weight, bias, "none", [], "")
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    """``F.linear`` with oneDNN products forward and backward; saves x only when the weight needs a
+    gradient and the weight only when x does, as ``F.linear`` does."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        needs_x, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.save_for_backward(x if needs_weight else None, weight if needs_x else None)
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()  # (..., out); autograd may hand over expanded (stride-0) gradients
+        grad_rows = grad.view(-1, grad.shape[-1])
+        grad_x = _onednn(grad, weight.t()) if ctx.needs_input_grad[0] else None  # grad @ weight
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = _onednn(grad_rows.t(), x.reshape(-1, x.shape[-1]).t())  # grad_rows^T @ x_rows
+        grad_bias = grad_rows.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear``: x (..., in), weight (out, in), bias (out,) or None -> (..., out); float32 CPU products
+    of at least :data:`MIN_MACS` multiply-adds through oneDNN where :func:`cpu_matmul_backend` says so."""
+    if not _takes_onednn(x, weight, bias):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return _OneDnnLinear.apply(x, weight, bias)
+    return _onednn(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict names) computed by :func:`linear`; (..., in) -> (..., out)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
