@@ -4,7 +4,7 @@ torch computes a float32 ``F.linear`` on CPU with MKL's sgemm, and MKL runs its 
 Intel CPUs: on AMD CPUs with AVX-512 (Zen 4, Zen 5) it runs its AVX2 code. oneDNN's inner product,
 which torch also ships, picks its code by the CPU's ISA flags. On a 2-core Zen 5 AMD EPYC, at the
 shapes of Vim-Ti's mixer at 224 px and batch 8 (1576 rows), MKL computed about 200 GFLOP/s and
-oneDNN about 450 (``scripts/ab_cpu_linear.py`` measures both side by side on any machine).
+oneDNN about 450 (``vimtune bench step --cpu-matmul torch onednn`` times whole models both ways, side by side).
 
 Which one float32 CPU linears use: ``VIMTUNE_CPU_MATMUL`` = ``auto`` (default: oneDNN on CPUs with
 AVX-512 whose vendor is not Intel, torch's default elsewhere), ``onednn`` or ``torch``. Products of
