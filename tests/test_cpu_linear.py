@@ -110,3 +110,66 @@ def test_linear_module_is_a_drop_in_nn_linear(monkeypatch: pytest.MonkeyPatch) -
     fast = layer(x)
     monkeypatch.setenv(ENV_VAR, "torch")
     torch.testing.assert_close(fast, plain(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_double_backward_matches_float64(onednn: None) -> None:
+    """The backward is made of linear calls, so a gradient of a gradient (e.g. a gradient penalty) works."""
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(64, 384, generator=generator, requires_grad=True)
+    weight = torch.randn(192, 384, generator=generator, requires_grad=True)
+    assert "mkldnn::_linear_pointwise" in _profiled_ops(lambda: linear(x, weight))
+
+    def penalty_grad(lin, x, weight):
+        (gx,) = torch.autograd.grad(lin(x, weight).pow(2).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), weight)[0]
+
+    got = penalty_grad(linear, x, weight)
+    ref = penalty_grad(F.linear, x.detach().double().requires_grad_(), weight.detach().double().requires_grad_())
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch's forward AD, not ours
+def test_forward_mode_and_torch_func_get_f_linear(onednn: None) -> None:
+    """oneDNN's operator has no forward-mode formula: under a dual level or a torch.func transform, linear
+    computes with F.linear, so tangents and transformed gradients are those of F.linear."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, weight, bias = torch.randn(64, 384), torch.randn(192, 384), torch.randn(192)
+    tangents = torch.randn_like(x), torch.randn_like(weight), torch.randn_like(bias)
+    with fwAD.dual_level():
+        out = linear(*(fwAD.make_dual(p, t) for p, t in zip((x, weight, bias), tangents, strict=True)))
+        tangent = fwAD.unpack_dual(out).tangent
+    expected = F.linear(tangents[0], weight) + F.linear(x, tangents[1]) + tangents[2]
+    assert tangent is not None
+    torch.testing.assert_close(tangent, expected, rtol=1e-5, atol=1e-4)
+
+    grad = torch.func.grad(lambda w: linear(x, w, bias).pow(2).sum())(weight)
+    torch.testing.assert_close(grad, torch.func.grad(lambda w: F.linear(x, w, bias).pow(2).sum())(weight))
+    jacobian = torch.func.jacrev(lambda rows: linear(rows, weight).sum(0))(x)
+    assert jacobian.shape == (192, 64, 384)
+    torch.testing.assert_close(jacobian[:, 5], weight)
+
+
+@needs_onednn
+def test_overlapping_rows(onednn: None) -> None:
+    """An input whose rows overlap (a sliding window) gets its weight gradient; a weight whose rows overlap
+    (which oneDNN cannot describe) is left to F.linear."""
+    windows = torch.randn(2048 * 64 + 512).as_strided((2048, 512), (64, 1))
+    weight = torch.randn(256, 512, requires_grad=True)
+    (got,) = torch.autograd.grad(linear(windows, weight).pow(2).sum(), weight)
+    weight64 = weight.detach().double().requires_grad_()
+    (ref,) = torch.autograd.grad(F.linear(windows.double(), weight64).pow(2).sum(), weight64)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+    shared_rows = torch.randn(256 * 16 + 512).as_strided((256, 512), (16, 1))
+    assert "mkldnn::_linear_pointwise" not in _profiled_ops(lambda: linear(torch.randn(2048, 512), shared_rows))
+
+
+def test_linear_module_traces_with_fx() -> None:
+    layer = Linear(384, 192)
+    traced = torch.fx.symbolic_trace(layer)
+    assert [node.op for node in traced.graph.nodes] == ["placeholder", "get_attr", "get_attr", "call_function",
+                                                        "output"]
+    x = torch.randn(64, 384)
+    torch.testing.assert_close(traced(x), layer(x))

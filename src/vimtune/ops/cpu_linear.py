@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 from vimtune.cpuinfo import cpuinfo_fields
 
@@ -63,46 +64,58 @@ def cpu_matmul_backend() -> str:
     return "torch"
 
 
+def _plain_matrix(weight: Tensor) -> bool:
+    """True for a 2-D weight stored row- or column-major (oneDNN describes no other layout, e.g. overlapping rows)."""
+    return weight.dim() == 2 and (weight.is_contiguous() or weight.t().is_contiguous())
+
+
+def _plain_autograd(*tensors: Tensor | None) -> bool:
+    """False under forward-mode AD (a dual level open) or inside a ``torch.func`` transform (wrapped tensors):
+    ``F.linear`` has the formulas these need, oneDNN's operator has none."""
+    if forward_ad._current_level >= 0:  # private, but the only cheap test; pinned torch (constraints.txt)
+        return False
+    return not any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
 def _takes_onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """Whether ``linear(x, weight, bias)`` goes to oneDNN (see the module docstring)."""
+    """Whether ``linear(x, weight, bias)`` goes to oneDNN (see the module docstring); oneDNN copies an input
+    of any other strides to a contiguous one itself."""
     return (
         x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
-        and x.layout == weight.layout == torch.strided
-        and x.stride(-1) == 1
+        and x.layout == torch.strided
+        and _plain_matrix(weight)
         and x.numel() * weight.shape[0] >= MIN_MACS
         and not torch.is_autocast_enabled("cpu")
         and cpu_matmul_backend() == "onednn"
+        and _plain_autograd(x, weight, bias)
     )
 
 
 def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out), by oneDNN; ``weight`` may be a view
-    with any strides (a transpose is read in place)."""
+    """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out), by oneDNN; ``weight`` may be a transpose."""
     return _onednn_linear()(x, weight, bias, "none", [], "")
 
 
 class _OneDnnLinear(torch.autograd.Function):
-    """``F.linear`` with oneDNN products forward and backward; saves x only when the weight needs a
-    gradient and the weight only when x does, as ``F.linear`` does."""
+    """``F.linear`` with oneDNN products. Saves x for backward only when the weight needs a gradient and the
+    weight only when x does, as ``F.linear`` does; its backward is made of :func:`linear` calls, so it is
+    differentiable again (double backward)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        needs_x, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.save_for_backward(x if needs_weight else None, weight if needs_x else None)
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
         return _onednn(x, weight, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
-        grad = grad.contiguous()  # (..., out); autograd may hand over expanded (stride-0) gradients
-        grad_rows = grad.view(-1, grad.shape[-1])
-        grad_x = _onednn(grad, weight.t()) if ctx.needs_input_grad[0] else None  # grad @ weight
+        grad_x = linear(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (..., out) @ (out, in)
+        grad_rows = grad.reshape(-1, grad.shape[-1])  # (rows, out)
         grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = _onednn(grad_rows.t(), x.reshape(-1, x.shape[-1]).t())  # grad_rows^T @ x_rows
+        if ctx.needs_input_grad[1]:  # grad_rows^T @ x_rows; x_rows made plain (its rows may overlap)
+            grad_weight = linear(grad_rows.t(), x.reshape(-1, x.shape[-1]).contiguous().t())
         grad_bias = grad_rows.sum(0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
 
@@ -115,6 +128,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _OneDnnLinear.apply(x, weight, bias)
     return _onednn(x, weight, bias)
+
+
+torch.fx.wrap("linear")  # a call node in symbolic traces of modules that call it here (its checks read tensors)
 
 
 class Linear(nn.Linear):
