@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from vimtune.methods.base import Method, param_names, place_like
 from vimtune.models.vim import VisionMamba
+from vimtune.ops.cpu_linear import Linear
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,9 @@ class ParallelAdapter(nn.Module):
     def __init__(self, dim: int, bottleneck: int, scale: float) -> None:
         super().__init__()
         self.scale = scale
-        self.down = nn.Linear(dim, bottleneck)
+        self.down = Linear(dim, bottleneck)
         self.act = nn.ReLU()
-        self.up = nn.Linear(bottleneck, dim)
+        self.up = Linear(bottleneck, dim)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 

@@ -39,6 +39,7 @@ from vimtune.methods.base import Method, param_names, place_like
 from vimtune.methods.prompt_update import prompt_update
 from vimtune.methods.simam import add_simam
 from vimtune.models.vim import VisionMamba
+from vimtune.ops.cpu_linear import Linear
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ class SelectivePrompts(nn.Module):
 
     Parameters: ``inner.{l}.down`` Linear(D, r), ``inner.{l}.up`` Linear(r, D), ``beta``
     (depth, D) when the inner path is on; ``cross.{g}`` Linear(D, D), ``alpha`` (G, D) when the
-    cross path is on. Generators keep nn.Linear's default init; the scales start at zero.
+    cross path is on. Generators are vimtune's :class:`~vimtune.ops.cpu_linear.Linear` (an nn.Linear with
+    its default init); the scales start at zero.
     """
 
     def __init__(self, dim: int, depth: int, rank: int, group_size: int, inner: bool = True,
@@ -108,13 +110,13 @@ class SelectivePrompts(nn.Module):
         self.inner = self.beta = self.cross = self.alpha = None
         if inner:
             self.inner = nn.ModuleList(
-                nn.Sequential(OrderedDict(down=nn.Linear(dim, rank), up=nn.Linear(rank, dim)))
+                nn.Sequential(OrderedDict(down=Linear(dim, rank), up=Linear(rank, dim)))
                 for _ in range(depth)
             )
             self.beta = nn.Parameter(torch.zeros(depth, dim))
         if cross:
             groups = num_groups(depth, group_size)
-            self.cross = nn.ModuleList(nn.Linear(dim, dim) for _ in range(groups))
+            self.cross = nn.ModuleList(Linear(dim, dim) for _ in range(groups))
             self.alpha = nn.Parameter(torch.zeros(groups, dim))
 
     def extra_repr(self) -> str:
