@@ -173,3 +173,17 @@ def test_linear_module_traces_with_fx() -> None:
                                                         "output"]
     x = torch.randn(64, 384)
     torch.testing.assert_close(traced(x), layer(x))
+
+
+def test_vimtune_info_names_the_path_and_why(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from vimtune.cli import main
+
+    monkeypatch.setenv(ENV_VAR, "torch")
+    assert main(["info"]) == 0
+    assert f"float32 CPU linears of at least {MIN_MACS:,} multiply-adds: torch's default (MKL on x86) " \
+           f"({ENV_VAR}=torch)" in capsys.readouterr().out
+    monkeypatch.setenv(ENV_VAR, "auto")
+    monkeypatch.setattr(cpu_linear, "_onednn_linear", lambda: object())
+    monkeypatch.setattr(cpu_linear, "_avx512_outside_intel", lambda: True)
+    assert "oneDNN (auto: a CPU with AVX-512 not made by Intel)" in cpu_linear.describe_cpu_matmul()

@@ -64,6 +64,21 @@ def cpu_matmul_backend() -> str:
     return "torch"
 
 
+def describe_cpu_matmul() -> str:
+    """One line for ``vimtune info``: what float32 CPU linears use here, and why."""
+    choice = os.environ.get(ENV_VAR, "auto")
+    backend = cpu_matmul_backend()
+    if choice != "auto":
+        why = f"{ENV_VAR}={choice}"
+    elif _onednn_linear() is None:
+        why = "auto: this torch build has no oneDNN"
+    else:
+        why = "auto: " + ("a CPU with AVX-512 not made by Intel" if backend == "onednn" else
+                          "an Intel CPU or one without AVX-512, where torch's default is kept")
+    target = "oneDNN" if backend == "onednn" else "torch's default (MKL on x86)"
+    return f"float32 CPU linears of at least {MIN_MACS:,} multiply-adds: {target} ({why})"
+
+
 def _plain_matrix(weight: Tensor) -> bool:
     """True for a 2-D weight stored row- or column-major (oneDNN describes no other layout, e.g. overlapping rows)."""
     return weight.dim() == 2 and (weight.is_contiguous() or weight.t().is_contiguous())
