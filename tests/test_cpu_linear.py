@@ -187,3 +187,15 @@ def test_vimtune_info_names_the_path_and_why(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(cpu_linear, "_onednn_linear", lambda: object())
     monkeypatch.setattr(cpu_linear, "_avx512_outside_intel", lambda: True)
     assert "oneDNN (auto: a CPU with AVX-512 not made by Intel)" in cpu_linear.describe_cpu_matmul()
+
+
+@needs_onednn
+def test_torch_compile_traces_linear(onednn: None) -> None:
+    """While torch.compile traces, linear is F.linear (dynamo cannot trace oneDNN's operator)."""
+    torch._dynamo.reset()
+    layer = Linear(384, 192)
+    x = torch.randn(64, 384, requires_grad=True)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    (got,) = torch.autograd.grad(compiled(x).pow(2).sum(), x)
+    (ref,) = torch.autograd.grad(F.linear(x, layer.weight, layer.bias).pow(2).sum(), x)
+    torch.testing.assert_close(got, ref)

@@ -94,9 +94,11 @@ def _plain_autograd(*tensors: Tensor | None) -> bool:
 
 def _takes_onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether ``linear(x, weight, bias)`` goes to oneDNN (see the module docstring); oneDNN copies an input
-    of any other strides to a contiguous one itself."""
+    of any other strides to a contiguous one itself. Never while ``torch.compile`` traces: the compiler
+    makes its own choice of products (and cannot trace oneDNN's operator)."""
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
         and x.layout == torch.strided
