@@ -6,23 +6,13 @@
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 
+from vimtune.cpuinfo import cpu_model_name
 from vimtune.engine.checkpoint import atomic_write_text
 from vimtune.viz.gate_change import gate_table, read_gate_change
 
 HEADING = "Gate change by sequence quarter"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else the platform's processor string."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:
@@ -37,7 +27,7 @@ def main() -> int:
             f"Written by `{args.command}` from the `viz/gate_change.json` of each run (`vimtune report --images`). "
             f"Mean of |delta(method) - delta(plain backbone)| over {first.layers} layers, both scan directions "
             f"(delta averaged over channels and {first.images} images), in the first and in the last quarter of the "
-            f"{first.tokens} patch tokens in sequence order. Trained and measured on CPU ({cpu_model()}, a shared "
+            f"{first.tokens} patch tokens in sequence order. Trained and measured on CPU ({cpu_model_name()}, a shared "
             f"machine: the load changes no number here).\n\n**{HEADING}**\n\n{gate_table(changes)}\n")
     atomic_write_text(args.out, text)
     print(f"wrote {args.out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import platform
 
 
 @functools.cache
@@ -19,3 +20,8 @@ def cpuinfo_fields() -> dict[str, str]:
     except OSError:
         pass
     return fields
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (``model name`` of /proc/cpuinfo), else the platform's processor string."""
+    return cpuinfo_fields().get("model name") or platform.processor() or "unknown CPU"

@@ -109,11 +109,10 @@ def build(spec: dict[str, Any]) -> torch.nn.Module:
 def _linears_through(model: torch.nn.Module, choice: str) -> None:
     """Float32 CPU linears of this process take ``choice`` (``VIMTUNE_CPU_MATMUL``), those of ``model``'s plain
     ``nn.Linear`` modules included (their class becomes vimtune's Linear: same parameters, same function)."""
-    from vimtune.ops.cpu_linear import CHOICES, ENV_VAR, Linear
+    from vimtune.ops.cpu_linear import ENV_VAR, Linear, cpu_matmul_backend
 
-    if choice not in CHOICES:
-        raise ValueError(f"cpu_matmul {choice!r}: expected one of {', '.join(CHOICES)}")
     os.environ[ENV_VAR] = choice
+    cpu_matmul_backend()  # rejects an unknown choice, or onednn without oneDNN, before the model runs
     for module in model.modules():
         if type(module) is torch.nn.Linear:
             module.__class__ = Linear

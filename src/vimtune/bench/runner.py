@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vimtune.cpuinfo import cpuinfo_fields
+from vimtune.cpuinfo import cpu_model_name, cpuinfo_fields
 
 # glibc malloc with a fixed mmap threshold: every block of 128 KiB or more is its own mapping and goes
 # back to the OS when freed, so the RSS follows the live tensors instead of the allocator's free lists
@@ -74,7 +74,7 @@ def machine_description() -> dict[str, Any]:
     """CPU model (``model name`` of /proc/cpuinfo) with its family / model / stepping numbers and vector ISA,
     core count, memory, torch version and thread count of this machine."""
     fields = cpuinfo_fields()
-    cpu = fields.get("model name") or platform.processor() or "unknown CPU"
+    cpu = cpu_model_name()
     flags = set(fields.get("flags", "").split())
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {

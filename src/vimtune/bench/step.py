@@ -32,9 +32,9 @@ from vimtune.bench.runner import (
     run_measurement,
     write_results,
 )
+from vimtune.ops.cpu_linear import CHOICES as CPU_MATMUL_CHOICES
 
 DTYPES = ("float32", "bfloat16")
-CPU_MATMULS = ("auto", "torch", "onednn")  # vimtune.ops.cpu_linear.CHOICES, without importing torch for --help
 CLOCKS = {"wall": "seconds", "cpu": "cpu_seconds"}  # --clock -> the measurement's field
 
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="profile two more steps per measurement: seconds in matmul, vimtune's kernels, "
                         "attention and the rest, and the ratio without the kernels")
-    parser.add_argument("--cpu-matmul", nargs="+", default=None, choices=CPU_MATMULS,
+    parser.add_argument("--cpu-matmul", nargs="+", default=None, choices=CPU_MATMUL_CHOICES,
                         help="run every setting with its float32 linears (vimtune's and a timm model's) through "
                         "each of these (VIMTUNE_CPU_MATMUL; default: as the environment says, timm models untouched)")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps per measurement (after one warm-up)")

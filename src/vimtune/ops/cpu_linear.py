@@ -1,8 +1,8 @@
-"""Float32 linear layers on CPU through oneDNN, where torch's default BLAS leaves AVX-512 unused.
+"""Float32 linear layers on CPU through oneDNN, where torch's default BLAS is slow (non-Intel CPUs with AVX-512).
 
-torch computes a float32 ``F.linear`` on CPU with MKL's sgemm, and MKL runs its AVX-512 code only on
-Intel CPUs: on AMD CPUs with AVX-512 (Zen 4, Zen 5) it runs its AVX2 code. oneDNN's inner product,
-which torch also ships, picks its code by the CPU's ISA flags. On a 2-core Zen 5 AMD EPYC, at the
+torch computes a float32 ``F.linear`` on CPU with MKL's sgemm, and MKL chooses its code paths by the
+CPU's vendor; oneDNN's inner product, which torch also ships, picks its code by the CPU's ISA flags.
+On a 2-core Zen 5 AMD EPYC (the only non-Intel AVX-512 CPU measured so far), at the
 shapes of Vim-Ti's mixer at 224 px and batch 8 (1576 rows), MKL computed about 200 GFLOP/s and
 oneDNN about 450 (``vimtune bench step --cpu-matmul torch onednn`` times whole models both ways, side by side).
 
@@ -46,7 +46,7 @@ def _onednn_linear() -> Any | None:
 
 @functools.cache
 def _avx512_outside_intel() -> bool:
-    """True on a CPU with AVX-512 whose vendor is not Intel (the CPUs on which MKL runs its AVX2 code)."""
+    """True on a CPU with AVX-512 whose vendor is not Intel (where MKL was measured at half oneDNN's speed)."""
     fields = cpuinfo_fields()
     return fields.get("vendor_id", "GenuineIntel") != "GenuineIntel" and "avx512f" in fields.get("flags", "").split()
 
