@@ -342,6 +342,36 @@ def test_kernels_give_the_same_results_at_one_and_two_threads(reverse: bool, tor
         assert torch.equal(two[name], value), name
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_whole_register_and_lane_loop_paths_agree_bit_for_bit(reverse: bool) -> None:
+    """A full 16-channel block takes the whole-register code (the AVX-512 exp where the CPU has it) and a
+    15-channel block the lane-by-lane loops; each channel's values do not depend on the others, so the first 15
+    channels of a 16-channel scan equal, bit for bit, a scan of those 15 channels alone: forward and the
+    per-channel gradients. |delta| up to 100 sends dt A below -126 / log2(e), the exp's clamp."""
+    g = torch.Generator().manual_seed(7)
+    batch, length, channels, state = 2, 40, 16, 16
+    u, z, dout = (torch.randn(batch, length, channels, generator=g) for _ in range(3))
+    delta = torch.randn(batch, length, channels, generator=g) * torch.logspace(-1, 2, channels)
+    B, C = (torch.randn(batch, length, state, generator=g) for _ in range(2))
+    A = -torch.rand(channels, state, generator=g) * 3 - 0.05
+    D, bias = (torch.randn(channels, generator=g) for _ in range(2))
+    ops = mixer_cpu._ops()
+    part = slice(0, channels - 1)
+    whole = [u, delta, A, B, C, D, z, bias]
+    parts = [u[..., part].contiguous(), delta[..., part].contiguous(), A[part].contiguous(), B, C,
+             D[part].contiguous(), z[..., part].contiguous(), bias[part].contiguous()]
+    out_whole = ops.scan_fwd(*whole, True, reverse)
+    out_part = ops.scan_fwd(*parts, True, reverse)
+    assert torch.equal(out_part, out_whole[..., part]), "out"
+    grads_whole = ops.scan_bwd(*whole, True, reverse, dout, True)
+    grads_part = ops.scan_bwd(*parts, True, reverse, dout[..., part].contiguous(), True)
+    names = ("du", "ddelta", "dz", "dA", "dB", "dC", "dD", "ddelta_bias")
+    for name, g_whole, g_part in zip(names, grads_whole, grads_part, strict=True):
+        if name in ("dB", "dC"):  # sums over the channels
+            continue
+        assert torch.equal(g_part, g_whole[..., part] if g_whole.dim() == 3 else g_whole[part]), name
+
+
 def _bfloat16_matches_float32_cast(fn, leaves: dict, seed: int) -> None:
     """fn on bfloat16 leaves equals, bit for bit, fn on the same values in float32 cast to bfloat16:
     the output and the gradient of every leaf (a cotangent with bfloat16 values)."""

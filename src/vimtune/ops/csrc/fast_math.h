@@ -67,16 +67,17 @@ using Floats16 = float __attribute__((vector_size(16 * sizeof(float))));
 constexpr bool kVectorExp = true;
 
 // exp2_lanes for a whole AVX-512 register, in fewer instructions than the lane-wise code compiles to: the clamp
-// is one vrangeps (sign(y) min(|y|, 126), in place of a mask, an integer minimum and a blend) and 2^k is applied
-// by vscalefps (p 2^k, in place of a shift and an add). k, f and the polynomial are exp2_lanes', so the value is
-// the same bits for every float y but signalling NaNs, which no arithmetic produces (vrangeps turns a quiet NaN
-// into +-126 by its sign, as the bit clamp does).
+// is one vrangeps (sign(y) min(|y|, 126), in place of a mask, an integer minimum and a blend), f = y - round(y)
+// is one vreduceps (in place of the shift's add and two subtractions; exact, rounding to nearest even as the
+// shift does), k = y - f is exact, and 2^k is applied by vscalefps (p 2^k, in place of a shift and an add). k, f
+// and the polynomial are exp2_lanes', so the value is the same bits for every float y but signalling NaNs, which
+// no arithmetic produces (vrangeps turns a quiet NaN into +-126 by its sign, as the bit clamp does).
 inline Floats16 exp2_lanes(Floats16 y) {
-  constexpr float kShift = 12582912.0f;
   constexpr int kMinAbsSignOfFirst = 0x02;  // vrangeps: the smaller magnitude, with the first operand's sign
+  constexpr int kNearestQuiet = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;  // vreduceps: y - round(y)
   y = Floats16(_mm512_range_ps(__m512(y), _mm512_set1_ps(126.0f), kMinAbsSignOfFirst));
-  const Floats16 k = (y + kShift) - kShift;
-  const Floats16 f = y - k;
+  const Floats16 f = Floats16(_mm512_reduce_ps(__m512(y), kNearestQuiet));
+  const Floats16 k = y - f;
   const Floats16 p = exp2_fraction(f);
   return Floats16(_mm512_scalef_ps(__m512(p), __m512(k)));
 }

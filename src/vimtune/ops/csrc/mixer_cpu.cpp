@@ -16,7 +16,7 @@
 // the outputs are stored in V, which is S or, for float compute, bfloat16. bfloat16 values are read
 // exactly into float and written rounded to nearest even (as Tensor.to(torch.bfloat16) rounds), so a
 // bfloat16 call gives bit for bit the float call on the same values with its outputs cast to bfloat16,
-// without the float copies of its inputs and outputs.
+// without float copies of its inputs and outputs (but the scan's small B and C, see Scan).
 //
 // A task owns one batch row and one block of W channels (or, in the scan backward, a group of
 // blocks); the W channels are the vector lanes, so every inner loop runs over lanes (`omp simd`
@@ -541,7 +541,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_bwd(const at::Tensor& x, con
 template <typename S, typename V>
 struct Scan {
   Rows<const V> u, delta, z;  // (B, T, E)
-  Rows<const V> Bm, Cm;       // (B, T, N)
+  // B and C (B, T, N) in the compute type S. A bfloat16 call reads them from float copies made once per call
+  // (1 / E of u's size): every channel block broadcasts each of their values to a register once per state,
+  // and a bfloat16 value took two more vector instructions there (a move from a general register and the
+  // broadcast) than a float one broadcast straight from memory (18 instead of 14 per state update).
+  at::Tensor B_compute, C_compute;
+  Rows<const S> Bm, Cm;
   const S* A;                 // (E, N)
   const S* D;                 // (E,)
   const S* bias;              // (E,)
@@ -614,8 +619,8 @@ template <int64_t NV, bool kKeepDecay, typename S, typename V>
 inline void advance(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& l, int64_t b, int64_t t,
                     const S* dt, const S* dtu, const S* h_in, S* h_out, S* decay, S* __restrict__ acc_out) {
   const int64_t nv = NV > 0 ? NV : l.valid;
-  const V* __restrict__ Bt = p.Bm.at(b, t, 0);
-  const V* __restrict__ Ct = p.Cm.at(b, t, 0);
+  const S* __restrict__ Bt = p.Bm.at(b, t, 0);
+  const S* __restrict__ Ct = p.Cm.at(b, t, 0);
   if constexpr (kVectorExp && NV == W && std::is_same_v<S, float>) {
     // Whole registers, for exp2_lanes' AVX-512 form; the same arithmetic as the loop below.
     Floats16 acc, dt16, dtu16;
@@ -627,10 +632,10 @@ inline void advance(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& 
       std::memcpy(&As, prm.A_scaled.data() + n * W, sizeof As);
       std::memcpy(&hi, h_in + n * W, sizeof hi);
       const Floats16 a = exp2_lanes(dt16 * As);
-      const Floats16 h = a * hi + dtu16 * lane(Bt[n]);
+      const Floats16 h = a * hi + dtu16 * Bt[n];
       if constexpr (kKeepDecay) std::memcpy(decay + n * W, &a, sizeof a);
       std::memcpy(h_out + n * W, &h, sizeof h);
-      acc += lane(Ct[n]) * h;
+      acc += Ct[n] * h;
     }
     std::memcpy(acc_out, &acc, sizeof acc);
     return;
@@ -639,7 +644,7 @@ inline void advance(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& 
   #pragma omp simd
   for (int64_t w = 0; w < nv; ++w) acc[w] = acc_out[w];
   for (int64_t n = 0; n < p.N; ++n) {
-    const S bn = lane(Bt[n]), cn = lane(Ct[n]);
+    const S bn = Bt[n], cn = Ct[n];
     const S* As = prm.A_scaled.data() + n * W;
     const S* hi = h_in + n * W;
     S* ho = h_out + n * W;
@@ -824,8 +829,8 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
     const V* __restrict__ u = p.u.at(b, t, l.e0);
     const S* __restrict__ dti = ws.dt.data() + i * W;
     const S* __restrict__ dyi = ws.dy.data() + i * W;
-    const V* __restrict__ Bt = p.Bm.at(b, t, 0);
-    const V* __restrict__ Ct = p.Cm.at(b, t, 0);
+    const S* __restrict__ Bt = p.Bm.at(b, t, 0);
+    const S* __restrict__ Ct = p.Cm.at(b, t, 0);
     const S* __restrict__ dtu = ws.dtu.data() + i * W;  // dt u, kept by scan_recompute
     S uw[W], sb[W] = {}, dd[W] = {};
     #pragma omp simd
@@ -837,7 +842,7 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
       std::memcpy(&dtu16, dtu, sizeof dtu16);
       #pragma GCC unroll 16
       for (int64_t n = 0; n < kRegisterStates; ++n) {
-        const S bn = lane(Bt[n]), cn = lane(Ct[n]);
+        const S bn = Bt[n], cn = Ct[n];
         Floats16 An, h_prev, a, dBn;
         std::memcpy(&An, prm.A.data() + n * W, sizeof An);
         std::memcpy(&h_prev, ws.hs.data() + i * NW + n * W, sizeof h_prev);
@@ -861,7 +866,7 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
       std::memcpy(dd, &dd16, sizeof dd16);
     } else {
       for (int64_t n = 0; n < N; ++n) {
-        const S bn = lane(Bt[n]), cn = lane(Ct[n]);
+        const S bn = Bt[n], cn = Ct[n];
         const S* __restrict__ An = prm.A.data() + n * W;
         const S* __restrict__ h_prev = ws.hs.data() + i * NW + n * W;
         const S* __restrict__ a = ws.decay.data() + i * NW + n * W;
@@ -971,9 +976,10 @@ Scan<S, V> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   check_param(A, param_dtype, E * N, "A");
   check_param(D, param_dtype, E, "D");
   check_param(bias, param_dtype, E, "delta_bias");
-  return Scan<S, V>{rows_in<V>(u), rows_in<V>(delta), rows_in<V>(z), rows_in<V>(Bm), rows_in<V>(Cm),
-                 A.const_data_ptr<S>(), D.const_data_ptr<S>(), bias.const_data_ptr<S>(),
-                 batch, T, E, N, softplus, reverse};
+  const at::Tensor B_compute = Bm.to(param_dtype), C_compute = Cm.to(param_dtype);  // Bm, Cm themselves for V = S
+  return Scan<S, V>{rows_in<V>(u), rows_in<V>(delta), rows_in<V>(z), B_compute, C_compute,
+                    rows_in<S>(B_compute), rows_in<S>(C_compute), A.const_data_ptr<S>(), D.const_data_ptr<S>(),
+                    bias.const_data_ptr<S>(), batch, T, E, N, softplus, reverse};
 }
 
 // Returns out (B, T, E). `state` (B, E, N) in the parameters' dtype, when given, is the state before the
