@@ -234,13 +234,17 @@ def test_allocator_bench_marks_a_failed_workload() -> None:
 
 def test_exp_floor_runs_one_exp_per_state_update_and_records_the_fastest_call(monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
-    real_exp = torch.exp
-    monkeypatch.setattr(torch, "exp", lambda x, out: sizes.append(x.numel()) or real_exp(x, out=out))
-    small = exp_floor.ExpFloor((2, 4, 8, 16))
+
+    def exp2(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        sizes.append(x.numel())
+        return torch.exp2(x, out=out)
+
+    small = exp_floor.ExpFloor((2, 4, 8, 16), exp2)
     small()
     assert sizes == [2 * 4 * 8 * 16] and small.calls == 1
+    assert torch.equal(small.out, torch.exp2(small.x))
     sizes.clear()
-    floor = exp_floor.ExpFloor((8, 384, 197, 16))
+    floor = exp_floor.ExpFloor((8, 384, 197, 16), exp2)
     floor()
     buffer = exp_floor.EXP_BUFFER
     assert set(sizes) == {buffer} and len(sizes) == floor.calls == -(-8 * 384 * 197 * 16 // buffer)
@@ -265,26 +269,28 @@ def test_scan_bench_times_the_models_time_major_kernel_on_time_major_inputs() ->
     rows = scan.run_scan_benchmark(["reference", "mixer"], ["tiny"], repeats=1, budget_s=0.05,
                                    memory_backends=("mixer",))
     timed = {(r["mode"], r["backend"]): r for r in rows}
-    assert set(timed) == {(mode, name) for mode in scan.MODES for name in ("reference", "mixer", scan.EXP_FLOOR)}
+    assert set(timed) == {(mode, name) for mode in scan.MODES for name in ("reference", "mixer", *scan.EXP_FLOORS)}
     assert all(timed[mode, "mixer"]["seconds"] > 0 for mode in scan.MODES)
     assert timed["fwd+bwd", "mixer"]["memory"]["input_bytes"] == 4 * (3 * 16 * 20 + 2 * 4 * 20 + 16 * 4 + 2 * 16)
 
 
-def test_scan_table_gives_every_backend_as_a_multiple_of_the_exp_floor() -> None:
+def test_scan_table_gives_every_backend_as_a_multiple_of_each_exp_floor() -> None:
     def row(backend: str, mode: str, seconds: float) -> dict[str, Any]:
         return {"shape": "tiny-224", "mode": mode, "backend": backend, "seconds": seconds,
                 "updates_per_s": 8 * 384 * 197 * 16 / seconds}
 
-    rows = [row(scan.EXP_FLOOR, "forward", 0.010), row("reference", "forward", 0.200), row("cpu", "forward", 0.015),
-            row(scan.EXP_FLOOR, "fwd+bwd", 0.020), row("reference", "fwd+bwd", 0.500), row("cpu", "fwd+bwd", 0.090)]
+    rows = [row("exp floor", "forward", 0.010), row("exp2 floor", "forward", 0.003), row("reference", "forward", 0.200),
+            row("cpu", "forward", 0.015), row("exp floor", "fwd+bwd", 0.020), row("exp2 floor", "fwd+bwd", 0.005),
+            row("reference", "fwd+bwd", 0.500), row("cpu", "fwd+bwd", 0.090)]
     table = scan.to_markdown(rows, MACHINE | {"isa": ["avx2"]}, "vimtune bench scan", {}, "tiny-224")
     header = next(line for line in table.splitlines() if line.startswith("| shape"))
-    assert header.endswith("| cpu Mupd/s | exp floor ms | reference x exp | cpu x exp |")
+    assert header.endswith("| cpu Mupd/s | exp floor ms | exp2 floor ms | reference x exp | cpu x exp "
+                           "| reference x exp2 | cpu x exp2 |")
     forward = next(line for line in table.splitlines() if "| forward |" in line)
     cells = [c.strip() for c in forward.strip("|").split("|")]
-    assert cells[2:] == ["200.0", "15.0", "13.3", "646", "10.00", "20.0", "1.5"]
+    assert cells[2:] == ["200.0", "15.0", "13.3", "646", "10.00", "3.00", "20.0", "1.5", "66.7", "5.0"]
     backward = next(line for line in table.splitlines() if "| fwd+bwd |" in line)
-    assert backward.rstrip().endswith("| 20.00 | 25.0 | 4.5 |")
+    assert backward.rstrip().endswith("| 20.00 | 5.00 | 25.0 | 4.5 | 100.0 | 18.0 |")
 
 
 def test_conv_bench_table_gives_the_kernel_against_its_floor_and_the_reference() -> None:

@@ -15,11 +15,13 @@ the forward with autograd and ``torch.autograd.grad`` for all eight inputs. At e
 backends take turns, one call each, so that load from other work affects them alike; a backend stops
 repeating once it has spent ``--budget-s`` seconds, so slow backends at long L get fewer repeats (listed in
 the JSON); a combination whose autograd graph would need more than ``--max-gib`` is skipped and marked so.
-Exp floor: the time of ``torch.exp`` over B*E*L*N float32 values (one exp per state update, the least a
-selective scan must compute), as repeated calls on one cache-resident buffer of at most ``EXP_BUFFER``
-values on the same threads, timed like a backend (best pass) in the same round-robin (:class:`ExpFloor`;
-the JSON also has the number of calls times the fastest single call); every backend's time is also given
-as a multiple of it, a ratio that means the same on any machine. On a loaded machine at several threads
+Exp floors: the time of ``torch.exp``, and of ``torch.exp2``, over B*E*L*N float32 values (one exp per state
+update, the least a selective scan must compute), as repeated calls on one cache-resident buffer of at most
+``EXP_BUFFER`` values on the same threads, timed like a backend (best pass) in the same round-robin
+(:class:`ExpFloor`; the JSON also has the number of calls times the fastest single call); every backend's
+time is also given as a multiple of each. ``torch.exp`` runs MKL's code, which is several times slower on
+AMD CPUs than on Intel ones (see :mod:`vimtune.bench.exp_floor`); ``torch.exp2`` runs ATen's own code on
+every CPU, so its multiple is the one to compare across machines. On a loaded machine at several threads
 the floor's many short parallel calls suffer more from other processes than one kernel call does: run it
 on a quiet machine, or at one thread.
 Peak extra memory of fwd+bwd: a fresh subprocess builds the inputs and the output cotangent, warms the
@@ -65,7 +67,7 @@ SHAPES = {  # name -> (batch, E, L, N)
     "small-1248": (1, 768, 6085, 16),
 }
 MODES = ("forward", "fwd+bwd")
-EXP_FLOOR = "exp floor"  # the name of the exp-floor step among the timed backends
+EXP_FLOORS = {"exp floor": torch.exp, "exp2 floor": torch.exp2}  # the floor steps among the timed backends
 DEFAULT_SHAPES = ["tiny-224", "small-224", "tiny-1248", "small-1248"]
 TIME_MAJOR = frozenset({"mixer"})  # backends whose inputs are stored (B, L, X), as the models store them
 # (fast, slow) backend pairs whose speed ratio gets its own column when both ran
@@ -264,8 +266,8 @@ def _time_cell(cell: dict[str, Any]) -> str:
 def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: str,
                 errors: dict[str, float], error_shape: str) -> str:
     """Times, speed-ups over ``reference``, state updates per second, and every backend's time as a multiple
-    of the exp floor (rows with backend ``EXP_FLOOR``), per shape and mode."""
-    names = list(dict.fromkeys(r["backend"] for r in rows if r["backend"] != EXP_FLOOR))
+    of each exp floor (rows with a backend of ``EXP_FLOORS``), per shape and mode."""
+    names = list(dict.fromkeys(r["backend"] for r in rows if r["backend"] not in EXP_FLOORS))
     others = [n for n in names if n != "reference"]
     pairs = [(fast, slow) for fast, slow in PAIRS if fast in names and slow in names]
     lines = [f"GPU: {machine['gpu']} (the backends ran on it; the CPU floor columns do not apply).", ""] \
@@ -273,14 +275,17 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
     lines += [
         f"Machine: {machine_line(machine)}; {load_text(machine)}; other work slows every backend.",
         f"Command: `{command}`. Times in ms, best of the repeats (all times in the JSON); `x ref` = reference",
-        "time / backend time. `Mupd/s` = B*E*L*N state updates per second of `cpu`. `exp floor` = time of",
-        "`torch.exp` over B*E*L*N float32 values in cache on the same threads (one exp per state update), timed in",
-        "turn with the backends; `x exp` = backend time / exp floor (the same yardstick on any CPU).",
+        "time / backend time. `Mupd/s` = B*E*L*N state updates per second of `cpu`. `exp floor` / `exp2 floor` =",
+        "time of `torch.exp` / `torch.exp2` over B*E*L*N float32 values in cache on the same threads (one exp per",
+        "state update), timed in turn with the backends; `x exp` / `x exp2` = backend time / that floor. torch.exp",
+        "runs MKL's code, several times slower on AMD CPUs than on Intel ones; torch.exp2 runs ATen's own code on",
+        "every CPU: `x exp2` is the yardstick to compare across machines.",
         "",
         "| shape (B, E, L, N) | mode | " + " | ".join(f"{n} ms" for n in names) + " | "
         + " | ".join(f"{n} x ref" for n in others) + "".join(f" | {fast} x {slow}" for fast, slow in pairs)
-        + " | cpu Mupd/s | exp floor ms | " + " | ".join(f"{n} x exp" for n in names) + " |",
-        "|---|---|" + "---:|" * (2 * len(names) + len(others) + len(pairs) + 2),
+        + " | cpu Mupd/s | exp floor ms | exp2 floor ms | " + " | ".join(f"{n} x exp" for n in names) + " | "
+        + " | ".join(f"{n} x exp2" for n in names) + " |",
+        "|---|---|" + "---:|" * (3 * len(names) + len(others) + len(pairs) + 3),
     ]
     for shape_name, mode in dict.fromkeys((r["shape"], r["mode"]) for r in rows):
         cells = {r["backend"]: r for r in rows if r["shape"] == shape_name and r["mode"] == mode}
@@ -289,8 +294,8 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
         row += [_ratio(times, "reference", name) for name in others]
         row += [_ratio(times, slow, fast) for fast, slow in pairs]
         row.append(f"{cells['cpu']['updates_per_s'] / 1e6:.0f}" if "cpu" in times else "-")
-        row.append(f"{times[EXP_FLOOR] * 1e3:.2f}" if EXP_FLOOR in times else "-")
-        row += [_ratio(times, name, EXP_FLOOR) for name in names]
+        row += [f"{times[floor] * 1e3:.2f}" if floor in times else "-" for floor in EXP_FLOORS]
+        row += [_ratio(times, name, floor) for floor in EXP_FLOORS for name in names]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "`*` = a single call (the warm-up alone took longer than the time budget)."]
     memory = [r for r in rows if "memory" in r]
@@ -326,7 +331,8 @@ def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats
                        max_gib: float = 6.0, memory_backends: tuple[str, ...] = ("cpu",),
                        threads: int | None = None, device: str = "cpu") -> list[dict[str, Any]]:
     """One row per (shape, mode, backend): time, updates/s, or why it was skipped, with memory for fwd+bwd;
-    and one row per (shape, mode) with backend ``EXP_FLOOR``: the exp floor's time (see the module docstring)."""
+    and one row per (shape, mode) and exp floor (backend: its name in ``EXP_FLOORS``): its time (see the module
+    docstring)."""
     if threads:
         torch.set_num_threads(threads)
     fns = backends(backend_names, device)
@@ -342,10 +348,11 @@ def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats
             if torch.device(device).type == "cuda":
                 for step in steps.values():  # compiles the Triton kernels for this shape: not timed
                     step()
-            floor = ExpFloor(shape)
-            timed = time_steps(steps | {EXP_FLOOR: floor}, repeats, budget_s)
-            rows.append({"shape": shape_name, "mode": mode, "backend": EXP_FLOOR, **timed[EXP_FLOOR],
-                         "calls": floor.calls, "best_call_seconds": floor.best_call_seconds})
+            floors = {name: ExpFloor(shape, function) for name, function in EXP_FLOORS.items()}
+            timed = time_steps(steps | floors, repeats, budget_s)
+            for name, floor in floors.items():
+                rows.append({"shape": shape_name, "mode": mode, "backend": name, **timed[name],
+                             "calls": floor.calls, "best_call_seconds": floor.best_call_seconds})
             for name in fns:
                 row: dict[str, Any] = {"shape": shape_name, "mode": mode, "backend": name}
                 if name in timed:
