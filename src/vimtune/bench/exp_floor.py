@@ -11,8 +11,8 @@ CPU's vendor: on an AMD EPYC (family 26 model 2, AVX-512) ``perf`` showed the ti
 ``mkl_vml_kernel_sExp_EXHAynn``, not in the ``L9`` / ``Z0`` variants (MKL's names for its AVX2 / AVX-512 code),
 at 1.6 G exps per second and core, where ``torch.exp2`` (ATen's own AVX-512 code, no MKL) did 7.0 G; on an
 Intel Xeon ``torch.exp`` did 6.7 G. So ``torch.exp`` alone makes AMD kernels look several times nearer their
-floor than they are. ``torch.exp2`` is also what
-vimtune's kernels compute (exp(x) = 2^(x log2 e), the factor folded into A).
+floor than they are. ``torch.exp2`` is also what vimtune's kernels compute (exp(x) = 2^(x log2 e), the factor
+folded into A).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-EXP_BUFFER = 1 << 16  # float32 values per torch.exp call of the floor: 2 x 256 KiB, in L2 on current CPUs
+EXP_BUFFER = 1 << 16  # float32 values per call of a floor: 2 x 256 KiB, in L2 on current CPUs
 
 
 class ExpFloor:

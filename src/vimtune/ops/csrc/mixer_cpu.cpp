@@ -544,7 +544,7 @@ struct Scan {
   // B and C (B, T, N) in the compute type S. A bfloat16 call reads them from float copies made once per call
   // (1 / E of u's size): every channel block broadcasts each of their values to a register once per state,
   // and a bfloat16 value took two more vector instructions there (a move from a general register and the
-  // broadcast) than a float one broadcast straight from memory (18 instead of 14 per state update).
+  // broadcast) than a float one broadcast straight from memory (18 instead of 14 in the forward's loop per state).
   at::Tensor B_compute, C_compute;
   Rows<const S> Bm, Cm;
   const S* A;                 // (E, N)
