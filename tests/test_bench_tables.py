@@ -255,6 +255,14 @@ def test_exp_floor_runs_one_exp_per_state_update_and_records_the_fastest_call(mo
     assert timed.best_call_seconds == timed.calls * 1.0
 
 
+def test_scan_bench_floors_compute_exp_and_exp2() -> None:
+    """The floor named "exp floor" runs torch.exp and "exp2 floor" torch.exp2 (they differ on its values)."""
+    for name, function in (("exp floor", torch.exp), ("exp2 floor", torch.exp2)):
+        floor = exp_floor.ExpFloor((1, 2, 3, 4), scan.EXP_FLOORS[name])
+        floor()
+        assert torch.equal(floor.out, function(floor.x)), name
+
+
 def test_scan_bench_times_the_models_time_major_kernel_on_time_major_inputs() -> None:
     from vimtune.ops.mixer_cpu import mixer_kernels_available
 

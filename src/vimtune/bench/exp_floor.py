@@ -6,12 +6,12 @@ on the same threads is a yardstick for its kernels (not a hard lower bound: a ke
 than torch's can beat it). ``vimtune bench scan`` gives every kernel as a multiple of each floor.
 
 Two floors, because torch computes the two functions by different code. ``torch.exp`` of a contiguous
-float32 tensor calls MKL's vector math library (VML) in the x86 wheels, and MKL picks its code path by the
-CPU's vendor: on an AMD EPYC (family 26 model 2, AVX-512) ``perf`` showed the time in
-``mkl_vml_kernel_sExp_EXHAynn``, not in the ``L9`` / ``Z0`` variants (MKL's names for its AVX2 / AVX-512 code),
-at 1.6 G exps per second and core, where ``torch.exp2`` (ATen's own AVX-512 code, no MKL) did 7.0 G; on an
-Intel Xeon ``torch.exp`` did 6.7 G. So ``torch.exp`` alone makes AMD kernels look several times nearer their
-floor than they are. ``torch.exp2`` is also what vimtune's kernels compute (exp(x) = 2^(x log2 e), the factor
+float32 tensor calls MKL's vector math library (VML) in the x86 wheels, and MKL chooses its code path at run
+time: on an AMD EPYC (family 26 model 2, AVX-512) ``perf`` showed the time in ``mkl_vml_kernel_sExp_EXHAynn``,
+not in the ``L9`` / ``Z0`` variants (MKL's names for its AVX2 / AVX-512 code), at 1.6 G exps per second and
+core, where ``torch.exp2`` (the SLEEF code ATen bundles, no MKL) did 7.0 G; on an Intel Xeon ``torch.exp`` did
+6.7 G. So on the AMD CPUs measured ``torch.exp`` alone makes the kernels look several times nearer their floor
+than they are. ``torch.exp2`` is also what vimtune's kernels compute (exp(x) = 2^(x log2 e), the factor
 folded into A).
 """
 

@@ -19,11 +19,11 @@ Exp floors: the time of ``torch.exp``, and of ``torch.exp2``, over B*E*L*N float
 update, the least a selective scan must compute), as repeated calls on one cache-resident buffer of at most
 ``EXP_BUFFER`` values on the same threads, timed like a backend (best pass) in the same round-robin
 (:class:`ExpFloor`; the JSON also has the number of calls times the fastest single call); every backend's
-time is also given as a multiple of each. ``torch.exp`` runs MKL's code, which is several times slower on
-AMD CPUs than on Intel ones (see :mod:`vimtune.bench.exp_floor`); ``torch.exp2`` runs ATen's own code on
-every CPU, so its multiple is the one to compare across machines. On a loaded machine at several threads
-the floor's many short parallel calls suffer more from other processes than one kernel call does: run it
-on a quiet machine, or at one thread.
+time is also given as a multiple of each. ``torch.exp`` runs MKL's code, which was several times slower on
+the AMD CPUs measured than on an Intel one (see :mod:`vimtune.bench.exp_floor`); ``torch.exp2`` runs the
+SLEEF code bundled with ATen on every CPU, so its multiple is the one to compare across machines. On a
+loaded machine at several threads the floors' many short parallel calls suffer more from other processes
+than one kernel call does: run it on a quiet machine, or at one thread.
 Peak extra memory of fwd+bwd: a fresh subprocess builds the inputs and the output cotangent, warms the
 backend up on a tiny problem, resets its peak RSS (Linux VmHWM) to the current RSS, runs forward+backward
 once and reports VmHWM minus the RSS before (outputs and gradients included).
@@ -278,8 +278,8 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
         "time / backend time. `Mupd/s` = B*E*L*N state updates per second of `cpu`. `exp floor` / `exp2 floor` =",
         "time of `torch.exp` / `torch.exp2` over B*E*L*N float32 values in cache on the same threads (one exp per",
         "state update), timed in turn with the backends; `x exp` / `x exp2` = backend time / that floor. torch.exp",
-        "runs MKL's code, several times slower on AMD CPUs than on Intel ones; torch.exp2 runs ATen's own code on",
-        "every CPU: `x exp2` is the yardstick to compare across machines.",
+        "runs MKL's code, several times slower on the AMD CPUs measured than on an Intel one; torch.exp2 runs the",
+        "SLEEF code bundled with ATen on every CPU: `x exp2` is the yardstick to compare across machines.",
         "",
         "| shape (B, E, L, N) | mode | " + " | ".join(f"{n} ms" for n in names) + " | "
         + " | ".join(f"{n} x ref" for n in others) + "".join(f" | {fast} x {slow}" for fast, slow in pairs)

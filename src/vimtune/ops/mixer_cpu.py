@@ -16,8 +16,9 @@ weight and bias gradients when neither needs one.
 float32 and float64 inputs are computed in their own precision (sums over batch, time or channels
 in float64); other floating dtypes are computed in float32 and the results cast back. bfloat16
 activations (as under CPU autocast) are read and written by the kernels in bfloat16, with float32
-parameters: no float32 copies of them are made, and the results are bit for bit those of the float32
-kernels on the same values, cast to bfloat16.
+parameters: no float32 copies of them are made (but of the scan's B and C, (B, T, N), N / E of the
+activations' size), and the results are bit for bit those of the float32 kernels on the same values, cast
+to bfloat16.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
 //
 // Activations are (B, T, X) tensors with unit stride over X and any stride over B and T, so column
 // slices of a wider tensor (x and z of in_proj's output, B and C of x_proj's output) are read in
-// place. Parameters: conv weight (E, K) (the (E, 1, K) Conv1d weight), A (E, N), bias and D (E,).
+// place (B and C of a bfloat16 call: from float copies, see Scan). Parameters: conv weight (E, K) (the (E, 1, K) Conv1d weight), A (E, N), bias and D (E,).
 //
 // Types: the compute type S (float or double) is the parameters' dtype; activations, their gradients and
 // the outputs are stored in V, which is S or, for float compute, bfloat16. bfloat16 values are read
@@ -542,7 +542,7 @@ template <typename S, typename V>
 struct Scan {
   Rows<const V> u, delta, z;  // (B, T, E)
   // B and C (B, T, N) in the compute type S. A bfloat16 call reads them from float copies made once per call
-  // (1 / E of u's size): every channel block broadcasts each of their values to a register once per state,
+  // (N / E of u's size): every channel block broadcasts each of their values to a register once per state,
   // and a bfloat16 value took two more vector instructions there (a move from a general register and the
   // broadcast) than a float one broadcast straight from memory (18 instead of 14 in the forward's loop per state).
   at::Tensor B_compute, C_compute;
