@@ -36,7 +36,7 @@ class ExpFloor:
     pass would take if no other process ever took a core from it (on a loaded machine a pass of many short
     parallel calls loses a time slice far more often than one long kernel call does)."""
 
-    def __init__(self, shape: tuple[int, int, int, int], function: Callable[..., Tensor] = torch.exp) -> None:
+    def __init__(self, shape: tuple[int, int, int, int], function: Callable[..., Tensor]) -> None:
         self.function = function
         updates = shape[0] * shape[1] * shape[2] * shape[3]
         size = min(updates, EXP_BUFFER)
