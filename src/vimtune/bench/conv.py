@@ -118,7 +118,8 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``vimtune bench conv``."""
     parser = argparse.ArgumentParser(prog="vimtune bench conv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, choices=list(SHAPES))
@@ -128,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/conv"),
                         help="output stem: writes STEM.<cpu>.md and .json (<cpu>: model and ISA)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     from vimtune.ops.mixer_cpu import mixer_kernels_available
 

@@ -177,7 +177,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``vimtune bench resolution``."""
     parser = argparse.ArgumentParser(prog="vimtune bench resolution", description=__doc__)
     parser.add_argument("--resolutions", type=int, nargs="+", default=RESOLUTIONS)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -192,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="output stem: writes STEM.<cpu>.md, .json and .png (<cpu>: model and ISA)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="run the models on this device (cuda: GPU memory from torch.cuda)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     rows = measure_all(args.resolutions, args.batches, args.dtypes, args.repeats, args.threads,

@@ -367,7 +367,8 @@ def run_scan_benchmark(backend_names: list[str], shape_names: list[str], repeats
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``vimtune bench scan``."""
     parser = argparse.ArgumentParser(prog="vimtune bench scan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=["reference", "chunked", "cpu", "mixer", "mambapy"],
@@ -384,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="output stem: writes STEM.<cpu>.md and .json (<cpu>: model and ISA)")
     parser.add_argument("--device", default="cpu", help="run the backends on this device (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.memory_probe:
         spec = json.loads(args.memory_probe)

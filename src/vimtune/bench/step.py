@@ -131,7 +131,8 @@ def _without_kernels(dtype: str, first: dict[str, Any], last: dict[str, Any]) ->
             "speed-up brings the ratio below that.")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``vimtune bench step``."""
     parser = argparse.ArgumentParser(prog="vimtune bench step", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=["vim_small_patch16_224:svp", "deit_small_patch16_224"],
@@ -156,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="output stem: writes STEM.<cpu>.md and .json (<cpu>: model and ISA); default "
                         "benchmarks/results/step, or benchmarks/results/step_infer with --mode infer")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     settings = []
     for item in args.settings:

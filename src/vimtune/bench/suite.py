@@ -1,0 +1,125 @@
+"""``vimtune bench suite``: the CPU benchmarks behind issue #17's targets, one after another.
+
+Runs the commands whose result files fill the targets table of ``docs/cpu-benchmarks.md`` (the scan and
+conv kernels at one thread, the training step, inference at 224 and 1248 px, the resolution sweep, and
+the float32 runs with both models' linears on each library), each in a fresh ``vimtune bench`` process,
+in the order of :data:`SUITE`. A command that fails does not stop the others; the summary at the end
+names it and the exit status is 1.
+
+Every command writes ``STEM.<cpu>.md`` and ``.json``: on a CPU model with no committed results this
+adds its files beside the others, on a known one it replaces that machine's files (``--out-dir DIR``
+writes them under DIR instead, leaving the committed ones alone). Run it with nothing else on the
+machine: every table records the load average, and other work slows some rows more than others.
+
+    vimtune bench suite --list                 # the commands, nothing run
+    vimtune bench suite                        # all of them
+    vimtune bench suite --only scan_1thread conv --out-dir /tmp/trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS = Path("benchmarks/results")
+INFER_MODELS = ("--settings", "vim_tiny_patch16_224", "deit_tiny_patch16_224")
+BOTH_LINEARS = ("--cpu-matmul", "torch", "onednn")
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """One command of the suite: ``vimtune bench BENCHMARK OPTIONS --out DIR/STEM``."""
+
+    stem: str
+    benchmark: str
+    options: tuple[str, ...]
+
+    def argv(self, out_dir: Path = RESULTS) -> list[str]:
+        """The benchmark's options, ``--out`` included."""
+        return [*self.options, "--out", str(out_dir / self.stem)]
+
+    def command(self, out_dir: Path = RESULTS) -> str:
+        """The command line as a user would type it."""
+        return " ".join(["vimtune", "bench", self.benchmark, *self.argv(out_dir)])
+
+
+SUITE = (
+    SuiteRun("scan_1thread", "scan", ("--backends", "cpu", "mixer", "--shapes", "tiny-224", "small-224",
+                                      "--threads", "1", "--budget-s", "10")),
+    SuiteRun("scan_large_1thread", "scan", ("--backends", "cpu", "mixer", "--shapes", "small-224-b32", "tiny-1248",
+                                            "--threads", "1", "--budget-s", "10")),
+    SuiteRun("conv", "conv", ("--shapes", "tiny-224", "small-224", "--budget-s", "3")),
+    SuiteRun("step_breakdown", "step", ("--dtypes", "float32", "bfloat16", "--breakdown", "--repeats", "2",
+                                        "--rounds", "2", "--clock", "cpu")),
+    SuiteRun("step_linears", "step", ("--dtypes", "float32", *BOTH_LINEARS, "--breakdown", "--repeats", "2",
+                                      "--rounds", "2", "--clock", "cpu")),
+    SuiteRun("step_infer", "step", ("--mode", "infer", *INFER_MODELS, "--batch", "8", "--dtypes", "float32",
+                                    "bfloat16", "--breakdown", "--repeats", "3", "--rounds", "3")),
+    SuiteRun("step_infer_linears", "step", ("--mode", "infer", *INFER_MODELS, "--batch", "8", "--dtypes", "float32",
+                                            *BOTH_LINEARS, "--repeats", "3", "--rounds", "3", "--breakdown")),
+    SuiteRun("step_infer_1248", "step", ("--mode", "infer", *INFER_MODELS, "--batch", "1", "--img-size", "1248",
+                                         "--dtypes", "float32", "bfloat16", "--breakdown", "--repeats", "2",
+                                         "--rounds", "2")),
+    SuiteRun("step_infer_1248_linears", "step", ("--mode", "infer", *INFER_MODELS, "--batch", "1", "--img-size",
+                                                 "1248", "--dtypes", "float32", *BOTH_LINEARS, "--breakdown",
+                                                 "--repeats", "2", "--rounds", "2")),
+    SuiteRun("resolution", "resolution", ("--repeats", "2", "--rounds", "2")),
+)
+"""The commands, in the order they run (the result files' stems are unique)."""
+
+
+def run_suite(runs: list[SuiteRun], out_dir: Path) -> list[tuple[SuiteRun, int, float]]:
+    """Run each of ``runs`` in a fresh ``python -m vimtune bench`` process (its output goes to this terminal);
+    returns (run, exit status, seconds) per run."""
+    done = []
+    for index, run in enumerate(runs, 1):
+        print(f"\n[{index}/{len(runs)}] {run.command(out_dir)}", flush=True)
+        start = time.perf_counter()
+        status = subprocess.run([sys.executable, "-m", "vimtune", "bench", run.benchmark, *run.argv(out_dir)],
+                                check=False).returncode
+        done.append((run, status, time.perf_counter() - start))
+    return done
+
+
+def summary(done: list[tuple[SuiteRun, int, float]]) -> str:
+    """One line per run: its stem, how it ended and how long it took."""
+    lines = ["", "| result files | status | minutes |", "|---|---|---:|"]
+    for run, status, seconds in done:
+        lines.append(f"| {run.stem} | {'ok' if status == 0 else f'failed (exit {status})'} | {seconds / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``vimtune bench suite``."""
+    parser = argparse.ArgumentParser(prog="vimtune bench suite", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=[run.stem for run in SUITE], metavar="STEM",
+                        help="run only these (result file stems: " + ", ".join(run.stem for run in SUITE) + ")")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS,
+                        help=f"folder of the result files (default {RESULTS}, the committed ones)")
+    parser.add_argument("--list", action="store_true", help="print the commands and run nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runs = [run for run in SUITE if args.only is None or run.stem in args.only]
+    if args.list:
+        print("\n".join(run.command(args.out_dir) for run in runs))
+        return 0
+    load = os.getloadavg()[0]
+    if load > 1.0:
+        print(f"vimtune bench suite: the 1-min load average is {load:.1f}: other work is running, and the "
+              "timings will show it", file=sys.stderr)
+    done = run_suite(runs, args.out_dir)
+    print(summary(done))
+    return 0 if all(status == 0 for _, status, _ in done) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
