@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from vimtune.bench import suite
+from vimtune.bench.runner import cpu_slug, machine_description
 from vimtune.bench.suite import RESULTS, SUITE, SuiteRun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,14 +42,17 @@ def test_list_prints_the_chosen_commands_and_runs_nothing(monkeypatch: pytest.Mo
 
 def test_a_failing_command_does_not_stop_the_others_and_sets_the_exit_status(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    # A real process for the first (an unknown shape: the benchmark's own argument error), none for the second.
+    # A real process for the first (an unknown shape: the benchmark's own argument error); the second only
+    # writes a clean results file where the benchmark would.
     bad = SuiteRun("bad_shape", "conv", ("--shapes", "no-such-shape"))
     fine = SuiteRun("fine", "conv", ())
     real_run = subprocess.run
+    slug = cpu_slug(machine_description())
 
     def run_or_pretend(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
         if "no-such-shape" in argv:
             return real_run(argv, **kwargs)
+        (tmp_path / f"fine.{slug}.json").write_text(json.dumps({"rows": [{"kernel": 1.0}]}))
         return subprocess.CompletedProcess(argv, 0)
 
     monkeypatch.setattr(suite, "SUITE", (bad, fine))
@@ -56,3 +62,16 @@ def test_a_failing_command_does_not_stop_the_others_and_sets_the_exit_status(
     assert "| bad_shape | failed (exit 2) |" in out
     assert "| fine | ok |" in out
     assert "[2/2] vimtune bench conv --out " + str(tmp_path / "fine") in out
+
+
+def test_a_run_that_exits_0_fails_without_a_fresh_results_file_or_with_error_rows(tmp_path: Path) -> None:
+    results = tmp_path / "step.cpu.json"
+    assert suite.outcome(0, results, time.time()) == "failed: wrote no step.cpu.json"
+    results.write_text(json.dumps({"rows": [{"step": {"seconds": 1.0}}, {"step": {"error": "exit 1: killed"}}]}))
+    assert suite.outcome(0, results, time.time() + 60) == "failed: wrote no step.cpu.json"  # an older file
+    assert suite.outcome(0, results, 0.0) == "failed: 1 of 2 rows hold an error"
+    results.write_text(json.dumps({"rows": [{"memory": [{"seconds": 1.0}, {"error": "exit 9"}]}, {"seconds": 2.0}]}))
+    assert suite.outcome(0, results, 0.0) == "failed: 1 of 2 rows hold an error"
+    results.write_text(json.dumps({"rows": [{"seconds": 1.0}], "max_error_vs_float64": {"cpu": 1e-7}}))
+    assert suite.outcome(0, results, 0.0) == "ok"
+    assert suite.outcome(3, results, 0.0) == "failed (exit 3)"

@@ -1,10 +1,13 @@
 """``vimtune bench suite``: the CPU benchmarks behind issue #17's targets, one after another.
 
-Runs the commands whose result files fill the targets table of ``docs/cpu-benchmarks.md`` (the scan and
-conv kernels at one thread, the training step, inference at 224 and 1248 px, the resolution sweep, and
-the float32 runs with both models' linears on each library), each in a fresh ``vimtune bench`` process,
-in the order of :data:`SUITE`. A command that fails does not stop the others; the summary at the end
-names it and the exit status is 1.
+Runs the commands whose result files the targets table of ``docs/cpu-benchmarks.md`` cites, with the
+kernels' own files beside them (the scan and conv kernels at one thread, the training step, inference at
+224 and 1248 px, the resolution sweep, and the float32 runs with both models' linears on each library),
+each in a fresh ``vimtune bench`` process, in the order of :data:`SUITE`. A command that fails does not
+stop the others. A command counts as failed when it exits with an error, writes no results file, or
+writes one with rows that hold a measurement's ``error`` (a worker process that failed: the benchmark
+itself still exits 0, and its file replaces the previous one); the summary at the end says which, and
+the exit status is then 1.
 
 Every command writes ``STEM.<cpu>.md`` and ``.json``: on a CPU model with no committed results this
 adds its files beside the others, on a known one it replaces that machine's files (``--out-dir DIR``
@@ -19,12 +22,15 @@ machine: every table records the load average, and other work slows some rows mo
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path("benchmarks/results")
 INFER_MODELS = ("--settings", "vim_tiny_patch16_224", "deit_tiny_patch16_224")
@@ -45,7 +51,7 @@ class SuiteRun:
 
     def command(self, out_dir: Path = RESULTS) -> str:
         """The command line as a user would type it."""
-        return " ".join(["vimtune", "bench", self.benchmark, *self.argv(out_dir)])
+        return shlex.join(["vimtune", "bench", self.benchmark, *self.argv(out_dir)])
 
 
 SUITE = (
@@ -73,24 +79,46 @@ SUITE = (
 """The commands, in the order they run (the result files' stems are unique)."""
 
 
-def run_suite(runs: list[SuiteRun], out_dir: Path) -> list[tuple[SuiteRun, int, float]]:
+def _holds_error(value: Any) -> bool:
+    """Whether a JSON value has an ``error`` key at any depth (how the benchmarks record a failed worker)."""
+    if isinstance(value, dict):
+        return "error" in value or any(_holds_error(v) for v in value.values())
+    return isinstance(value, list) and any(_holds_error(v) for v in value)
+
+
+def outcome(status: int, results: Path, started: float) -> str:
+    """``"ok"``, or why a run that exited with ``status`` and should have written ``results`` (a JSON file,
+    after the time ``started``) failed."""
+    if status != 0:
+        return f"failed (exit {status})"
+    if not results.is_file() or results.stat().st_mtime < started:
+        return f"failed: wrote no {results.name}"
+    rows = json.loads(results.read_text()).get("rows", [])
+    failed = sum(_holds_error(row) for row in rows)
+    return f"failed: {failed} of {len(rows)} rows hold an error" if failed else "ok"
+
+
+def run_suite(runs: list[SuiteRun], out_dir: Path) -> list[tuple[SuiteRun, str, float]]:
     """Run each of ``runs`` in a fresh ``python -m vimtune bench`` process (its output goes to this terminal);
-    returns (run, exit status, seconds) per run."""
+    returns (run, :func:`outcome`, seconds) per run."""
+    from vimtune.bench.runner import cpu_slug, machine_description
+
+    slug = cpu_slug(machine_description())
     done = []
     for index, run in enumerate(runs, 1):
         print(f"\n[{index}/{len(runs)}] {run.command(out_dir)}", flush=True)
-        start = time.perf_counter()
+        started, start = time.time(), time.perf_counter()
         status = subprocess.run([sys.executable, "-m", "vimtune", "bench", run.benchmark, *run.argv(out_dir)],
                                 check=False).returncode
-        done.append((run, status, time.perf_counter() - start))
+        done.append((run, outcome(status, out_dir / f"{run.stem}.{slug}.json", started),
+                     time.perf_counter() - start))
     return done
 
 
-def summary(done: list[tuple[SuiteRun, int, float]]) -> str:
+def summary(done: list[tuple[SuiteRun, str, float]]) -> str:
     """One line per run: its stem, how it ended and how long it took."""
     lines = ["", "| result files | status | minutes |", "|---|---|---:|"]
-    for run, status, seconds in done:
-        lines.append(f"| {run.stem} | {'ok' if status == 0 else f'failed (exit {status})'} | {seconds / 60:.1f} |")
+    lines += [f"| {run.stem} | {ended} | {seconds / 60:.1f} |" for run, ended, seconds in done]
     return "\n".join(lines)
 
 
@@ -99,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vimtune bench suite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=[run.stem for run in SUITE], metavar="STEM",
-                        help="run only these (result file stems: " + ", ".join(run.stem for run in SUITE) + ")")
+                        help="run only these, in the suite's order (result file stems: "
+                        + ", ".join(run.stem for run in SUITE) + ")")
     parser.add_argument("--out-dir", type=Path, default=RESULTS,
                         help=f"folder of the result files (default {RESULTS}, the committed ones)")
     parser.add_argument("--list", action="store_true", help="print the commands and run nothing")
@@ -118,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
               "timings will show it", file=sys.stderr)
     done = run_suite(runs, args.out_dir)
     print(summary(done))
-    return 0 if all(status == 0 for _, status, _ in done) else 1
+    return 0 if all(ended == "ok" for _, ended, _ in done) else 1
 
 
 if __name__ == "__main__":
