@@ -75,3 +75,22 @@ def test_a_run_that_exits_0_fails_without_a_fresh_results_file_or_with_error_row
     results.write_text(json.dumps({"rows": [{"seconds": 1.0}], "max_error_vs_float64": {"cpu": 1e-7}}))
     assert suite.outcome(0, results, 0.0) == "ok"
     assert suite.outcome(3, results, 0.0) == "failed (exit 3)"
+
+
+def test_ctrl_c_ends_the_suite_with_a_summary_of_what_ran(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    runs = (SuiteRun("first", "conv", ()), SuiteRun("second", "conv", ()), SuiteRun("third", "conv", ()))
+    slug = cpu_slug(machine_description())
+
+    def first_then_ctrl_c(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        if str(tmp_path / "second") in argv:
+            raise KeyboardInterrupt
+        (tmp_path / f"first.{slug}.json").write_text(json.dumps({"rows": []}))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(suite, "SUITE", runs)
+    monkeypatch.setattr(subprocess, "run", first_then_ctrl_c)
+    assert suite.main(["--out-dir", str(tmp_path)]) == 130
+    out = capsys.readouterr().out
+    assert "| first | ok |" in out and "| second | interrupted |" in out
+    assert "third" not in out

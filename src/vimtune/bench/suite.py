@@ -100,7 +100,8 @@ def outcome(status: int, results: Path, started: float) -> str:
 
 def run_suite(runs: list[SuiteRun], out_dir: Path) -> list[tuple[SuiteRun, str, float]]:
     """Run each of ``runs`` in a fresh ``python -m vimtune bench`` process (its output goes to this terminal);
-    returns (run, :func:`outcome`, seconds) per run."""
+    returns (run, :func:`outcome`, seconds) per run. Ctrl-C ends the suite: the run it stopped is
+    ``"interrupted"``, the later ones are not run (and not listed)."""
     from vimtune.bench.runner import cpu_slug, machine_description
 
     slug = cpu_slug(machine_description())
@@ -108,8 +109,12 @@ def run_suite(runs: list[SuiteRun], out_dir: Path) -> list[tuple[SuiteRun, str, 
     for index, run in enumerate(runs, 1):
         print(f"\n[{index}/{len(runs)}] {run.command(out_dir)}", flush=True)
         started, start = time.time(), time.perf_counter()
-        status = subprocess.run([sys.executable, "-m", "vimtune", "bench", run.benchmark, *run.argv(out_dir)],
-                                check=False).returncode
+        try:
+            status = subprocess.run([sys.executable, "-m", "vimtune", "bench", run.benchmark, *run.argv(out_dir)],
+                                    check=False).returncode
+        except KeyboardInterrupt:
+            done.append((run, "interrupted", time.perf_counter() - start))
+            break
         done.append((run, outcome(status, out_dir / f"{run.stem}.{slug}.json", started),
                      time.perf_counter() - start))
     return done
@@ -147,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
               "timings will show it", file=sys.stderr)
     done = run_suite(runs, args.out_dir)
     print(summary(done))
+    if done and done[-1][1] == "interrupted":
+        return 130
     return 0 if all(ended == "ok" for _, ended, _ in done) else 1
 
 
