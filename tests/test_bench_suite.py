@@ -24,6 +24,16 @@ def test_every_command_parses_with_its_benchmark_and_writes_its_stem(run: SuiteR
     assert parser.parse_args(run.argv(tmp_path)).out == tmp_path / run.stem
 
 
+@pytest.mark.parametrize("run", [run for run in SUITE if run.benchmark == "step"], ids=lambda run: run.stem)
+def test_the_models_of_every_setting_are_registered_with_timm(run: SuiteRun) -> None:
+    import timm
+
+    import vimtune.models  # noqa: F401  (registers vim_*)
+
+    settings = importlib.import_module("vimtune.bench.step").build_parser().parse_args(run.argv()).settings
+    assert settings and all(timm.is_model(item.partition(":")[0]) for item in settings), settings
+
+
 def test_stems_are_unique_and_are_those_of_committed_result_files() -> None:
     stems = [run.stem for run in SUITE]
     assert len(set(stems)) == len(stems)
