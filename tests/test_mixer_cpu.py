@@ -372,6 +372,36 @@ def test_whole_register_and_lane_loop_paths_agree_bit_for_bit(reverse: bool) -> 
         assert torch.equal(g_part, g_whole[..., part] if g_whole.dim() == 3 else g_whole[part]), name
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_channel_sums_agree_bit_for_bit_across_the_two_paths(reverse: bool) -> None:
+    """dB and dC sum over the channels, lane by lane over a task's channel blocks, then over the lanes. With
+    320 channels (20 blocks in 16 groups, so the last task holds blocks 18 and 19) and a zero dL/dout for the
+    last channel, that channel adds exact zeros to every sum, so a scan of the first 319 channels (its last
+    block 15 lanes wide: the lane-by-lane loops) gives dB and dC equal, bit for bit, to the 320-channel scan
+    (whole registers), including the products added onto block 18's sums."""
+    g = torch.Generator().manual_seed(11)
+    batch, length, channels, state = 2, 40, 320, 16
+    u, z, dout = (torch.randn(batch, length, channels, generator=g) for _ in range(3))
+    dout[..., -1] = 0.0
+    delta = torch.randn(batch, length, channels, generator=g)
+    B, C = (torch.randn(batch, length, state, generator=g) for _ in range(2))
+    A = -torch.rand(channels, state, generator=g) * 3 - 0.05
+    D, bias = (torch.randn(channels, generator=g) for _ in range(2))
+    ops = mixer_cpu._ops()
+    part = slice(0, channels - 1)
+    whole = [u, delta, A, B, C, D, z, bias]
+    parts = [u[..., part].contiguous(), delta[..., part].contiguous(), A[part].contiguous(), B, C,
+             D[part].contiguous(), z[..., part].contiguous(), bias[part].contiguous()]
+    grads_whole = ops.scan_bwd(*whole, True, reverse, dout, True)
+    grads_part = ops.scan_bwd(*parts, True, reverse, dout[..., part].contiguous(), True)
+    names = ("du", "ddelta", "dz", "dA", "dB", "dC", "dD", "ddelta_bias")
+    for name, g_whole, g_part in zip(names, grads_whole, grads_part, strict=True):
+        if name in ("dB", "dC"):
+            assert g_whole.abs().amax() > 0 and torch.equal(g_part, g_whole), name
+        else:
+            assert torch.equal(g_part, g_whole[..., part] if g_whole.dim() == 3 else g_whole[part]), name
+
+
 def _bfloat16_matches_float32_cast(fn, leaves: dict, seed: int) -> None:
     """fn on bfloat16 leaves equals, bit for bit, fn on the same values in float32 cast to bfloat16:
     the output and the gradient of every leaf (a cotangent with bfloat16 values)."""
