@@ -342,16 +342,24 @@ def test_kernels_give_the_same_results_at_one_and_two_threads(reverse: bool, tor
         assert torch.equal(two[name], value), name
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_whole_register_and_lane_loop_paths_agree_bit_for_bit(reverse: bool) -> None:
-    """A full 16-channel block takes the whole-register code (the AVX-512 exp where the CPU has it) and a
-    15-channel block the lane-by-lane loops; each channel's values do not depend on the others, so the first 15
-    channels of a 16-channel scan equal, bit for bit, a scan of those 15 channels alone: forward and the
-    per-channel gradients. |delta| up to 100 sends dt A below -126 / log2(e), the exp's clamp."""
-    g = torch.Generator().manual_seed(7)
-    batch, length, channels, state = 2, 40, 16, 16
+GRAD_NAMES = ("du", "ddelta", "dz", "dA", "dB", "dC", "dD", "ddelta_bias")
+
+
+def _scans_with_and_without_the_last_channel(
+    channels: int, seed: int, reverse: bool, delta_spread: bool, zero_last_dout: bool,
+) -> tuple[torch.Tensor, torch.Tensor, dict, dict, slice]:
+    """The mixer's scan kernels (batch 2, 40 steps, N = 16) over ``channels`` channels and, on the same inputs,
+    over all but the last: (out, out without it, gradients, gradients without it, the kept channels).
+    ``delta_spread``: |delta| from 0.1 to 100 across the channels; ``zero_last_dout``: dL/dout of the last
+    channel is zero."""
+    g = torch.Generator().manual_seed(seed)
+    batch, length, state = 2, 40, 16
     u, z, dout = (torch.randn(batch, length, channels, generator=g) for _ in range(3))
-    delta = torch.randn(batch, length, channels, generator=g) * torch.logspace(-1, 2, channels)
+    if zero_last_dout:
+        dout[..., -1] = 0.0
+    delta = torch.randn(batch, length, channels, generator=g)
+    if delta_spread:
+        delta = delta * torch.logspace(-1, 2, channels)
     B, C = (torch.randn(batch, length, state, generator=g) for _ in range(2))
     A = -torch.rand(channels, state, generator=g) * 3 - 0.05
     D, bias = (torch.randn(channels, generator=g) for _ in range(2))
@@ -360,16 +368,30 @@ def test_whole_register_and_lane_loop_paths_agree_bit_for_bit(reverse: bool) -> 
     whole = [u, delta, A, B, C, D, z, bias]
     parts = [u[..., part].contiguous(), delta[..., part].contiguous(), A[part].contiguous(), B, C,
              D[part].contiguous(), z[..., part].contiguous(), bias[part].contiguous()]
-    out_whole = ops.scan_fwd(*whole, True, reverse)
-    out_part = ops.scan_fwd(*parts, True, reverse)
-    assert torch.equal(out_part, out_whole[..., part]), "out"
     grads_whole = ops.scan_bwd(*whole, True, reverse, dout, True)
     grads_part = ops.scan_bwd(*parts, True, reverse, dout[..., part].contiguous(), True)
-    names = ("du", "ddelta", "dz", "dA", "dB", "dC", "dD", "ddelta_bias")
-    for name, g_whole, g_part in zip(names, grads_whole, grads_part, strict=True):
-        if name in ("dB", "dC"):  # sums over the channels
-            continue
-        assert torch.equal(g_part, g_whole[..., part] if g_whole.dim() == 3 else g_whole[part]), name
+    return (ops.scan_fwd(*whole, True, reverse), ops.scan_fwd(*parts, True, reverse),
+            dict(zip(GRAD_NAMES, grads_whole, strict=True)), dict(zip(GRAD_NAMES, grads_part, strict=True)), part)
+
+
+def _assert_per_channel_grads_equal(grads_whole: dict, grads_part: dict, part: slice) -> None:
+    """Every gradient but dB and dC (sums over the channels) of the kept channels is the same bits."""
+    for name in GRAD_NAMES:
+        if name not in ("dB", "dC"):
+            whole = grads_whole[name]
+            assert torch.equal(grads_part[name], whole[..., part] if whole.dim() == 3 else whole[part]), name
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_whole_register_and_lane_loop_paths_agree_bit_for_bit(reverse: bool) -> None:
+    """A full 16-channel block takes the whole-register code (the AVX-512 exp where the CPU has it) and a
+    15-channel block the lane-by-lane loops; each channel's values do not depend on the others, so the first 15
+    channels of a 16-channel scan equal, bit for bit, a scan of those 15 channels alone: forward and the
+    per-channel gradients. |delta| up to 100 sends dt A below -126 / log2(e), the exp's clamp."""
+    out_whole, out_part, grads_whole, grads_part, part = _scans_with_and_without_the_last_channel(
+        16, seed=7, reverse=reverse, delta_spread=True, zero_last_dout=False)
+    assert torch.equal(out_part, out_whole[..., part]), "out"
+    _assert_per_channel_grads_equal(grads_whole, grads_part, part)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -379,27 +401,11 @@ def test_channel_sums_agree_bit_for_bit_across_the_two_paths(reverse: bool) -> N
     last channel, that channel adds exact zeros to every sum, so a scan of the first 319 channels (its last
     block 15 lanes wide: the lane-by-lane loops) gives dB and dC equal, bit for bit, to the 320-channel scan
     (whole registers), including the products added onto block 18's sums."""
-    g = torch.Generator().manual_seed(11)
-    batch, length, channels, state = 2, 40, 320, 16
-    u, z, dout = (torch.randn(batch, length, channels, generator=g) for _ in range(3))
-    dout[..., -1] = 0.0
-    delta = torch.randn(batch, length, channels, generator=g)
-    B, C = (torch.randn(batch, length, state, generator=g) for _ in range(2))
-    A = -torch.rand(channels, state, generator=g) * 3 - 0.05
-    D, bias = (torch.randn(channels, generator=g) for _ in range(2))
-    ops = mixer_cpu._ops()
-    part = slice(0, channels - 1)
-    whole = [u, delta, A, B, C, D, z, bias]
-    parts = [u[..., part].contiguous(), delta[..., part].contiguous(), A[part].contiguous(), B, C,
-             D[part].contiguous(), z[..., part].contiguous(), bias[part].contiguous()]
-    grads_whole = ops.scan_bwd(*whole, True, reverse, dout, True)
-    grads_part = ops.scan_bwd(*parts, True, reverse, dout[..., part].contiguous(), True)
-    names = ("du", "ddelta", "dz", "dA", "dB", "dC", "dD", "ddelta_bias")
-    for name, g_whole, g_part in zip(names, grads_whole, grads_part, strict=True):
-        if name in ("dB", "dC"):
-            assert g_whole.abs().amax() > 0 and torch.equal(g_part, g_whole), name
-        else:
-            assert torch.equal(g_part, g_whole[..., part] if g_whole.dim() == 3 else g_whole[part]), name
+    _, _, grads_whole, grads_part, part = _scans_with_and_without_the_last_channel(
+        320, seed=11, reverse=reverse, delta_spread=False, zero_last_dout=True)
+    for name in ("dB", "dC"):
+        assert grads_whole[name].abs().amax() > 0 and torch.equal(grads_part[name], grads_whole[name]), name
+    _assert_per_channel_grads_equal(grads_whole, grads_part, part)
 
 
 def _bfloat16_matches_float32_cast(fn, leaves: dict, seed: int) -> None:
