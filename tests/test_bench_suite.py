@@ -85,6 +85,8 @@ def test_a_run_that_exits_0_fails_without_a_fresh_results_file_or_with_error_row
     results.write_text(json.dumps({"rows": [{"seconds": 1.0}], "max_error_vs_float64": {"cpu": 1e-7}}))
     assert suite.outcome(0, results, 0.0) == "ok"
     assert suite.outcome(3, results, 0.0) == "failed (exit 3)"
+    results.write_text('{"rows": [')  # cut short
+    assert suite.outcome(0, results, 0.0) == "failed: step.cpu.json is not a results file"
 
 
 def test_ctrl_c_ends_the_suite_with_a_summary_of_what_ran(monkeypatch: pytest.MonkeyPatch,

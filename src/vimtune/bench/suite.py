@@ -93,7 +93,10 @@ def outcome(status: int, results: Path, started: float) -> str:
         return f"failed (exit {status})"
     if not results.is_file() or results.stat().st_mtime < started:
         return f"failed: wrote no {results.name}"
-    rows = json.loads(results.read_text()).get("rows", [])
+    try:
+        rows = json.loads(results.read_text()).get("rows", [])
+    except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
+        return f"failed: {results.name} is not a results file"
     failed = sum(_holds_error(row) for row in rows)
     return f"failed: {failed} of {len(rows)} rows hold an error" if failed else "ok"
 
