@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vimtune.bench import suite
-from vimtune.bench.runner import cpu_slug, machine_description
+from vimtune.bench.runner import machine_description, write_results
 from vimtune.bench.suite import RESULTS, SUITE, SuiteRun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +41,16 @@ def test_stems_are_unique_and_are_those_of_committed_result_files() -> None:
         assert list((REPO / RESULTS).glob(f"{stem}.*.md")), f"no committed results file for {stem}"
 
 
+def test_the_suite_looks_for_the_json_file_the_benchmarks_write(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    machine = machine_description()
+    run = SUITE[0]
+    write_results(tmp_path / run.stem, "table", machine, run.command(tmp_path), rows=[])
+    capsys.readouterr()
+    assert run.results_json(tmp_path, machine).is_file()
+    assert suite.outcome(0, run.results_json(tmp_path, machine), 0.0) == "ok"
+
+
 def test_list_prints_the_chosen_commands_and_runs_nothing(monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("--list ran a command"))
@@ -57,12 +67,12 @@ def test_a_failing_command_does_not_stop_the_others_and_sets_the_exit_status(
     bad = SuiteRun("bad_shape", "conv", ("--shapes", "no-such-shape"))
     fine = SuiteRun("fine", "conv", ())
     real_run = subprocess.run
-    slug = cpu_slug(machine_description())
+    machine = machine_description()
 
     def run_or_pretend(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
         if "no-such-shape" in argv:
             return real_run(argv, **kwargs)
-        (tmp_path / f"fine.{slug}.json").write_text(json.dumps({"rows": [{"kernel": 1.0}]}))
+        fine.results_json(tmp_path, machine).write_text(json.dumps({"rows": [{"kernel": 1.0}]}))
         return subprocess.CompletedProcess(argv, 0)
 
     monkeypatch.setattr(suite, "SUITE", (bad, fine))
@@ -92,12 +102,12 @@ def test_a_run_that_exits_0_fails_without_a_fresh_results_file_or_with_error_row
 def test_ctrl_c_ends_the_suite_with_a_summary_of_what_ran(monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     runs = (SuiteRun("first", "conv", ()), SuiteRun("second", "conv", ()), SuiteRun("third", "conv", ()))
-    slug = cpu_slug(machine_description())
+    machine = machine_description()
 
     def first_then_ctrl_c(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
         if str(tmp_path / "second") in argv:
             raise KeyboardInterrupt
-        (tmp_path / f"first.{slug}.json").write_text(json.dumps({"rows": []}))
+        runs[0].results_json(tmp_path, machine).write_text(json.dumps({"rows": []}))
         return subprocess.CompletedProcess(argv, 0)
 
     monkeypatch.setattr(suite, "SUITE", runs)

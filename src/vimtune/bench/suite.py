@@ -49,6 +49,13 @@ class SuiteRun:
         """The benchmark's options, ``--out`` included."""
         return [*self.options, "--out", str(out_dir / self.stem)]
 
+    def results_json(self, out_dir: Path, machine: dict[str, Any]) -> Path:
+        """The JSON file the command writes on ``machine`` (a :func:`~vimtune.bench.runner.machine_description`)."""
+        from vimtune.bench.runner import result_stem
+
+        stem = result_stem(out_dir / self.stem, machine)
+        return stem.with_name(stem.name + ".json")
+
     def command(self, out_dir: Path = RESULTS) -> str:
         """The command line as a user would type it."""
         return shlex.join(["vimtune", "bench", self.benchmark, *self.argv(out_dir)])
@@ -105,9 +112,9 @@ def run_suite(runs: list[SuiteRun], out_dir: Path) -> list[tuple[SuiteRun, str, 
     """Run each of ``runs`` in a fresh ``python -m vimtune bench`` process (its output goes to this terminal);
     returns (run, :func:`outcome`, seconds) per run. Ctrl-C ends the suite: the run it stopped is
     ``"interrupted"``, the later ones are not run (and not listed)."""
-    from vimtune.bench.runner import cpu_slug, machine_description
+    from vimtune.bench.runner import machine_description
 
-    slug = cpu_slug(machine_description())
+    machine = machine_description()
     done = []
     for index, run in enumerate(runs, 1):
         print(f"\n[{index}/{len(runs)}] {run.command(out_dir)}", flush=True)
@@ -118,7 +125,7 @@ def run_suite(runs: list[SuiteRun], out_dir: Path) -> list[tuple[SuiteRun, str, 
         except KeyboardInterrupt:
             done.append((run, "interrupted", time.perf_counter() - start))
             break
-        done.append((run, outcome(status, out_dir / f"{run.stem}.{slug}.json", started),
+        done.append((run, outcome(status, run.results_json(out_dir, machine), started),
                      time.perf_counter() - start))
     return done
 
