@@ -10,7 +10,8 @@
 //
 // Activations are (B, T, X) tensors with unit stride over X and any stride over B and T, so column
 // slices of a wider tensor (x and z of in_proj's output, B and C of x_proj's output) are read in
-// place (B and C of a bfloat16 call: from float copies, see Scan). Parameters: conv weight (E, K) (the (E, 1, K) Conv1d weight), A (E, N), bias and D (E,).
+// place (B and C of a bfloat16 call: from float copies, see Scan). Parameters: conv weight (E, K) (the
+// (E, 1, K) Conv1d weight), A (E, N), bias and D (E,).
 //
 // Types: the compute type S (float or double) is the parameters' dtype; activations, their gradients and
 // the outputs are stored in V, which is S or, for float compute, bfloat16. bfloat16 values are read
@@ -770,10 +771,10 @@ struct ScanWork {
 // dL/dy; writes dz, adds dL/dC lanes into ws.dC and dL/dD into dD. Three passes over the whole chunk (its
 // step sizes and states are kept for scan_reverse anyway): step sizes, D u, sigmoid(z) and dL/dy (which
 // does not depend on the state); the recurrence, which adds dL/dC while each state is in a register;
-// then dz and dL/dD. As in scan_forward_block, no step's step sizes or gate wait on the state's chain. dL/dC was
-// added in a pass of its own over the chunk's states before (December 7): the backward took 0.86x to
-// 0.93x its time this way at (8, 197, 384, 16) and (32, 197, 768, 16), float32 and bfloat16, one thread,
-// Zen 5 EPYC, the same bits (the same products and sums, in the same order).
+// then dz and dL/dD. As in scan_forward_block, no step's step sizes or gate wait on the state's chain.
+// dL/dC was added in a pass of its own over the chunk's states before (December 7): the backward took
+// 0.86x to 0.93x its time this way at (8, 197, 384, 16) and (32, 197, 768, 16), float32 and bfloat16, one
+// thread, Zen 5 EPYC, the same bits (the same products and sums, in the same order).
 template <int64_t NV, typename S, typename V>
 void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<S>& prm, int64_t b,
                     const Lanes& l, int64_t s0, int64_t len, ScanWork<S>& ws, double (&dD)[W]) {
