@@ -8,14 +8,15 @@
 //
 // Vectorisation: W = 16 channels form the vector lanes, so the time loop needs no horizontal sums; the
 // state index n is a plain loop around lane loops that gcc vectorises. The (B, E, L) rows are moved in
-// and out of [t][w] blocks of T steps, and B and C into [t][n] blocks, by 16 x 16 transposes; the rows of
-// the next time block are prefetched while a block computes.
+// and out of [t][w] blocks of T steps, and B and C into [t][n] blocks, by transposes (16 x 16 tiles in
+// registers for float32 on AVX-512, element by element otherwise); the rows of the next time block are
+// prefetched while a block computes.
 //
 // Work split: a task owns one batch row and a group of channel blocks; it walks the time blocks and, in
 // each, all of its channel blocks (which share B_t and C_t). Threads take tasks from a shared counter.
 // The forward keeps the state at the start of every time block ("checkpoints", B*E*N*L/T values); the
 // backward walks the time blocks in reverse and recomputes one block's states from its checkpoint into
-// a per-thread buffer of (T+1)*N*W values, so memory grows like B*E*L, never B*E*L*N.
+// a per-thread buffer of (T+1)*N*2*W values, so memory grows like B*E*L, never B*E*L*N.
 //
 // Reductions: dL/dB and dL/dC sum over channels, so a backward task sums its channel blocks lane-wise
 // for one time block, then the lanes in double into its own slice of dB/dC (G, B, N, L); dA, dD and
@@ -97,15 +98,16 @@ void transpose(const S* src, int64_t ss, S* dst, int64_t ds, int64_t rows, int64
 }
 
 // Prefetches the cache lines of src[r * stride + t] for r < rows, t < nt: a strip of `rows` rows of a (.., L)
-// tensor. A task reads its 16 rows one time block (a line or two of each row) at a time, which the hardware
-// prefetchers do not run ahead of; the next block's strips, prefetched while this block computes, are in the
-// cache when it starts. With the tensors out of the cache before each call, the forward took 2.9 ms without
-// them against 2.5 ms at (8, 384, 197, 16), one thread (Zen 5 EPYC). always_inline: as in mixer_cpu.cpp, gcc
-// dropped the calls of an out-of-line copy, prefetches included.
+// tensor. A task reads its 16 rows one time block (2 or 3 cache lines of each float row) at a time, which the
+// hardware prefetchers do not run ahead of; the next block's strips, prefetched while this block computes, are
+// in the cache when it starts. With the tensors out of the cache before each call, the forward took 2.9 ms
+// without them against 2.5 ms at (8, 384, 197, 16), one thread (Zen 5 EPYC). always_inline: as in
+// mixer_cpu.cpp, gcc dropped the calls of an out-of-line copy, prefetches included.
 template <typename S>
 [[gnu::always_inline]] inline void prefetch_strip(const S* src, int64_t stride, int64_t rows, int64_t nt,
                                                   bool for_write = false) {
   constexpr int64_t kLine = 64 / sizeof(S);
+  if (nt <= 0) return;  // (N = 0: an empty checkpoint, whose data pointer may be null)
   for (int64_t r = 0; r < rows; ++r) {
     const S* row = src + r * stride;
     for (int64_t t = 0; t < nt; t += kLine) for_write ? __builtin_prefetch(row + t, 1) : __builtin_prefetch(row + t);
