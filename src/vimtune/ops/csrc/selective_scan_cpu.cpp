@@ -485,14 +485,16 @@ inline void scan_reverse_in_registers(Channels<float>& ch, Block<float>& blk, in
       std::memcpy(dBl + (t * N + n) * W, &dB, sizeof dB);
       std::memcpy(ns + n * 3 * W + 2 * W, &dA, sizeof dA);
     }
-    float* __restrict__ du = blk.y.data() + t * W;
-    float* __restrict__ ddt = blk.dt.data() + t * W;
-    const float* __restrict__ u = blk.u.data() + t * W;
-    const float* __restrict__ dsp = blk.dsp.data() + t * W;
-    for (int64_t w = 0; w < W; ++w) {
-      du[w] += sb[w] * dt[w];
-      ddt[w] = (dd[w] + sb[w] * u[w]) * dsp[w];
-    }
+    // As scan_reverse's lane loop, on whole registers (indexing sb, dd and dt lane by lane, gcc extracted each
+    // lane: 5% of the backward's time).
+    Floats16 du, u, dsp;
+    std::memcpy(&du, blk.y.data() + t * W, sizeof du);
+    std::memcpy(&u, blk.u.data() + t * W, sizeof u);
+    std::memcpy(&dsp, blk.dsp.data() + t * W, sizeof dsp);
+    du += sb * dt;
+    const Floats16 ddt = (dd + sb * u) * dsp;
+    std::memcpy(blk.y.data() + t * W, &du, sizeof du);
+    std::memcpy(blk.dt.data() + t * W, &ddt, sizeof ddt);
   }
   for (int64_t n = 0; n < N; ++n) std::memcpy(ns + n * 3 * W + W, &carry[n], sizeof(Floats16));
 }
