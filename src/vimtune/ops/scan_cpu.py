@@ -110,23 +110,17 @@ class _SelectiveScanCPU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor, *dlast: Tensor) -> tuple:
         u, delta, A, B, C, D, bias, z, ckpt = ctx.saved_tensors
-        batch, channels, length = u.shape
-        n_state = A.shape[1]
         groups = _backward_groups(ckpt.shape[1])
-        f64 = dict(dtype=torch.float64)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = None if z is None else torch.empty_like(z)
-        dA = torch.empty(batch, channels, n_state, **f64)
-        dB = torch.empty(groups, batch, n_state, length, **f64)
-        dC = torch.empty(groups, batch, n_state, length, **f64)
-        dD = torch.empty(batch, channels, **f64)
-        dbias = torch.empty(batch, channels, **f64)
+        dA, dD, dbias = torch.empty_like(A), torch.empty_like(D), torch.empty_like(bias)
+        dB, dC = torch.empty_like(B), torch.empty_like(C)
         dlast_w = _work(dlast[0], u.dtype) if dlast else None
         _ops().bwd(
             u, delta, A, B, C, D, bias, z, ctx.delta_softplus, groups, ckpt, _work(dout, u.dtype), dlast_w,
             du, ddelta, dz, dA, dB, dC, dD, dbias,
         )
-        grads = (du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0), dz, dbias.sum(0))
+        grads = (du, ddelta, dA, dB, dC, dD, dz, dbias)
         cast = tuple(
             None if dtype is None or g is None else g.to(dtype)
             for g, dtype in zip(grads, ctx.dtypes, strict=True)

@@ -20,12 +20,15 @@
 //
 // Reductions: dL/dB and dL/dC sum over channels, so a backward task sums its channel blocks lane-wise
 // for one time block, then the lanes in double into its own slice of dB/dC (G, B, N, L); dA, dD and
-// ddelta_bias are summed over time in double per (batch row, channel). The caller adds the slices up.
+// ddelta_bias are summed over time in double per (batch row, channel). The slices are added up in double
+// after the parallel part, in a fixed order, and written in the compute dtype.
 // float32 runs exp/softplus through the branch-free approximations of fast_math.h (about 1e-7 relative
 // error) so that the lane loops vectorise; float64 calls libm. The decays use A * kExpScale, kept per
 // channel block, so that exp(dt A) is one multiply and exp_scaled.
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -203,7 +206,9 @@ struct Block {
         bt(T * N), ct(T * N), seg(backward ? (T + 1) * N * 2 * W : 0),
         dB(backward ? T * N * W : 0), dC(backward ? T * N * W : 0) {}
 
-  // Loads u, delta and z; dt = softplus(delta + bias), dsp = its slope, dtu = dt * u.
+  // Loads u, delta and z; dt = softplus(delta + bias), dtu = dt * u and, with kSlope (the backward), dsp = the
+  // slope of dt (the forward skips its division).
+  template <bool kSlope>
   void prepare(const Problem<S>& p, const Channels<S>& ch, int64_t b, int64_t t0, int64_t nt) {
     p.load(p.u, b, ch.e0, ch.valid, t0, nt, u.data());
     p.load(p.delta, b, ch.e0, ch.valid, t0, nt, dt.data());
@@ -213,8 +218,12 @@ struct Block {
     for (int64_t t = 0; t < nt; ++t)
       for (int64_t w = 0; w < W; ++w) d[t * W + w] += ch.bias[w];
     if (p.softplus) {
-      for (int64_t i = 0; i < nt * W; ++i) softplus(d[i], d[i], ds[i]);
-    } else {
+      for (int64_t i = 0; i < nt * W; ++i) {
+        S slope;
+        softplus(d[i], d[i], slope);
+        if constexpr (kSlope) ds[i] = slope;
+      }
+    } else if constexpr (kSlope) {
       std::fill(ds, ds + nt * W, S(1));
     }
     const S* __restrict__ uu = u.data();
@@ -353,7 +362,7 @@ void forward_task(const Problem<S>& p, const Outputs<S>& o, int64_t b, int64_t g
         S* ck = p.ckpt_at(o.ckpt, b, ch.e0 / W, tb);
         for (int64_t n = 0; n < N; ++n) std::copy(ch.slot(n, 1), ch.slot(n, 1) + W, ck + n * W);
       }
-      blk.prepare(p, ch, b, t0, nt);
+      blk.template prepare<false>(p, ch, b, t0, nt);
       const int64_t per_step = ahead.rows_per_step(nt);
       scan_forward(ch, blk, N, nt, [&]() __attribute__((always_inline)) { ahead.issue(per_step); });
       ahead.issue(ahead.count - ahead.issued);
@@ -381,8 +390,8 @@ struct Grads {
   S* du;
   S* ddelta;
   S* dz;          // nullptr without z
-  double* dA;     // (B, E, N)
-  double* dB;     // (G, B, N, L)
+  double* dA;     // (B, E, N) partial sums per batch row
+  double* dB;     // (G, B, N, L) partial sums per channel group
   double* dC;     // (G, B, N, L)
   double* dD;     // (B, E)
   double* dbias;  // (B, E)
@@ -627,7 +636,7 @@ void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g
       const auto each_step = [&]() __attribute__((always_inline)) { ahead.issue(per_step); };
       const S* h0 = p.ckpt_at(gr.ckpt, b, ch.e0 / W, tb);
       for (int64_t n = 0; n < N; ++n) std::copy(h0 + n * W, h0 + (n + 1) * W, blk.seg.data() + (2 * n + 1) * W);
-      blk.prepare(p, ch, b, t0, nt);
+      blk.template prepare<true>(p, ch, b, t0, nt);
       p.load(gr.dout, b, ch.e0, ch.valid, t0, nt, blk.gout.data());
       gate_dy(p, blk, nt);
       scan_recompute(ch, blk, N, nt, each_step);
@@ -748,6 +757,19 @@ void scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
   }
 }
 
+// out[i] = slice 0 + slice 1 + ... of parts[r * n + i], r < slices, added in double in that order (a fixed
+// order, so the sums do not depend on the thread count), then rounded to S.
+template <typename S>
+void add_slices(const double* parts, int64_t slices, int64_t n, S* out) {
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      double sum = parts[i];
+      for (int64_t r = 1; r < slices; ++r) sum += parts[r * n + i];
+      out[i] = S(sum);
+    }
+  });
+}
+
 void scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
               const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& bias,
               const std::optional<at::Tensor>& z, bool softplus, int64_t groups, const at::Tensor& ckpt,
@@ -767,18 +789,27 @@ void scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
     check_output(du, dtype, bel, "du");
     check_output(ddelta, dtype, bel, "ddelta");
     if (dz.has_value()) check_output(*dz, dtype, bel, "dz");
-    check_output(dA, at::kDouble, be * p.N, "dA");
-    check_output(dB, at::kDouble, groups * p.batch * p.N * p.L, "dB");
-    check_output(dC, at::kDouble, groups * p.batch * p.N * p.L, "dC");
-    check_output(dD, at::kDouble, be, "dD");
-    check_output(dbias, at::kDouble, be, "ddelta_bias");
+    check_output(dA, dtype, p.E * p.N, "dA");
+    check_output(dB, dtype, p.batch * p.N * p.L, "dB");
+    check_output(dC, dtype, p.batch * p.N * p.L, "dC");
+    check_output(dD, dtype, p.E, "dD");
+    check_output(dbias, dtype, p.E, "ddelta_bias");
+    // float64 partial sums: one slice per batch row (dA, dD, d delta_bias) or channel group (dB, dC), each
+    // written by one task, then added up below.
+    const auto f64 = at::TensorOptions().dtype(at::kDouble);
+    const at::Tensor pA = at::empty({be * p.N}, f64), pD = at::empty({be}, f64), pbias = at::empty({be}, f64);
+    const at::Tensor pB = at::empty({groups * p.batch * p.N * p.L}, f64), pC = at::empty_like(pB);
     const Grads<S> gr{ckpt.const_data_ptr<S>(), dout.const_data_ptr<S>(),
                       dlast.has_value() ? dlast->const_data_ptr<S>() : nullptr, du.mutable_data_ptr<S>(),
                       ddelta.mutable_data_ptr<S>(), dz.has_value() ? dz->mutable_data_ptr<S>() : nullptr,
-                      dA.mutable_data_ptr<double>(), dB.mutable_data_ptr<double>(),
-                      dC.mutable_data_ptr<double>(), dD.mutable_data_ptr<double>(),
-                      dbias.mutable_data_ptr<double>()};
+                      pA.mutable_data_ptr<double>(), pB.mutable_data_ptr<double>(), pC.mutable_data_ptr<double>(),
+                      pD.mutable_data_ptr<double>(), pbias.mutable_data_ptr<double>()};
     for_each_task(p, true, [&](int64_t b, int64_t g, Block<S>& blk) { backward_task(p, gr, b, g, blk); });
+    add_slices(gr.dA, p.batch, p.E * p.N, dA.mutable_data_ptr<S>());
+    add_slices(gr.dB, groups, p.batch * p.N * p.L, dB.mutable_data_ptr<S>());
+    add_slices(gr.dC, groups, p.batch * p.N * p.L, dC.mutable_data_ptr<S>());
+    add_slices(gr.dD, p.batch, p.E, dD.mutable_data_ptr<S>());
+    add_slices(gr.dbias, p.batch, p.E, dbias.mutable_data_ptr<S>());
   };
   if (dtype == at::kFloat) {
     run(0.0f);
