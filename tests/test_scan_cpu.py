@@ -84,6 +84,20 @@ def test_no_grad_forward_equals_autograd_forward() -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_empty_batch_gives_empty_outputs_and_zero_parameter_gradients(dtype: torch.dtype) -> None:
+    """Batch 0: the kernel has no task to run; the gradients of A, D and delta_bias (sums over the batch)
+    are zeros, the others empty."""
+    inputs = {k: v.requires_grad_() for k, v in make_scan_inputs(0, 20, 37, 16, dtype, seed=5).items()}
+    out, last = selective_scan_cpu(**inputs, delta_softplus=True, return_last_state=True)
+    assert out.shape == (0, 20, 37) and last.shape == (0, 20, 16)
+    grads = dict(zip(NAMES, torch.autograd.grad((out.sum() + last.sum()), [inputs[k] for k in NAMES]), strict=True))
+    for name in NAMES:
+        assert grads[name].shape == inputs[name].shape and grads[name].dtype == dtype, name
+    for name in ("A", "D", "delta_bias"):
+        assert torch.equal(grads[name], torch.zeros_like(grads[name])), name
+
+
 def test_partial_requires_grad_and_noncontiguous_inputs() -> None:
     inputs = make_scan_inputs(2, 24, 40, 16, torch.float32, seed=3)
     u = inputs["u"].transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()  # (B, E, L) view

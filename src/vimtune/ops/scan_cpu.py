@@ -113,8 +113,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
         groups = _backward_groups(ckpt.shape[1])
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = None if z is None else torch.empty_like(z)
-        dA, dD, dbias = torch.empty_like(A), torch.empty_like(D), torch.empty_like(bias)
-        dB, dC = torch.empty_like(B), torch.empty_like(C)
+        f64 = dict(dtype=torch.float64)  # sums over batch rows, time and channels: cast to the inputs' dtypes below
+        dA, dD, dbias = (torch.empty_like(t, **f64) for t in (A, D, bias))
+        dB, dC = torch.empty_like(B, **f64), torch.empty_like(C, **f64)
         dlast_w = _work(dlast[0], u.dtype) if dlast else None
         _ops().bwd(
             u, delta, A, B, C, D, bias, z, ctx.delta_softplus, groups, ckpt, _work(dout, u.dtype), dlast_w,
