@@ -6,9 +6,9 @@ Builds ``src/vimtune/ops/csrc/mixer_cpu.cpp`` (``--kernel mixer``, the models' k
 same outputs and gradients on random inputs, then times the two in turn, one call each per round
 (:func:`vimtune.bench.scan.time_steps`, best call of each), with freed memory kept for reuse as the vimtune
 command keeps it: the mixer's ``scan_fwd`` and ``scan_bwd``, or ``selective_scan_cpu``'s forward and forward +
-backward (float32; the wrapper is the working tree's, so the forward + backward of revisions before cd23fe0,
-whose kernel returned float64 partial sums, stops with a size error). Prints a Markdown table with the machine
-line. Example (the rows prefetch of issue #17):
+backward (float32; the wrapper is the working tree's, so the forward + backward of revisions before b28180d,
+whose kernel returned its partial sums or its sums in float32, stops with a size or dtype error). Prints a
+Markdown table with the machine line. Example (the rows prefetch of issue #17):
 
     python scripts/ab_mixer_kernels.py --base f6328cd --new d4aa4c1 --shapes 8,197,384 32,197,768
 """
