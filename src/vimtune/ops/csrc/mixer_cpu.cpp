@@ -58,6 +58,7 @@
 #include <vector>
 
 #include "fast_math.h"
+#include "partial_sums.h"
 
 namespace {
 
@@ -222,13 +223,11 @@ using Partials = std::unique_ptr<double[]>;
 
 Partials partials(int64_t n) { return std::make_unique_for_overwrite<double[]>(n); }
 
-// out[i] = sum_r parts[r * n + i] for i < n, r < rows (float64 sums, written in S, then stored as O).
+// out[i] = sum_r parts[r * n + i] for i < n, r < rows (float64 sums in row order, add_slices of
+// partial_sums.h, written in S, then stored as O).
 template <typename S, typename O>
 void sum_rows(const Partials& parts, int64_t rows, int64_t n, O* out) {
-  std::vector<double> acc(n, 0.0);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = 0; i < n; ++i) acc[i] += parts[r * n + i];
-  for (int64_t i = 0; i < n; ++i) out[i] = stored<O>(S(acc[i]));
+  add_slices(parts.get(), rows, n, [out](int64_t i, double sum) { out[i] = stored<O>(S(sum)); });
 }
 
 // ---------------------------------------------------------------- lane sums

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "fast_math.h"
+#include "partial_sums.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -100,22 +101,14 @@ void transpose(const S* src, int64_t ss, S* dst, int64_t ds, int64_t rows, int64
     for (int64_t c = r < tiled_rows ? tiled_cols : 0; c < cols; ++c) dst[c * ds + r] = src[r * ss + c];
 }
 
-// Prefetches the cache lines of src[r * stride + t] for r < rows, t < nt: a strip of `rows` rows of a (.., L)
-// tensor. A task reads its 16 rows one time block (2 or 3 cache lines of each float row) at a time, which the
-// hardware prefetchers do not run ahead of; the next block's strips, prefetched while this block computes, are
-// in the cache when it starts. With the tensors out of the cache before each call, the forward took 2.9 ms
-// without them against 2.5 ms at (8, 384, 197, 16), one thread (Zen 5 EPYC). always_inline: as in
+// Prefetches the cache lines of row[t] for t < len (for writing with `write`). always_inline: as in
 // mixer_cpu.cpp, gcc dropped the calls of an out-of-line copy, prefetches included.
 template <typename S>
-[[gnu::always_inline]] inline void prefetch_strip(const S* src, int64_t stride, int64_t rows, int64_t nt,
-                                                  bool for_write = false) {
+[[gnu::always_inline]] inline void prefetch_row(const S* row, int64_t len, bool write) {
   constexpr int64_t kLine = 64 / sizeof(S);
-  if (nt <= 0) return;  // (N = 0: an empty checkpoint, whose data pointer may be null)
-  for (int64_t r = 0; r < rows; ++r) {
-    const S* row = src + r * stride;
-    for (int64_t t = 0; t < nt; t += kLine) for_write ? __builtin_prefetch(row + t, 1) : __builtin_prefetch(row + t);
-    for_write ? __builtin_prefetch(row + nt - 1, 1) : __builtin_prefetch(row + nt - 1);
-  }
+  if (len <= 0) return;  // (N = 0: an empty checkpoint, whose data pointer may be null)
+  for (int64_t t = 0; t < len; t += kLine) write ? __builtin_prefetch(row + t, 1) : __builtin_prefetch(row + t);
+  write ? __builtin_prefetch(row + len - 1, 1) : __builtin_prefetch(row + len - 1);  // an unaligned row's last line
 }
 
 // ---------------------------------------------------------------- problem description
@@ -266,7 +259,7 @@ struct RowPrefetch {
       if (count < kCapacity) {
         rows[count++] = {first + r * stride, len, write};
       } else {
-        prefetch_strip(first + r * stride, 0, 1, len, write);
+        prefetch_row(first + r * stride, len, write);
       }
     }
   }
@@ -289,13 +282,15 @@ struct RowPrefetch {
   [[gnu::always_inline]] void issue(int64_t n) {
     for (; n > 0 && issued < count; --n, ++issued) {
       const Row& r = rows[issued];
-      prefetch_strip(r.start, 0, 1, r.len, r.write);
+      prefetch_row(r.start, r.len, r.write);
     }
   }
+
+  // Issues the rows not issued yet.
+  void issue_rest() { issue(count - issued); }
 };
 
 // ---------------------------------------------------------------- forward
-
 
 // The recurrence over one block, in place on the state slot of ch.ns; y[t] = C_t . h_t.
 template <typename S, typename F>
@@ -370,7 +365,7 @@ void forward_task(const Problem<S>& p, const Outputs<S>& o, int64_t b, int64_t g
       blk.template prepare<false>(p, ch, b, t0, nt);
       const int64_t per_step = ahead.rows_per_step(nt);
       scan_forward(ch, blk, N, nt, [&]() __attribute__((always_inline)) { ahead.issue(per_step); });
-      ahead.issue(ahead.count - ahead.issued);
+      ahead.issue_rest();
       blk.add_skip(ch, nt);
       if (p.z != nullptr) {
         S* __restrict__ y = blk.y.data();
@@ -647,7 +642,7 @@ void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g
       scan_recompute(ch, blk, N, nt, each_step);
       gate_backward(p, ch, blk, nt);
       scan_reverse(ch, blk, N, nt, each_step);
-      ahead.issue(ahead.count - ahead.issued);
+      ahead.issue_rest();
       flush_sums(ch, blk, N, nt);
       p.store(blk.y.data(), b, ch.e0, ch.valid, t0, nt, gr.du);
       p.store(blk.dt.data(), b, ch.e0, ch.valid, t0, nt, gr.ddelta);
@@ -762,18 +757,6 @@ void scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
   }
 }
 
-// out[i] = the sum of parts[r * n + i] over r < slices, added in double in that order (a fixed order, so the
-// sums do not depend on the thread count).
-void add_slices(const double* parts, int64_t slices, int64_t n, double* out) {
-  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      double sum = 0.0;
-      for (int64_t r = 0; r < slices; ++r) sum += parts[r * n + i];
-      out[i] = sum;
-    }
-  });
-}
-
 void scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
               const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& bias,
               const std::optional<at::Tensor>& z, bool softplus, int64_t groups, const at::Tensor& ckpt,
@@ -809,11 +792,15 @@ void scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                       pA.mutable_data_ptr<double>(), pB.mutable_data_ptr<double>(), pC.mutable_data_ptr<double>(),
                       pD.mutable_data_ptr<double>(), pbias.mutable_data_ptr<double>()};
     for_each_task(p, true, [&](int64_t b, int64_t g, Block<S>& blk) { backward_task(p, gr, b, g, blk); });
-    add_slices(gr.dA, p.batch, p.E * p.N, dA.mutable_data_ptr<double>());
-    add_slices(gr.dB, groups, p.batch * p.N * p.L, dB.mutable_data_ptr<double>());
-    add_slices(gr.dC, groups, p.batch * p.N * p.L, dC.mutable_data_ptr<double>());
-    add_slices(gr.dD, p.batch, p.E, dD.mutable_data_ptr<double>());
-    add_slices(gr.dbias, p.batch, p.E, dbias.mutable_data_ptr<double>());
+    const auto add_up = [](const double* parts, int64_t slices, int64_t n, const at::Tensor& out) {
+      double* o = out.mutable_data_ptr<double>();
+      add_slices(parts, slices, n, [o](int64_t i, double sum) { o[i] = sum; });
+    };
+    add_up(gr.dA, p.batch, p.E * p.N, dA);
+    add_up(gr.dB, groups, p.batch * p.N * p.L, dB);
+    add_up(gr.dC, groups, p.batch * p.N * p.L, dC);
+    add_up(gr.dD, p.batch, p.E, dD);
+    add_up(gr.dbias, p.batch, p.E, dbias);
   };
   if (dtype == at::kFloat) {
     run(0.0f);
