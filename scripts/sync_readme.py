@@ -6,7 +6,8 @@ commands wrote. ``<!-- include: PATH#HEADING -->`` takes only the part of PATH u
 ``**HEADING**``, up to the next bold heading line (the result files use bold lines as headings), or the
 paragraph that starts with HEADING, so the README's first screen can show one table of a long result file.
 Every ``<!-- generated: NAME -->`` ... ``<!-- /generated -->`` block is replaced by the text that the code
-in ``GENERATORS[NAME]`` writes (docs/models.md's model zoo, docs/methods.md's parameter counts).
+in ``GENERATORS[NAME]`` writes (docs/models.md's model zoo, docs/methods.md's parameter counts, the
+table of issue #17's CPU targets computed from the committed result files).
 ``--check`` only reports blocks that are out of date (exit 1).
 
     python scripts/sync_readme.py            # rewrite README.md and docs/*.md
@@ -41,8 +42,13 @@ def methods_on_vim_small() -> str:
     return table("vim_small_patch16_224", 10, methods.available_methods())
 
 
+def cpu_targets() -> str:
+    """The README's and docs/cpu-benchmarks.md's table of issue #17's targets: ``vimtune bench targets``."""
+    return importlib.import_module("vimtune.bench.targets").targets_markdown(ROOT / "benchmarks" / "results")
+
+
 # generated block name -> the function writing its markdown
-GENERATORS = {"model-zoo": model_zoo, "methods-vim-small": methods_on_vim_small}
+GENERATORS = {"model-zoo": model_zoo, "methods-vim-small": methods_on_vim_small, "cpu-targets": cpu_targets}
 
 
 def section(text: str, heading: str, source: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vimtune.bench import suite
+from vimtune.bench.runner import cpu_slug as machine_slug
 from vimtune.bench.runner import machine_description, write_results
 from vimtune.bench.suite import RESULTS, SUITE, SuiteRun
 
@@ -82,6 +83,27 @@ def test_a_failing_command_does_not_stop_the_others_and_sets_the_exit_status(
     assert "| bad_shape | failed (exit 2) |" in out
     assert "| fine | ok |" in out
     assert "[2/2] vimtune bench conv --out " + str(tmp_path / "fine") in out
+    assert f"Issue #17's targets from the result files in {tmp_path}" in out
+
+
+def test_the_suite_ends_with_the_targets_table_of_the_files_it_wrote(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = SuiteRun("step_infer", "step", ())
+    machine = machine_description()
+    rows = [{"dtype": "float32", "cpu_matmul": None, "model": f"{model}_tiny_patch16_224",
+             "step": {"seconds": seconds, "cpu_seconds": seconds}} for model, seconds in (("vim", 0.2), ("deit", 0.1))]
+
+    def pretend(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        run.results_json(tmp_path, machine).write_text(json.dumps({"machine": {"cpu": "x"}, "rows": rows}))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(suite, "SUITE", (run,))
+    monkeypatch.setattr(subprocess, "run", pretend)
+    assert suite.main(["--out-dir", str(tmp_path)]) == 0
+    assert "| at least 0.8x | missed: 0.50x |" in capsys.readouterr().out
+    run.results_json(tmp_path, machine).with_name(f"scan_1thread.{machine_slug(machine)}.json").write_text("{")
+    assert suite.main(["--out-dir", str(tmp_path)]) == 0  # the runs went well; the table is left out, and why
+    assert "no targets table: " in capsys.readouterr().out
 
 
 def test_a_run_that_exits_0_fails_without_a_fresh_results_file_or_with_error_rows(tmp_path: Path) -> None:

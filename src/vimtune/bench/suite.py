@@ -7,7 +7,8 @@ each in a fresh ``vimtune bench`` process, in the order of :data:`SUITE`. A comm
 stop the others. A command counts as failed when it exits with an error, writes no results file, or
 writes one with rows that hold a measurement's ``error`` (a worker process that failed: the benchmark
 itself still exits 0, and its file replaces the previous one); the summary at the end says which, and
-the exit status is then 1.
+the exit status is then 1. At the end it prints the targets table of ``vimtune bench targets`` for the
+result files of the folder it wrote to.
 
 Every command writes ``STEM.<cpu>.md`` and ``.json``: on a CPU model with no committed results this
 adds its files beside the others, on a known one it replaces that machine's files (``--out-dir DIR``
@@ -31,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vimtune.bench.targets import targets_markdown
 
 RESULTS = Path("benchmarks/results")
 INFER_MODELS = ("--settings", "vim_tiny_patch16_224", "deit_tiny_patch16_224")
@@ -164,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(done))
     if done and done[-1][1] == "interrupted":
         return 130
+    print(f"\nIssue #17's targets from the result files in {args.out_dir} (`vimtune bench targets`):\n")
+    try:
+        print(targets_markdown(args.out_dir))
+    except ValueError as error:  # a file there that is not JSON; the summary above has been printed
+        print(f"no targets table: {error}")
     return 0 if all(ended == "ok" for _, ended, _ in done) else 1
 
 
