@@ -88,13 +88,14 @@ def test_a_failing_command_does_not_stop_the_others_and_sets_the_exit_status(
 
 def test_the_suite_ends_with_the_targets_table_of_the_files_it_wrote(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    run = SuiteRun("step_infer", "step", ())
+    run = next(run for run in SUITE if run.stem == "step_infer")
     machine = machine_description()
-    rows = [{"dtype": "float32", "cpu_matmul": None, "model": f"{model}_tiny_patch16_224",
+    rows = [{"dtype": "float32", "cpu_matmul": None, "model": f"{model}_tiny_patch16_224", "method": "- (plain model)",
              "step": {"seconds": seconds, "cpu_seconds": seconds}} for model, seconds in (("vim", 0.2), ("deit", 0.1))]
 
     def pretend(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
-        run.results_json(tmp_path, machine).write_text(json.dumps({"machine": {"cpu": "x"}, "rows": rows}))
+        results = {"machine": {"cpu": "x"}, "command": run.command(tmp_path), "rows": rows}
+        run.results_json(tmp_path, machine).write_text(json.dumps(results))
         return subprocess.CompletedProcess(argv, 0)
 
     monkeypatch.setattr(suite, "SUITE", (run,))

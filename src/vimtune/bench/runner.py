@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from vimtune.bench.source import run_source
 from vimtune.cpuinfo import cpu_model_name, cpuinfo_fields
 
 # glibc malloc with a fixed mmap threshold: every block of 128 KiB or more is its own mapping and goes
@@ -54,27 +55,9 @@ def result_stem(stem: Path, machine: dict[str, Any]) -> Path:
     return stem.parent / f"{stem.name}.{cpu_slug(machine)}"
 
 
-def source_revision(root: Path | None = None) -> dict[str, Any] | None:
-    """``{"commit": SHA, "src_modified": bool}``: the git commit of the vimtune checkout ``root`` (default: the
-    one this code runs from), and whether tracked files under its ``src/`` differ from that commit (the
-    kernels that ran were not the commit's). None when it is not a git checkout with ``src/vimtune`` (an
-    installed wheel) or git is missing."""
-    root = root or Path(__file__).resolve().parents[3]  # src/vimtune/bench/runner.py -> the checkout
-    if not (root / ".git").exists() or not (root / "src" / "vimtune").is_dir():
-        return None
-    try:
-        git = ["git", "-C", str(root)]
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=30)
-        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "src"],
-                                capture_output=True, text=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit.stdout.strip(), "src_modified": bool(status.stdout.strip())}
-
-
 def write_results(stem: Path, markdown: str, machine: dict[str, Any], command: str, **fields: Any) -> Path:
     """Write ``STEM.<cpu slug>.md`` (``markdown``) and ``.json`` (machine, command, the vimtune commit that ran
-    as ``source`` (:func:`source_revision`) and ``fields``); print the markdown; return the stem written
+    as ``source`` (:func:`run_source`) and ``fields``); print the markdown; return the stem written
     (``STEM.<cpu slug>``, see :func:`result_stem`).
 
     Sets in ``machine`` (the ISA flags) are written as sorted lists.
@@ -84,7 +67,7 @@ def write_results(stem: Path, markdown: str, machine: dict[str, Any], command: s
     out.with_name(out.name + ".md").write_text(markdown)
     machine = {k: sorted(v) if isinstance(v, set) else v for k, v in machine.items()}
     out.with_name(out.name + ".json").write_text(
-        json.dumps({"machine": machine, "command": command, "source": source_revision(), **fields}, indent=1))
+        json.dumps({"machine": machine, "command": command, "source": run_source(), **fields}, indent=1))
     print(markdown)
     return out
 

@@ -28,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"vimtune.bench.{args.name}") if args.name in _module_names() else None
     if not hasattr(module, "main"):
         raise ValueError(f"unknown benchmark {args.name!r}; available: {', '.join(_benchmark_names())}")
+    from vimtune.bench.source import run_source
+
+    run_source()  # the commit the result files record: as it is now, when the benchmark starts
     return int(module.main(args.options) or 0)
 
 
