@@ -170,7 +170,7 @@ def test_source_revision_is_the_checkouts_commit_and_sees_changed_sources(
     assert source.source_revision(tmp_path) == {"commit": head, "src_modified": True}
 
 
-def test_write_results_records_the_commit_read_when_the_run_started(
+def test_write_results_records_the_checkouts_commit_as_run_source_read_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     machine = {"cpu": "test CPU", "cores": 2, "memory_gib": 1.0, "torch": "x", "threads": 2, "bf16_matmul_isa": set()}
     stem = runner.write_results(tmp_path / "bench", "| t |\n", machine, "vimtune bench x", rows=[])
