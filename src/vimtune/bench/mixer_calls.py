@@ -46,7 +46,8 @@ def selective_scan_calls(ops: object, x: dict[str, torch.Tensor]) -> dict[str, C
     of :func:`scan_inputs` moved to its (B, E, L) and (B, N, L) layout; float32 only.
 
     The wrapper finds its kernels through ``vimtune.ops.scan_cpu._ops``, which each call points at ``ops`` for
-    its duration (the only way to run the wrapper's allocation and autograd code on another build)."""
+    its duration (the only way to run the wrapper's allocation and autograd code on another build), with the
+    wrapper's cached kernel layout (W, T) read anew from ``ops``, so that builds of other layouts compare too."""
     from vimtune.ops import scan_cpu
 
     channel_major = {name: x[name].transpose(1, 2).contiguous().float() for name in ("u", "delta", "z", "B", "C")}
@@ -56,6 +57,7 @@ def selective_scan_calls(ops: object, x: dict[str, torch.Tensor]) -> dict[str, C
     def run(grad: bool) -> object:
         own = scan_cpu._ops
         scan_cpu._ops = lambda: ops
+        scan_cpu._layout.cache_clear()
         try:
             inputs = {name: t.detach().requires_grad_(grad) for name, t in leaves.items()}
             with torch.set_grad_enabled(grad):
@@ -64,6 +66,7 @@ def selective_scan_calls(ops: object, x: dict[str, torch.Tensor]) -> dict[str, C
             return torch.autograd.grad(out, tuple(inputs.values()), dout) if grad else out
         finally:
             scan_cpu._ops = own
+            scan_cpu._layout.cache_clear()
 
     return {"forward": lambda: run(False), "fwd+bwd": lambda: run(True)}
 

@@ -51,7 +51,7 @@ namespace {
 
 constexpr int64_t W = 16;  // channels per task block = vector lanes
 static_assert(W == 16, "the whole-register loops hold a block's lanes in one Floats16");
-constexpr int64_t T = 32;  // time steps per block = checkpoint interval
+constexpr int64_t T = 64;  // time steps per block = checkpoint interval
 constexpr int64_t kRegisterStates = 16;  // N whose reverse sweep keeps dL/dh in registers (Vim's, Mamba's)
 
 // ---------------------------------------------------------------- transposes
