@@ -7,7 +7,8 @@ commands wrote. ``<!-- include: PATH#HEADING -->`` takes only the part of PATH u
 paragraph that starts with HEADING, so the README's first screen can show one table of a long result file.
 Every ``<!-- generated: NAME -->`` ... ``<!-- /generated -->`` block is replaced by the text that the code
 in ``GENERATORS[NAME]`` writes (docs/models.md's model zoo, docs/methods.md's parameter counts, the
-table of issue #17's CPU targets computed from the committed result files).
+table of issue #17's CPU targets and docs/backends.md's MKL / oneDNN times, computed from the committed
+result files).
 ``--check`` only reports blocks that are out of date (exit 1).
 
     python scripts/sync_readme.py            # rewrite README.md and docs/*.md
@@ -47,8 +48,18 @@ def cpu_targets() -> str:
     return importlib.import_module("vimtune.bench.targets").targets_markdown(ROOT / "benchmarks" / "results")
 
 
+ZEN5 = "amd-epyc-family26-model2-avx512-bf16"  # the CPU tag of the Zen 5 result files
+
+
+def cpu_linears() -> str:
+    """docs/backends.md's table of float32 times with MKL's and oneDNN's linears, from the Zen 5 result files."""
+    table = importlib.import_module("vimtune.bench.linears_table").linears_markdown
+    return table(ROOT / "benchmarks" / "results", ZEN5)
+
+
 # generated block name -> the function writing its markdown
-GENERATORS = {"model-zoo": model_zoo, "methods-vim-small": methods_on_vim_small, "cpu-targets": cpu_targets}
+GENERATORS = {"model-zoo": model_zoo, "methods-vim-small": methods_on_vim_small, "cpu-targets": cpu_targets,
+              "cpu-linears-zen5": cpu_linears}
 
 
 def section(text: str, heading: str, source: str) -> str:
