@@ -55,9 +55,37 @@ def test_each_row_reads_its_models_two_times_in_the_files_clock(tmp_path: Path) 
 
 def test_a_missing_setting_or_file_is_named(tmp_path: Path) -> None:
     _write_all(tmp_path, skip=("deit_tiny_patch16_224", "onednn"))
-    with pytest.raises(ValueError, match=r"step_infer_linears\.cpu-x-avx512\.json: no float32 time of deit_tiny"):
+    with pytest.raises(ValueError, match=r"step_infer_linears\.cpu-x-avx512\.json: expected one positive float32 "
+                                         r"time of deit_tiny"):
         linears_markdown(tmp_path, CPU)
     (tmp_path / f"step_linears.{CPU}.json").unlink()
     with pytest.raises(ValueError, match=r"step_linears\.cpu-x-avx512\.json: no result file"):
         linears_markdown(tmp_path, CPU)
+    (tmp_path / f"step_linears.{CPU}.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"step_linears\.cpu-x-avx512\.json is not a results file: expected a JSON"):
+        linears_markdown(tmp_path, CPU)
+
+
+def test_rows_that_failed_or_repeat_give_no_time(tmp_path: Path) -> None:
+    _write_all(tmp_path)
+    path = tmp_path / f"step_infer_linears.{CPU}.json"
+    body = json.loads(path.read_text())
+    body["rows"][0]["step"]["error"] = "worker died"  # Vim-Ti's torch-linears row
+    path.write_text(json.dumps(body))
+    with pytest.raises(ValueError, match=r"vim_tiny_patch16_224 .* found \{'onednn': \[2\.0\]\}"):
+        linears_markdown(tmp_path, CPU)
+    body["rows"].append(body["rows"][1] | {})  # the onednn row twice, the torch one failed
+    del body["rows"][0]["step"]["error"]
+    path.write_text(json.dumps(body))
+    with pytest.raises(ValueError, match=r"found \{'torch': \[3\.0\], 'onednn': \[2\.0, 2\.0\]\}"):
+        linears_markdown(tmp_path, CPU)
+
+
+def test_the_threads_are_named_only_when_every_step_ran_on_as_many(tmp_path: Path) -> None:
+    _write_all(tmp_path)
+    path = tmp_path / f"step_linears.{CPU}.json"
+    body = json.loads(path.read_text())
+    body["rows"][0]["step"]["threads"] = 1
+    path.write_text(json.dumps(body))
+    assert linears_markdown(tmp_path, CPU).startswith("| CPU X (family 7 model 8, avx512), float32 |")
 

@@ -44,10 +44,10 @@ def test_kernels_read_row_repeating_views_as_their_copies(dtype: torch.dtype) ->
 
 
 class _CountingOps:
-    """A kernels namespace that passes every call on to ``ops`` and counts the scan calls."""
+    """A kernels namespace that passes every call on to ``ops`` and counts the scan and layout calls."""
 
     def __init__(self, ops: object) -> None:
-        self.ops, self.counts = ops, {"fwd": 0, "bwd": 0}
+        self.ops, self.counts = ops, {"fwd": 0, "bwd": 0, "layout": 0}
 
     def __getattr__(self, name: str) -> object:
         if name not in self.counts:
@@ -62,21 +62,24 @@ class _CountingOps:
 
 def test_selective_scan_calls_run_the_given_build_and_give_the_wrapper_back() -> None:
     """The A/B script's selective_scan calls run the build they are given (forward, then forward + backward),
-    give what the wrapper gives on the same (B, E, L) inputs, and leave the wrapper on its own build."""
+    give what the wrapper gives on the same (B, E, L) inputs, and leave the wrapper on its own build. Each call
+    reads the layout (W, T) from the given build, not from the wrapper's cache, which it leaves empty."""
     from vimtune.ops import scan_cpu
 
     if not scan_cpu.cpu_kernel_available():
         pytest.skip("the C++ selective scan could not be built here")
     own = scan_cpu._ops
+    own_layout = scan_cpu._layout()  # cached from the wrapper's own build
     x = scan_inputs(2, 9, 20, torch.float32)
     counting = _CountingOps(own())
     runs = selective_scan_calls(counting, x)
     assert list(runs) == ["forward", "fwd+bwd"]
     out = runs["forward"]()
-    assert counting.counts == {"fwd": 1, "bwd": 0}
+    assert counting.counts == {"fwd": 1, "bwd": 0, "layout": 1}
     grads = runs["fwd+bwd"]()
-    assert counting.counts == {"fwd": 2, "bwd": 1}
+    assert counting.counts == {"fwd": 2, "bwd": 1, "layout": 2}
     assert scan_cpu._ops is own
+    assert scan_cpu._layout.cache_info().currsize == 0 and scan_cpu._layout() == own_layout
     cm = {name: x[name].transpose(1, 2).contiguous() for name in ("u", "delta", "z", "B", "C")}
     want = scan_cpu.selective_scan_cpu(cm["u"], cm["delta"], x["A"], cm["B"], cm["C"], x["D"], cm["z"],
                                        x["delta_bias"], True)

@@ -18,11 +18,13 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 CASES = [
     (2, 5, 1, 3, 1.0, True, True, True),  # L = 1
     (1, 33, 37, 16, 1.0, False, True, False),  # batch 1, odd L, no D / z / delta_bias
-    (3, 20, 70, 4, 1.0, True, True, True),  # several time blocks, partial channel block
+    (3, 20, 70, 4, 1.0, True, True, True),  # two time blocks (64 steps each), partial channel block
+    (2, 20, 150, 16, 1.0, True, True, True),  # three time blocks, N = 16 (dL/dh carried in registers across them)
+    (1, 16, 128, 16, 1.0, True, True, False),  # L an exact multiple of the time block
     (2, 17, 45, 16, 15.0, True, True, True),  # large |delta|: both sides of the softplus threshold
     (2, 16, 64, 8, 1e-3, True, False, True),  # tiny delta without softplus: long memory
     (1, 8, 2000, 4, 1.0, True, True, True),  # long L
-    (1, 160, 50, 8, 1.0, True, True, True),  # 10 channel blocks: the backward splits them into groups
+    (1, 160, 130, 8, 1.0, True, True, True),  # 10 channel blocks: the backward splits them into groups; 3 time blocks
 ]
 
 
@@ -134,17 +136,17 @@ def test_bfloat16_inputs_follow_the_float64_reference() -> None:
 
 
 def test_multi_group_case_splits_the_backward(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The (1, 160, 50, 8) case of CASES runs the backward in more than one channel group."""
+    """The (1, 160, 130, 8) case of CASES runs the backward in more than one channel group."""
     groups = []
     real = scan_cpu._backward_groups
     monkeypatch.setattr(scan_cpu, "_backward_groups", lambda *a: groups.append(real(*a)) or groups[-1])
     low, _, softplus, last = _problem(CASES[-1], torch.float32)
-    _grads(_run(selective_scan_cpu, low, softplus, last), (torch.ones(1, 160, 50), torch.ones(1, 160, 8)), low)
+    _grads(_run(selective_scan_cpu, low, softplus, last), (torch.ones(1, 160, 130), torch.ones(1, 160, 8)), low)
     assert groups and groups[0] > 1
 
 
 # (batch, channels, length, state): the backward takes 8, 2 and 1 channel groups per row, at any thread count
-THREAD_CASES = [(4, 512, 40, 8), (1, 160, 50, 8), (3, 20, 70, 4)]
+THREAD_CASES = [(4, 512, 40, 8), (1, 160, 130, 8), (3, 20, 70, 4)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -27,9 +27,13 @@ LINEAR_RUNS = (  # (result file stem, row label, (model, method))
 def _results(path: Path) -> dict[str, Any]:
     """The parsed result file; ValueError naming it when it is missing or not a JSON object."""
     try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+        text = path.read_text()
+    except OSError as error:
         raise ValueError(f"{path}: no result file to read ({error}); run `vimtune bench suite`") from error
+    try:
+        results = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{path} is not a results file (JSON): {error}") from error
     if not isinstance(results, dict):
         raise ValueError(f"{path} is not a results file: expected a JSON object")
     return results
@@ -37,23 +41,22 @@ def _results(path: Path) -> dict[str, Any]:
 
 def linear_times(results: dict[str, Any], model: str, method: str) -> tuple[float, float, str]:
     """(time with torch's linears, time with oneDNN's, the time's unit) of one float32 (model, method) in a
-    ``--cpu-matmul torch onednn`` file; ValueError when either is missing."""
+    ``--cpu-matmul torch onednn`` file (rows that recorded an error do not count); ValueError unless each has
+    exactly one positive time."""
     clock = "CPU s" if results.get("clock") == "cpu" else "s"
     key = "cpu_seconds" if clock == "CPU s" else "seconds"
-    times = {}
+    times: dict[str, list[float]] = {}
     for row in _rows(results):
         step = row.get("step")
         if (row.get("dtype"), row.get("model"), row.get("method")) == ("float32", model, method) and \
-                isinstance(step, dict) and isinstance(step.get(key), int | float):
-            times[row.get("cpu_matmul")] = float(step[key])
-    if "torch" not in times or "onednn" not in times:
-        raise ValueError(f"no float32 time of {model} ({method}) with both torch and onednn linears")
-    return times["torch"], times["onednn"], clock
+                isinstance(step, dict) and "error" not in step and isinstance(step.get(key), int | float):
+            times.setdefault(str(row.get("cpu_matmul")), []).append(float(step[key]))
+    if any(len(times.get(matmul, ())) != 1 or times[matmul][0] <= 0 for matmul in ("torch", "onednn")):
+        raise ValueError(f"expected one positive float32 time of {model} ({method}) with torch linears and one "
+                         f"with onednn linears, found {times}")
+    return times["torch"][0], times["onednn"][0], clock
 
 
-def _seconds(value: float) -> str:
-    """Three decimals below 10 s, two above."""
-    return f"{value:.3f}" if value < 10 else f"{value:.2f}"
 
 
 def _threads(files: dict[str, dict[str, Any]]) -> str:
@@ -73,6 +76,7 @@ def linears_markdown(results_dir: Path, cpu: str) -> str:
             torch_time, onednn_time, unit = linear_times(files[stem], model, method)
         except ValueError as error:
             raise ValueError(f"{results_dir / f'{stem}.{cpu}.json'}: {error}") from error
-        lines.append(f"| {label} ({unit}) | {_seconds(torch_time)} | {_seconds(onednn_time)} | "
+        decimals = 3 if unit == "s" else 2  # inference passes: below a second or a few; training steps: 5-15 s
+        lines.append(f"| {label} ({unit}) | {torch_time:.{decimals}f} | {onednn_time:.{decimals}f} | "
                      f"{torch_time / onednn_time:.2f}x |")
     return "\n".join(lines)

@@ -237,10 +237,10 @@ struct Block {
 // ---------------------------------------------------------------- prefetch queue
 
 // The rows of one time block that a task reads or writes next, prefetched a few rows at a time (issue) while
-// it computes the block before: two or three rows per step. Prefetched all at once (up to 450 lines per
-// channel block and time block), they stalled the core until enough of the misses had come back: with the
-// tensors out of the cache before each call, spreading them took the forward from 2.4 to 2.1 ms and the
-// backward from 6.1 to 5.7 ms at (8, 384, 197, 16), one thread (Zen 5 EPYC).
+// it computes the block before: one or two rows per step. Prefetched all at once (with 32-step blocks, up to
+// 450 lines per channel block and time block), they stalled the core until enough of the misses had come
+// back: with the tensors out of the cache before each call, spreading them took the forward from 2.4 to 2.1 ms
+// and the backward from 6.1 to 5.7 ms at (8, 384, 197, 16), one thread (Zen 5 EPYC, 32-step blocks).
 template <typename S>
 struct RowPrefetch {
   static constexpr int64_t kCapacity = 16 * W;  // rows queued; more are prefetched at once
