@@ -9,8 +9,9 @@
 // Vectorisation: W = 16 channels form the vector lanes, so the time loop needs no horizontal sums; the
 // state index n is a plain loop around lane loops that gcc vectorises. The (B, E, L) rows are moved in
 // and out of [t][w] blocks of T steps, and B and C into [t][n] blocks, by transposes (16 x 16 tiles in
-// registers for float32 on AVX-512, element by element otherwise); the rows of the next time block are
-// prefetched while a block computes.
+// registers for float32 on AVX-512, element by element otherwise); the rows of the block a task works on next
+// (its next channel block, its next time block, or the first block of the thread's next task) are prefetched
+// while a block computes.
 //
 // Work split: a task owns one batch row and a group of channel blocks; it walks the time blocks and, in
 // each, all of its channel blocks (which share B_t and C_t). Threads take tasks from a shared counter.
@@ -129,6 +130,9 @@ struct Problem {
 
   int64_t cb_begin(int64_t g) const { return g * n_cb / groups; }
 
+  // Real channels in channel block cb (W but in a last, partial block).
+  int64_t valid(int64_t cb) const { return std::min(W, E - cb * W); }
+
   // Checkpoint of channel block cb before time block tb: [N][W] inside (B, n_cb, n_tb, N, W).
   template <typename P>
   P* ckpt_at(P* ckpt, int64_t b, int64_t cb, int64_t tb) const {
@@ -165,7 +169,7 @@ struct Channels {
   double dD[W] = {}, dbias[W] = {};
 
   Channels(const Problem<S>& p, int64_t cb)
-      : e0(cb * W), valid(std::min(W, p.E - cb * W)), ns(p.N * 3 * W, S(0)), decay(p.N * W, S(0)),
+      : e0(cb * W), valid(p.valid(cb)), ns(p.N * 3 * W, S(0)), decay(p.N * W, S(0)),
         dA(p.N * W, 0.0) {
     for (int64_t w = 0; w < valid; ++w) {
       for (int64_t n = 0; n < p.N; ++n) {
@@ -264,10 +268,9 @@ struct RowPrefetch {
     }
   }
 
-  // Queues time block tb's columns of channels [e0, e0 + valid) of row b of the (B, E, L) tensor src.
-  void add_channels(const Problem<S>& p, const S* src, int64_t b, const Channels<S>& ch, int64_t tb,
-                    bool write = false) {
-    if (src != nullptr) add(src + (b * p.E + ch.e0) * p.L + tb * T, p.L, ch.valid, std::min(T, p.L - tb * T), write);
+  // Queues time block tb's columns of channel block cb of row b of the (B, E, L) tensor src.
+  void add_channels(const Problem<S>& p, const S* src, int64_t b, int64_t cb, int64_t tb, bool write = false) {
+    if (src != nullptr) add(src + (b * p.E + cb * W) * p.L + tb * T, p.L, p.valid(cb), std::min(T, p.L - tb * T), write);
   }
 
   // Queues time block tb's columns of B and C of row b.
@@ -289,6 +292,30 @@ struct RowPrefetch {
   // Issues the rows not issued yet.
   void issue_rest() { issue(count - issued); }
 };
+
+// A task: batch row b, channel group g.
+struct TaskAt {
+  int64_t b, g;
+};
+
+// A block of work: batch row b, channel block cb, time block tb; first: the first block of its time block in
+// the task's order (the one whose B and C rows are loaded before it).
+struct BlockAt {
+  int64_t b, cb, tb;
+  bool first;
+};
+
+// The block a task works on after channel block ci of its group in time block tb, or the next task's first
+// block (time block `start`), or none. A task walks its time blocks from `start` by `step` (+1 in the forward,
+// -1 in the backward) and, in each, its channel blocks in order.
+template <typename S>
+std::optional<BlockAt> block_after(const Problem<S>& p, int64_t b, int64_t g, int64_t cb, int64_t tb, int64_t start,
+                                   int64_t step, const std::optional<TaskAt>& next_task) {
+  if (cb + 1 < p.cb_begin(g + 1)) return BlockAt{b, cb + 1, tb, false};
+  if (tb + step >= 0 && tb + step < p.n_tb) return BlockAt{b, p.cb_begin(g), tb + step, true};
+  if (next_task) return BlockAt{next_task->b, p.cb_begin(next_task->g), start, true};
+  return std::nullopt;
+}
 
 // ---------------------------------------------------------------- forward
 
@@ -343,20 +370,21 @@ struct Outputs {
   S* ckpt;  // (B, n_cb, n_tb, N, W) or nullptr when no backward will follow
 };
 
-// Forward task: batch row b, channel group g.
+// Forward task: batch row b, channel group g; next_task: the task this thread runs next, if any.
 template <typename S>
-void forward_task(const Problem<S>& p, const Outputs<S>& o, int64_t b, int64_t g, Block<S>& blk) {
+void forward_task(const Problem<S>& p, const Outputs<S>& o, int64_t b, int64_t g,
+                  const std::optional<TaskAt>& next_task, Block<S>& blk) {
   const int64_t N = p.N;
   std::vector<Channels<S>> chans = group_channels(p, g);
   for (int64_t tb = 0; tb < p.n_tb; ++tb) {
     const int64_t t0 = tb * T, nt = std::min(T, p.L - t0);
     p.load_bc(b, t0, nt, blk.bt.data(), blk.ct.data());
     for (Channels<S>& ch : chans) {
-      RowPrefetch<S> ahead;  // of the next time block
-      if (tb + 1 < p.n_tb) {
-        if (&ch == &chans.front()) ahead.add_bc(p, b, tb + 1);
-        for (const S* src : {p.u, p.delta, p.z}) ahead.add_channels(p, src, b, ch, tb + 1);
-        ahead.add_channels(p, o.out, b, ch, tb + 1, true);
+      RowPrefetch<S> ahead;  // of the block after this one
+      if (const std::optional<BlockAt> at = block_after(p, b, g, ch.e0 / W, tb, 0, 1, next_task)) {
+        if (at->first) ahead.add_bc(p, at->b, at->tb);
+        for (const S* src : {p.u, p.delta, p.z}) ahead.add_channels(p, src, at->b, at->cb, at->tb);
+        ahead.add_channels(p, o.out, at->b, at->cb, at->tb, true);
       }
       if (o.ckpt != nullptr) {
         S* ck = p.ckpt_at(o.ckpt, b, ch.e0 / W, tb);
@@ -398,8 +426,8 @@ struct Grads {
 };
 
 // Recomputes the block from the state in seg row 0: seg rows 1..nt get a_t and h_t, y[t] = C_t . h_t,
-// and the dL/dC lanes of dC get dy_t h_t.
-template <typename S, typename F>
+// and the dL/dC lanes of dC get dy_t h_t (kFirst, the task's first channel block: are set to it).
+template <bool kFirst, typename S, typename F>
 void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt, const F& each_step) {
   const S* __restrict__ decay = ch.decay.data();
   const S* __restrict__ bt = blk.bt.data();
@@ -423,13 +451,17 @@ void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt, const
         S* dCn = dCl + (t * N + n) * W;
         std::memcpy(&An, decay + n * W, sizeof An);
         std::memcpy(&h, seg + (t * N + n) * 2 * W + W, sizeof h);
-        std::memcpy(&dC, dCn, sizeof dC);
         const Floats16 a = exp2_lanes(dt16 * An);
         h = a * h + dtu16 * bt[t * N + n];
         std::memcpy(cur, &a, sizeof a);
         std::memcpy(cur + W, &h, sizeof h);
         acc += ct[t * N + n] * h;
-        dC += dy16 * h;
+        if constexpr (kFirst) {
+          dC = dy16 * h;
+        } else {
+          std::memcpy(&dC, dCn, sizeof dC);
+          dC += dy16 * h;
+        }
         std::memcpy(dCn, &dC, sizeof dC);
       }
       std::memcpy(blk.y.data() + t * W, &acc, sizeof acc);
@@ -449,7 +481,7 @@ void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt, const
         cur[w] = a;
         cur[W + w] = hv;
         acc[w] += cn * hv;
-        dC[w] += dy[t * W + w] * hv;
+        dC[w] = (kFirst ? S(0) : dC[w]) + dy[t * W + w] * hv;
       }
     }
     std::copy(acc, acc + W, blk.y.data() + t * W);
@@ -459,7 +491,7 @@ void scan_recompute(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt, const
 // scan_reverse for float lanes and N = kRegisterStates: the N rows of dL/dh stay in vector registers from step
 // to step instead of being loaded from and stored to ns at every state; the arithmetic is scan_reverse's, term
 // for term.
-template <typename F>
+template <bool kFirst, typename F>
 inline void scan_reverse_in_registers(Channels<float>& ch, Block<float>& blk, int64_t nt, const F& each_step) {
   constexpr int64_t N = kRegisterStates;
   float* __restrict__ ns = ch.ns.data();
@@ -482,11 +514,15 @@ inline void scan_reverse_in_registers(Channels<float>& ch, Block<float>& blk, in
       std::memcpy(&dA, ns + n * 3 * W + 2 * W, sizeof dA);
       std::memcpy(&hp, seg + (t * N + n) * 2 * W + W, sizeof hp);
       std::memcpy(&at, seg + ((t + 1) * N + n) * 2 * W, sizeof at);
-      std::memcpy(&dB, dBl + (t * N + n) * W, sizeof dB);
       const Floats16 gh = carry[n] + dy * ct[t * N + n];
       const Floats16 next = at * gh;
       const Floats16 ga = next * hp;
-      dB += gh * dtu;
+      if constexpr (kFirst) {
+        dB = gh * dtu;
+      } else {
+        std::memcpy(&dB, dBl + (t * N + n) * W, sizeof dB);
+        dB += gh * dtu;
+      }
       dA += ga * dt;
       dd += ga * An;
       sb += gh * bt[t * N + n];
@@ -509,8 +545,9 @@ inline void scan_reverse_in_registers(Channels<float>& ch, Block<float>& blk, in
 }
 
 // Reverse sweep over one block (after scan_recompute). Carries dL/dh in ns slot 1; adds the dL/dB
-// lanes to blk.dB and dA to ns slot 2; leaves du (without the skip term) in y and dL/d(raw delta) in dt.
-template <typename S, typename F>
+// lanes to blk.dB (kFirst: sets them) and dA to ns slot 2; leaves du (without the skip term) in y and dL/d(raw
+// delta) in dt.
+template <bool kFirst, typename S, typename F>
 void scan_reverse(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt, const F& each_step) {
   S* __restrict__ ns = ch.ns.data();
   const S* __restrict__ bt = blk.bt.data();
@@ -524,7 +561,7 @@ void scan_reverse(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt, const F
   const S* __restrict__ u = blk.u.data();
   const S* __restrict__ dsp = blk.dsp.data();
   if constexpr (kVectorExp && std::is_same_v<S, float>) {
-    if (N == kRegisterStates) return scan_reverse_in_registers(ch, blk, nt, each_step);
+    if (N == kRegisterStates) return scan_reverse_in_registers<kFirst>(ch, blk, nt, each_step);
   }
   for (int64_t t = nt - 1; t >= 0; --t) {
     each_step();
@@ -541,7 +578,7 @@ void scan_reverse(Channels<S>& ch, Block<S>& blk, int64_t N, int64_t nt, const F
         const S gh = An[W + w] + dy[t * W + w] * cn;  // dL/dh_t
         const S carry = at[w] * gh;                    // exp(delta_t A) dL/dh_t, for step t - 1
         const S ga = carry * hp[w];                    // dL/d(delta_t A) through the decay
-        dB[w] += gh * dtu[t * W + w];
+        dB[w] = (kFirst ? S(0) : dB[w]) + gh * dtu[t * W + w];
         An[2 * W + w] += ga * dt[t * W + w];
         dd[w] += ga * An[w];
         sb[w] += gh * bn;
@@ -612,9 +649,10 @@ void flush_sums(Channels<S>& ch, const Block<S>& blk, int64_t N, int64_t nt) {
     for (int64_t w = 0; w < W; ++w) ch.dbias[w] += double(blk.dt[t * W + w]);
 }
 
-// Backward task: batch row b, channel group g.
+// Backward task: batch row b, channel group g; next_task: the task this thread runs next, if any.
 template <typename S>
-void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g, Block<S>& blk) {
+void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g,
+                   const std::optional<TaskAt>& next_task, Block<S>& blk) {
   const int64_t N = p.N;
   std::vector<Channels<S>> chans = group_channels(p, g);
   if (gr.dlast != nullptr)
@@ -625,12 +663,12 @@ void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g
     const int64_t t0 = tb * T, nt = std::min(T, p.L - t0);
     p.load_bc(b, t0, nt, blk.bt.data(), blk.ct.data());
     for (Channels<S>& ch : chans) {
-      RowPrefetch<S> ahead;  // of the previous time block
-      if (tb > 0) {
-        if (&ch == &chans.front()) ahead.add_bc(p, b, tb - 1);
-        ahead.add(p.ckpt_at(gr.ckpt, b, ch.e0 / W, tb - 1), 0, 1, N * W);
-        for (const S* src : {p.u, p.delta, p.z, gr.dout}) ahead.add_channels(p, src, b, ch, tb - 1);
-        for (const S* dst : {gr.du, gr.ddelta, gr.dz}) ahead.add_channels(p, dst, b, ch, tb - 1, true);
+      RowPrefetch<S> ahead;  // of the block after this one
+      if (const std::optional<BlockAt> at = block_after(p, b, g, ch.e0 / W, tb, p.n_tb - 1, -1, next_task)) {
+        if (at->first) ahead.add_bc(p, at->b, at->tb);
+        ahead.add(p.ckpt_at(gr.ckpt, at->b, at->cb, at->tb), 0, 1, N * W);
+        for (const S* src : {p.u, p.delta, p.z, gr.dout}) ahead.add_channels(p, src, at->b, at->cb, at->tb);
+        for (const S* dst : {gr.du, gr.ddelta, gr.dz}) ahead.add_channels(p, dst, at->b, at->cb, at->tb, true);
       }
       const int64_t per_step = ahead.rows_per_step(2 * nt);  // over the recompute's and the reverse sweep's steps
       const auto each_step = [&]() __attribute__((always_inline)) { ahead.issue(per_step); };
@@ -639,9 +677,16 @@ void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g
       blk.template prepare<true>(p, ch, b, t0, nt);
       p.load(gr.dout, b, ch.e0, ch.valid, t0, nt, blk.gout.data());
       gate_dy(p, blk, nt);
-      scan_recompute(ch, blk, N, nt, each_step);
-      gate_backward(p, ch, blk, nt);
-      scan_reverse(ch, blk, N, nt, each_step);
+      // The first channel block sets the dL/dB and dL/dC lanes, the others add to them.
+      if (&ch == &chans.front()) {
+        scan_recompute<true>(ch, blk, N, nt, each_step);
+        gate_backward(p, ch, blk, nt);
+        scan_reverse<true>(ch, blk, N, nt, each_step);
+      } else {
+        scan_recompute<false>(ch, blk, N, nt, each_step);
+        gate_backward(p, ch, blk, nt);
+        scan_reverse<false>(ch, blk, N, nt, each_step);
+      }
       ahead.issue_rest();
       flush_sums(ch, blk, N, nt);
       p.store(blk.y.data(), b, ch.e0, ch.valid, t0, nt, gr.du);
@@ -663,8 +708,6 @@ void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g
         dC[n * p.L + t] = sC;
       }
     }
-    std::fill(blk.dB.begin(), blk.dB.end(), S(0));
-    std::fill(blk.dC.begin(), blk.dC.end(), S(0));
   }
   for (const Channels<S>& ch : chans) {
     for (int64_t w = 0; w < ch.valid; ++w) {
@@ -717,15 +760,21 @@ Problem<S> make_problem(const at::Tensor& u, const at::Tensor& delta, const at::
                     softplus, batch, E, L, N, n_cb, (L + T - 1) / T, groups};
 }
 
-// Runs task(b, g, scratch) for every batch row b and channel group g. The threads take tasks from a
-// shared counter (a thread slowed down by other load simply takes fewer) and reuse one scratch Block.
+// Runs task(b, g, next_task, scratch) for every batch row b and channel group g. The threads take tasks from a
+// shared counter (a thread slowed down by other load simply takes fewer) and reuse one scratch Block. A thread
+// takes its next task when it starts one, so that the one it runs can prefetch the rows of the next one's first
+// block: each task's first block was read from memory with nothing in flight.
 template <typename S, typename F>
 void for_each_task(const Problem<S>& p, bool backward, const F& task) {
   const int64_t n_tasks = p.batch * p.groups;
   std::atomic<int64_t> next{0};
+  const auto at = [&](int64_t i) { return TaskAt{i / p.groups, i % p.groups}; };
   at::parallel_for(0, std::min<int64_t>(n_tasks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     Block<S> blk(p.N, backward);
-    for (int64_t i = next++; i < n_tasks; i = next++) task(i / p.groups, i % p.groups, blk);
+    for (int64_t i = next++, j = next++; i < n_tasks; i = j, j = next++) {
+      const TaskAt now = at(i);
+      task(now.b, now.g, j < n_tasks ? std::optional<TaskAt>(at(j)) : std::nullopt, blk);
+    }
   });
 }
 
@@ -748,7 +797,9 @@ void scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
     if (ckpt.has_value()) check_output(*ckpt, dtype, p.batch * p.n_cb * p.n_tb * p.N * W, "checkpoints");
     const Outputs<S> o{out.mutable_data_ptr<S>(), last.mutable_data_ptr<S>(),
                        ckpt.has_value() ? ckpt->mutable_data_ptr<S>() : nullptr};
-    for_each_task(p, false, [&](int64_t b, int64_t g, Block<S>& blk) { forward_task(p, o, b, g, blk); });
+    for_each_task(p, false, [&](int64_t b, int64_t g, const std::optional<TaskAt>& next_task, Block<S>& blk) {
+      forward_task(p, o, b, g, next_task, blk);
+    });
   };
   if (dtype == at::kFloat) {
     run(0.0f);
@@ -791,7 +842,9 @@ void scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                       ddelta.mutable_data_ptr<S>(), dz.has_value() ? dz->mutable_data_ptr<S>() : nullptr,
                       pA.mutable_data_ptr<double>(), pB.mutable_data_ptr<double>(), pC.mutable_data_ptr<double>(),
                       pD.mutable_data_ptr<double>(), pbias.mutable_data_ptr<double>()};
-    for_each_task(p, true, [&](int64_t b, int64_t g, Block<S>& blk) { backward_task(p, gr, b, g, blk); });
+    for_each_task(p, true, [&](int64_t b, int64_t g, const std::optional<TaskAt>& next_task, Block<S>& blk) {
+      backward_task(p, gr, b, g, next_task, blk);
+    });
     const auto add_up = [](const double* parts, int64_t slices, int64_t n, const at::Tensor& out) {
       double* o = out.mutable_data_ptr<double>();
       add_slices(parts, slices, n, [o](int64_t i, double sum) { o[i] = sum; });
