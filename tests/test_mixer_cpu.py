@@ -468,9 +468,9 @@ def test_bfloat16_activations_are_not_copied_to_float32(monkeypatch: pytest.Monk
 
     class Spy:
         def __getattr__(self, name: str):
-            def call(*args):
+            def call(*args, **kwargs):
                 seen.append([a for a in args if isinstance(a, torch.Tensor)])
-                return getattr(real, name)(*args)
+                return getattr(real, name)(*args, **kwargs)
 
             return call
 
@@ -587,6 +587,90 @@ def test_scan_state_carries_a_sequence_across_calls(reverse: bool, dtype: torch.
     assert torch.equal(torch.cat([outs[lo] for lo, _ in bounds], dim=1), whole)
     with pytest.raises(RuntimeError, match="state"):
         ops.scan_fwd(u, delta, A, B, C, D, z, bias, True, reverse, torch.zeros(batch, channels, 3, dtype=param))
+
+
+
+# (batch, length, channels, state): two chunks of 150 steps; three chunks (171 + 171 + 171, the last one
+# shorter: 513 steps) with a last channel block of 8 lanes; 22 rows whose 5 channel blocks form 3 groups
+CHUNK_STATE_CASES = [(2, 300, 16, 16), (1, 513, 40, 16), (22, 259, 80, 4)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("case", CHUNK_STATE_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_backward_from_the_forwards_chunk_states_is_bit_for_bit_the_same(
+    case: tuple, reverse: bool, dtype: torch.dtype
+) -> None:
+    """The scan backward reading the states the forward kept before each chunk gives every gradient bit for bit
+    as the backward that finds them by running the recurrence again; the forward's output does not change."""
+    batch, length, channels, state_size = case
+    g = torch.Generator().manual_seed(length)
+    u, delta, z, dout = (torch.randn(batch, length, channels, generator=g).to(dtype) for _ in range(4))
+    B, C = (torch.randn(batch, length, state_size, generator=g).to(dtype) for _ in range(2))
+    param = torch.float64 if dtype == torch.float64 else torch.float32
+    A = (-torch.rand(channels, state_size, generator=g) - 0.1).to(param)
+    D, bias = (torch.randn(channels, generator=g).to(param) for _ in range(2))
+    args = (u, delta, A, B, C, D, z, bias, True, reverse)
+    ops = mixer_cpu._ops()
+    shape = ops.chunk_states_shape(batch, length, channels, state_size)
+    assert shape[2] == -(-length // 256) > 1
+    kept = torch.full(shape, float("nan"), dtype=param)
+    assert torch.equal(ops.scan_fwd(*args, chunk_states=kept), ops.scan_fwd(*args))
+    assert not kept.isnan().any()  # every chunk's state written, lanes past the last channel included
+    found = ops.scan_bwd(*args, dout, True)
+    read = ops.scan_bwd(*args, dout, True, chunk_states=kept)
+    for name, a, b in zip(GRAD_NAMES, found, read, strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_chunk_states_of_the_wrong_shape_are_refused() -> None:
+    g = torch.Generator().manual_seed(0)
+    u, delta, z, dout = (torch.randn(1, 300, 16, generator=g) for _ in range(4))
+    B, C = (torch.randn(1, 300, 16, generator=g) for _ in range(2))
+    A, D, bias = -torch.rand(16, 16, generator=g) - 0.1, torch.randn(16, generator=g), torch.randn(16, generator=g)
+    args = (u, delta, A, B, C, D, z, bias, True, False)
+    ops = mixer_cpu._ops()
+    with pytest.raises(RuntimeError, match="chunk_states must be"):
+        ops.scan_fwd(*args, chunk_states=torch.zeros(1, 1, 1, 16, 16))
+    with pytest.raises(RuntimeError, match="chunk_states has dtype"):
+        ops.scan_bwd(*args, dout, True, chunk_states=torch.zeros(1, 1, 2, 16, 16, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("length, kept", [(300, True), (256, False)])
+def test_autograd_scan_hands_its_chunk_states_to_the_backward(
+    monkeypatch: pytest.MonkeyPatch, length: int, kept: bool
+) -> None:
+    """Both autograd wrappers keep the chunk states when the sequence has more than one backward chunk and
+    hand the backward exactly the tensor their forward filled; not at all without a gradient."""
+    ops = mixer_cpu._ops()
+    seen: dict[str, list] = {"fwd": [], "bwd": []}
+
+    class Spy:
+        def __getattr__(self, name: str):
+            return getattr(ops, name)
+
+        def scan_fwd(self, *args, chunk_states=None, **kwargs):
+            seen["fwd"].append(chunk_states)
+            return ops.scan_fwd(*args, chunk_states=chunk_states, **kwargs)
+
+        def scan_bwd(self, *args, chunk_states=None, **kwargs):
+            seen["bwd"].append(chunk_states)
+            return ops.scan_bwd(*args, chunk_states=chunk_states, **kwargs)
+
+    monkeypatch.setattr(mixer_cpu, "_ops", lambda: Spy())
+    leaves = {k: v.requires_grad_() for k, v in _scan_leaves(1, length, 16, 16, seed=0).items()}
+    fast, _ = _scan_fns(16, 16, reverse=False)
+    fast(*leaves.values()).sum().backward()
+    recompute_leaves = {k: v.requires_grad_() for k, v in _recompute_leaves(1, length, 16, 16, 3, seed=0).items()}
+    recompute_fast, _ = _recompute_fns(16, 16, 3, reverse=True)
+    recompute_fast(*recompute_leaves.values())[0].sum().backward()
+    assert len(seen["fwd"]) == len(seen["bwd"]) == 2
+    for forward_states, backward_states in zip(seen["fwd"], seen["bwd"], strict=True):
+        assert backward_states is forward_states
+        assert (forward_states is not None) == kept
+    with torch.no_grad():
+        fast(*leaves.values())
+    assert seen["fwd"][-1] is None
 
 
 MIXER_PATHS = (bimamba_forward_tm, BiMambaMixer.forward)  # fast path, then the mixer's own (reference)

@@ -72,9 +72,21 @@ def selective_scan_calls(ops: object, x: dict[str, torch.Tensor]) -> dict[str, C
 
 
 def calls(ops: object, x: dict[str, torch.Tensor]) -> dict[str, Callable[[], object]]:
-    """The forward and backward kernel calls of ``ops`` on inputs ``x`` (forward direction, softplus on)."""
+    """The forward and backward kernel calls of ``ops`` on inputs ``x`` (forward direction, softplus on), as
+    the autograd wrapper makes them: on builds that keep the states before the backward's chunks
+    (those with ``chunk_states_shape``) and a sequence of more than one chunk, the forward
+    keeps them and the backward reads them (filled by one forward call here, before any timing)."""
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, False)
-    return {"forward": lambda: ops.scan_fwd(*args, None), "backward": lambda: ops.scan_bwd(*args, x["dout"], True)}
+    kept = None
+    if hasattr(ops, "chunk_states_shape"):
+        shape = ops.chunk_states_shape(*x["u"].shape, x["A"].shape[1])
+        kept = x["A"].new_empty(shape) if shape[2] > 1 else None
+    if kept is None:
+        return {"forward": lambda: ops.scan_fwd(*args, None),
+                "backward": lambda: ops.scan_bwd(*args, x["dout"], True)}
+    ops.scan_fwd(*args, None, kept)
+    return {"forward": lambda: ops.scan_fwd(*args, None, kept),
+            "backward": lambda: ops.scan_bwd(*args, x["dout"], True, chunk_states=kept)}
 
 
 def add_timing_arguments(parser: argparse.ArgumentParser) -> None:

@@ -104,16 +104,32 @@ def _scan_work(*inputs: Tensor) -> tuple[Tensor, ...]:
     return tuple(_lanes(t, store if act else work) for t, act in zip(inputs, _SCAN_ACTIVATION, strict=True))
 
 
+def _chunk_states(
+    ctx: torch.autograd.function.FunctionCtx, grad_enabled: bool, work_inputs: tuple[Tensor, ...]
+) -> Tensor | None:
+    """A buffer for the states the scan forward keeps for its backward, (B, E / 16, chunks, N, 16) in the
+    compute dtype, when a gradient will be needed (``grad_enabled``: grad mode where the autograd function
+    was applied, which its forward does not see) and the sequence has more than one backward chunk (the
+    backward then reads them instead of running the recurrence again to find them); else None."""
+    if not (grad_enabled and any(ctx.needs_input_grad)):
+        return None
+    u, A = work_inputs[0], work_inputs[2]
+    shape = _ops().chunk_states_shape(u.shape[0], u.shape[1], u.shape[2], A.shape[1])
+    return A.new_empty(shape) if shape[2] > 1 else None
+
+
 def _scan_grads(
     work_inputs: tuple[Tensor, ...], flags: tuple[bool, bool], dout: Tensor,
     meta: tuple[tuple[torch.dtype, torch.Size], ...], need_A: bool, dz_out: tuple[Tensor, bool] | tuple[()] = (),
+    chunk_states: Tensor | None = None,
 ) -> tuple[Tensor | None, ...]:
     """The scan kernel's backward: gradients of (u, delta, A, B, C, D, z, delta_bias) in that order, each in
     its input's dtype and shape (``meta``). ``flags`` = (delta_softplus, reverse); dout (B, T, E). Without
     ``need_A`` (a frozen A) the kernel skips dA and its slot is None. With ``dz_out`` (an
-    :func:`_kernel_half`) dz is written there and its slot is None."""
+    :func:`_kernel_half`) dz is written there and its slot is None. ``chunk_states``: what the forward kept
+    (:func:`_chunk_states`), or None."""
     du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(
-        *work_inputs, *flags, _lanes(dout, work_inputs[0].dtype), need_A, *dz_out
+        *work_inputs, *flags, _lanes(dout, work_inputs[0].dtype), need_A, *dz_out, chunk_states=chunk_states
     )
     return _cast_back((du, ddelta, dA if need_A else None, dB, dC, dD, None if dz_out else dz, dbias), meta)
 
@@ -244,18 +260,21 @@ class _SelectiveScanTM(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-        D: Tensor, z: Tensor, delta_bias: Tensor, delta_softplus: bool, reverse: bool,
+        D: Tensor, z: Tensor, delta_bias: Tensor, delta_softplus: bool, reverse: bool, grad_enabled: bool,
     ) -> Tensor:
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         work_inputs = _scan_work(*inputs)
         ctx.save_for_backward(*work_inputs)
         ctx.meta = _meta(*inputs)
         ctx.flags = (delta_softplus, reverse)
-        return _ops().scan_fwd(*work_inputs, delta_softplus, reverse).to(u.dtype)
+        ctx.chunk_states = _chunk_states(ctx, grad_enabled, work_inputs)
+        return _ops().scan_fwd(*work_inputs, delta_softplus, reverse, chunk_states=ctx.chunk_states).to(u.dtype)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        return (*_scan_grads(ctx.saved_tensors, ctx.flags, dout, ctx.meta, ctx.needs_input_grad[2]), None, None)
+        grads = _scan_grads(ctx.saved_tensors, ctx.flags, dout, ctx.meta, ctx.needs_input_grad[2],
+                            chunk_states=ctx.chunk_states)
+        return (*grads, None, None, None)
 
 
 def selective_scan_tm(
@@ -277,7 +296,8 @@ def selective_scan_tm(
     Returns:
         out (B, T, E), contiguous, in the dtype of ``u``.
     """
-    return _SelectiveScanTM.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return _SelectiveScanTM.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+                                  torch.is_grad_enabled())
 
 
 class _SelectiveScanRecomputeTM(torch.autograd.Function):
@@ -294,14 +314,16 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
     def forward(
         ctx: torch.autograd.function.FunctionCtx, u: Tensor, dt: Tensor, dt_weight: Tensor, A: Tensor, B: Tensor,
         C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor, conv_x: Tensor, conv_weight: Tensor, conv_bias: Tensor,
-        delta_softplus: bool, reverse: bool, into: _InProjGrad | None = None,
+        delta_softplus: bool, reverse: bool, into: _InProjGrad | None, grad_enabled: bool,
     ) -> Tensor:
         delta = linear(dt, dt_weight)  # (B, T, E), freed on return
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         ctx.save_for_backward(dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias)
         ctx.meta = _meta(*inputs)
         ctx.flags, ctx.into = (delta_softplus, reverse), into
-        return _ops().scan_fwd(*_scan_work(*inputs), delta_softplus, reverse).to(u.dtype)
+        work_inputs = _scan_work(*inputs)
+        ctx.chunk_states = _chunk_states(ctx, grad_enabled, work_inputs)
+        return _ops().scan_fwd(*work_inputs, delta_softplus, reverse, chunk_states=ctx.chunk_states).to(u.dtype)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")  # under the forward's autocast state: delta recomputed alike
@@ -313,14 +335,15 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
         del u
         du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_grads(work_inputs, ctx.flags, dout, ctx.meta,
                                                             ctx.needs_input_grad[3],
-                                                            _kernel_half(ctx.into, 1, work_inputs[6].dtype))
+                                                            _kernel_half(ctx.into, 1, work_inputs[6].dtype),
+                                                            ctx.chunk_states)
         del work_inputs
         dz = _routed(ctx.into, 1, dz)
         # The gradients autograd gives ``linear(dt, dt_weight)`` (with (B, T) folded into rows).
         ddelta_rows, dt_rows = ddelta.flatten(0, -2), dt.flatten(0, -2)
         d_dt = linear(ddelta_rows, dt_weight.t()).view(dt.shape) if ctx.needs_input_grad[1] else None
         d_weight = ddelta_rows.t() @ dt_rows if ctx.needs_input_grad[2] else None
-        return du, d_dt, d_weight, dA, dB, dC, dD, dz, dbias, None, None, None, None, None, None
+        return du, d_dt, d_weight, dA, dB, dC, dD, dz, dbias, None, None, None, None, None, None, None
 
 
 def selective_scan_recompute_tm(
@@ -350,7 +373,8 @@ def selective_scan_recompute_tm(
         out (B, T, E), contiguous, in the dtype of ``u``.
     """
     return _SelectiveScanRecomputeTM.apply(
-        u, dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias, delta_softplus, reverse, None
+        u, dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias, delta_softplus, reverse, None,
+        torch.is_grad_enabled(),
     )
 
 
@@ -366,7 +390,8 @@ def _direction_tm(
     # delta = dt @ dt_proj.weight^T is formed inside the scan (its bias is added by the kernel); u and
     # delta are recomputed in the backward rather than kept.
     return _SelectiveScanRecomputeTM.apply(
-        u, dt, dt_proj.weight, A, Bm, Cm, D, z, dt_proj.bias, x, conv.weight, conv.bias, True, reverse, into
+        u, dt, dt_proj.weight, A, Bm, Cm, D, z, dt_proj.bias, x, conv.weight, conv.bias, True, reverse, into,
+        torch.is_grad_enabled(),
     )
 
 

@@ -27,9 +27,10 @@
 // shared counter, so a thread slowed down by other load simply takes fewer.
 //
 // The scan backward recomputes the states: it cuts the steps into chunks of at most kMaxChunk,
-// finds the state at each chunk start by a forward pass, then per chunk (last first) recomputes and
-// keeps that chunk's states and decays in per-thread buffers and walks it backwards. Nothing of size
-// (B, T, E, N) is ever stored. Sums over time and batch (dA, dD, d delta_bias, conv dweight and
+// takes the state at each chunk start from the forward (which keeps them, (B, E, chunks, N), when given
+// a chunk_states tensor: the autograd wrapper gives one when a gradient will follow) or else finds them by
+// a forward pass, then per chunk (last first) recomputes and keeps that chunk's states and decays in
+// per-thread buffers and walks it backwards. Nothing of size (B, T, E, N) is ever stored. Sums over time and batch (dA, dD, d delta_bias, conv dweight and
 // dbias) and over channels (dB, dC) are accumulated in float64 (after at most kFlush time steps, or
 // the channel blocks of one task, in the compute dtype; dB and dC lane-wise over the task's channel
 // blocks, then over the 16 lanes by a tree of pairwise sums): per task into (B, ...) partials (and
@@ -78,6 +79,13 @@ constexpr bool kRegisterWalk = true;
 #else
 constexpr bool kRegisterWalk = false;
 #endif
+
+// The scan backward's chunks of a T-step sequence: {count, steps per chunk}, at most kMaxChunk steps each, as
+// equal as possible (the last one may be shorter).
+inline std::pair<int64_t, int64_t> scan_chunks(int64_t T) {
+  const int64_t count = (T + kMaxChunk - 1) / kMaxChunk;
+  return {count, (T + count - 1) / count};
+}
 constexpr int64_t kSteps = 8;      // scan forward and checkpoint passes: steps whose step sizes are computed together
 
 // ---------------------------------------------------------------- shared plumbing
@@ -676,15 +684,17 @@ inline void advance(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& 
 }
 
 // The scan of one channel block of row b. With `state` ((B, E, N), or null): starts from the state it
-// holds instead of zero and leaves the state after the last step in it (a sequence scanned in pieces).
+// holds instead of zero and leaves the state after the last step in it (a sequence scanned in pieces). With
+// `chunk_states` ([chunks][N][W] of this block, see scan_chunks, or null): keeps there the state before each of
+// the backward's chunks, which the backward would otherwise find by running the recurrence again.
 // The steps run in blocks of kSteps, each in three passes: step sizes (and D u), the recurrence, the gate.
 // A step's step sizes and gate do not depend on the state, so computing them a block at a time lets their
 // exps and divisions overlap; done inside each step they waited on the state's chain (and it on them) and
 // took a third of the time. The arithmetic of each value is the same either way.
 template <int64_t NV, typename S, typename V>
 void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, const Lanes& l, std::vector<S>& h,
-                        S* state) {
-  const int64_t nv = NV > 0 ? NV : l.valid;
+                        S* state, S* chunk_states) {
+  const int64_t nv = NV > 0 ? NV : l.valid, chunk = scan_chunks(p.T).second;
   const ScanParams<S> prm(p, l);
   S* lane_state = state ? state + (b * p.E + l.e0) * p.N : nullptr;  // [w][n] of this block
   h.assign(p.N * W, S(0));
@@ -700,9 +710,12 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, cons
       #pragma omp simd
       for (int64_t w = 0; w < nv; ++w) acc[i][w] = prm.D[w] * lane(u[w]);
     }
-    for (int64_t i = 0; i < len; ++i)
+    for (int64_t i = 0; i < len; ++i) {
+      if (chunk_states != nullptr && (s0 + i) % chunk == 0)
+        std::copy(h.begin(), h.end(), chunk_states + (s0 + i) / chunk * p.N * W);
       advance<NV, false>(p, prm, l, b, p.time(s0 + i), dt[i], dtu[i], h.data(), h.data(), static_cast<S*>(nullptr),
                          acc[i]);
+    }
     for (int64_t i = 0; i < len; ++i) {
       const int64_t t = p.time(s0 + i);
       const V* __restrict__ z = p.z.at(b, t, l.e0);
@@ -928,17 +941,22 @@ void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<
 }
 
 // The backward of one channel block of row b is cut into chunks, walked last first: block_start finds the
-// states before every chunk, block_chunk takes one chunk (dA only with kDA), block_finish writes the block's
+// states before every chunk (copies them from `saved`, [chunks][N][W] kept by the forward, when given), block_chunk takes one chunk (dA only with kDA), block_finish writes the block's
 // sums. A task walks the chunks in its outer loop and its channel blocks in the inner one, so that its
 // lane-wise dB, dC sums cover one chunk at a time: over the whole sequence (T N W values each) they left the
 // cache at long T: with them the backward took 1.7 ns per state update at (B, T, E, N) = (1, 6085, 384, 16)
 // against 1.0 ns at (8, 197, 384, 16) (AMD EPYC, one thread; the forward 0.3 ns at both).
 template <int64_t NV, typename S, typename V>
-void block_start(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b, const Lanes& l, BlockCarry<S>& bc) {
+void block_start(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b, const Lanes& l, const S* saved,
+                 BlockCarry<S>& bc) {
   const int64_t NW = p.N * W, chunk = gr.chunk, n_chunks = (p.T + chunk - 1) / chunk;
   const ScanParams<S> prm(p, l);
-  bc.ckpt.assign(n_chunks * NW, S(0));
-  for (int64_t c = 0; c + 1 < n_chunks; ++c) {
+  if (saved != nullptr) {
+    bc.ckpt.assign(saved, saved + n_chunks * NW);
+  } else {
+    bc.ckpt.assign(n_chunks * NW, S(0));
+  }
+  for (int64_t c = 0; saved == nullptr && c + 1 < n_chunks; ++c) {
     S* h = bc.ckpt.data() + (c + 1) * NW;
     std::copy(h - NW, h, h);
     for (int64_t s0 = c * chunk; s0 < (c + 1) * chunk; s0 += kSteps) {  // as in scan_forward_block
@@ -1002,11 +1020,28 @@ Scan<S, V> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Ten
                     bias.const_data_ptr<S>(), batch, T, E, N, softplus, reverse};
 }
 
+// The shape of the states kept for the scan backward, (B, channel blocks, chunks, N, W): see scan_chunks.
+std::vector<int64_t> chunk_states_shape(int64_t batch, int64_t T, int64_t E, int64_t N) {
+  return {batch, (E + W - 1) / W, scan_chunks(T).first, N, W};
+}
+
+// Checks `states`, the chunk states of scan_fwd / scan_bwd, against the problem; returns its data or null.
+template <typename S, typename V>
+S* chunk_states_data(const std::optional<at::Tensor>& states, const Scan<S, V>& p, at::ScalarType dtype) {
+  if (!states.has_value()) return nullptr;
+  check_param(*states, dtype, p.batch * ((p.E + W - 1) / W) * scan_chunks(p.T).first * p.N * W, "chunk_states");
+  TORCH_CHECK(states->sizes() == at::IntArrayRef(chunk_states_shape(p.batch, p.T, p.E, p.N)), "chunk_states must be ",
+              at::IntArrayRef(chunk_states_shape(p.batch, p.T, p.E, p.N)), ", got ", states->sizes());
+  return states->mutable_data_ptr<S>();
+}
+
 // Returns out (B, T, E). `state` (B, E, N) in the parameters' dtype, when given, is the state before the
-// first step and is overwritten with the state after the last one.
+// first step and is overwritten with the state after the last one. `chunk_states` (chunk_states_shape, the
+// parameters' dtype), when given, gets the state before each of the backward's chunks, for scan_bwd.
 at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                     const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
-                    bool softplus, bool reverse, const std::optional<at::Tensor>& state) {
+                    bool softplus, bool reverse, const std::optional<at::Tensor>& state,
+                    const std::optional<at::Tensor>& chunk_states) {
   at::Tensor out = at::empty(u.sizes(), u.options());
   dispatch_types(u.scalar_type(), A.scalar_type(), "scan", [&](auto s, auto v) {
     using S = decltype(s);
@@ -1019,11 +1054,14 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
                   p.batch, ", ", p.E, ", ", p.N, "), got ", state->sizes());
       state_data = state->mutable_data_ptr<S>();
     }
+    S* const kept = chunk_states_data(chunk_states, p, A.scalar_type());
     const Rows<V> o = rows_out<V>(out);
-    const int64_t n_cb = (p.E + W - 1) / W;
+    const int64_t n_cb = (p.E + W - 1) / W, block_states = scan_chunks(p.T).first * p.N * W;
     for_each_task<std::vector<S>>(p.batch * n_cb, [&](int64_t i, std::vector<S>& h) {
       dispatch_lanes(task_lanes(i, n_cb, p.E), [&]<int64_t NV>(const Lanes& l) {
-        scan_forward_block<NV>(p, o, i / n_cb, l, h, state_data);
+        const int64_t b = i / n_cb;
+        S* block_kept = kept ? kept + (b * n_cb + l.e0 / W) * block_states : nullptr;
+        scan_forward_block<NV>(p, o, b, l, h, state_data, block_kept);
       });
     });
   });
@@ -1032,11 +1070,14 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
 
 // Returns du, ddelta, dz (B, T, E), dA (E, N) (empty without compute_dA: a frozen A saves the reverse
 // walk a multiply-add per state and step), dB, dC (B, T, N), dD, ddelta_bias (E,). With dz_out, dz is written
-// into it (added to it with accumulate_dz) and the dz returned is empty.
+// into it (added to it with accumulate_dz) and the dz returned is empty. With chunk_states (filled by scan_fwd on
+// the same inputs) the states before the chunks are read from it instead of being found by running the
+// recurrence again.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_bwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
     const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias, bool softplus, bool reverse,
-    const at::Tensor& dout, bool compute_dA, const std::optional<at::Tensor>& dz_out, bool accumulate_dz) {
+    const at::Tensor& dout, bool compute_dA, const std::optional<at::Tensor>& dz_out, bool accumulate_dz,
+    const std::optional<at::Tensor>& chunk_states) {
   TORCH_CHECK(dz_out.has_value() || !accumulate_dz, "scan_bwd: accumulate_dz needs dz_out");
   TORCH_CHECK(u.dim() == 3, "scan: u must be (B, T, E)");
   at::Tensor du = at::empty(u.sizes(), u.options()), ddelta = at::empty(u.sizes(), u.options());
@@ -1054,7 +1095,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     // the groups in a fixed order) are the same at any thread count; enough for kGroupTasks tasks, and no more,
     // as each group sums its dB / dC lanes and adds a (B, T, N) partial.
     const int64_t groups = std::min({kGroups, n_cb, (kGroupTasks + batch - 1) / batch});
-    const int64_t n_chunks = (T + kMaxChunk - 1) / kMaxChunk, chunk = (T + n_chunks - 1) / n_chunks;
+    const auto [n_chunks, chunk] = scan_chunks(T);
+    const S* const kept = chunk_states_data(chunk_states, p, A.scalar_type());
     const Partials dA_rows = partials(compute_dA ? batch * E * N : 0), dD_rows = partials(batch * E), dbias_rows = partials(batch * E);
     const Partials dB_groups = partials(groups * batch * T * N), dC_groups = partials(groups * batch * T * N);
     const ScanGrads<V> gr{rows_in<V>(dout), rows_out<V>(du), rows_out<V>(ddelta), rows_out<V>(dz),
@@ -1071,7 +1113,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
             });
           });
       };
-      each_block([&]<int64_t NV, bool kDA>(const Lanes& l, BlockCarry<S>& bc) { block_start<NV>(p, gr, b, l, bc); });
+      each_block([&]<int64_t NV, bool kDA>(const Lanes& l, BlockCarry<S>& bc) {
+        block_start<NV>(p, gr, b, l, kept ? kept + (b * n_cb + l.e0 / W) * n_chunks * N * W : nullptr, bc);
+      });
       double* dBo = gr.dB + (g * batch + b) * T * N;
       double* dCo = gr.dC + (g * batch + b) * T * N;
       for (int64_t c = n_chunks - 1; c >= 0; --c) {
@@ -1113,11 +1157,13 @@ TORCH_LIBRARY(vimtune_mixer_cpu, m) {
       &conv_bwd);
   m.def(
       "scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
-      "bool delta_softplus, bool reverse, Tensor(a!)? state=None) -> Tensor",
+      "bool delta_softplus, bool reverse, Tensor(a!)? state=None, Tensor(b!)? chunk_states=None) -> Tensor",
       &scan_fwd);
+  m.def("chunk_states_shape(int batch, int T, int E, int N) -> int[]", &chunk_states_shape);
   m.def(
       "scan_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
       "bool delta_softplus, bool reverse, Tensor dout, bool compute_dA, Tensor(a!)? dz_out=None, "
-      "bool accumulate_dz=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+      "bool accumulate_dz=False, Tensor? chunk_states=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor)",
       &scan_bwd);
 }
