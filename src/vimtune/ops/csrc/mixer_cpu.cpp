@@ -849,9 +849,13 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
 // from step to step instead of being loaded and stored at every state; the arithmetic is the same, term for
 // term. The backward took 0.90x to 0.96x its time that way at 224 px in float32 (AMD EPYC; the states and
 // decays the walk reads come from the L2 cache either way).
+// always_inline: once scan_bwd's task also handled the forward's chunk states, gcc 12 stopped inlining the
+// bfloat16 register walk into it, and the bfloat16 backward at (8, 197, 384) and (32, 197, 768) took 1.05x to
+// 1.09x its time (Zen 5 EPYC, one thread); inlined, 1.01x.
 template <int64_t NV, bool kDA, bool kRegisters, typename S, typename V>
-void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParams<S>& prm, int64_t b,
-                  const Lanes& l, int64_t s0, int64_t len, ScanWork<S>& ws, BlockCarry<S>& bc) {
+[[gnu::always_inline]] inline void scan_reverse(const Scan<S, V>& p, const ScanGrads<V>& gr,
+                                                const ScanParams<S>& prm, int64_t b, const Lanes& l, int64_t s0,
+                                                int64_t len, ScanWork<S>& ws, BlockCarry<S>& bc) {
   const int64_t nv = NV > 0 ? NV : l.valid, N = p.N, NW = p.N * W;
   [[maybe_unused]] Floats16 carry16[kRegisterStates];
   if constexpr (kRegisters)
