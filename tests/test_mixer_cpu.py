@@ -590,9 +590,9 @@ def test_scan_state_carries_a_sequence_across_calls(reverse: bool, dtype: torch.
 
 
 
-# (batch, length, channels, state): two chunks of 150 steps; three chunks (171 + 171 + 171, the last one
-# shorter: 513 steps) with a last channel block of 8 lanes; 22 rows whose 5 channel blocks form 3 groups
-CHUNK_STATE_CASES = [(2, 300, 16, 16), (1, 513, 40, 16), (22, 259, 80, 4)]
+# (batch, length, channels, state): two chunks of 150 steps; three chunks of 174 + 174 + 172 steps with a last
+# channel block of 8 lanes; 22 rows whose 5 channel blocks form 3 groups, chunks of 130 + 129 steps
+CHUNK_STATE_CASES = [(2, 300, 16, 16), (1, 520, 40, 16), (22, 259, 80, 4)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -621,6 +621,29 @@ def test_backward_from_the_forwards_chunk_states_is_bit_for_bit_the_same(
     read = ops.scan_bwd(*args, dout, True, chunk_states=kept)
     for name, a, b in zip(GRAD_NAMES, found, read, strict=True):
         assert torch.equal(a, b), name
+    # the backward does read them: a state changed before the second chunk of the last channel block changes
+    # that block's gradients (channels 16 on) and only those
+    kept[-1, -1, 1] += 1.0
+    changed = dict(zip(GRAD_NAMES, ops.scan_bwd(*args, dout, True, chunk_states=kept), strict=True))
+    found = dict(zip(GRAD_NAMES, found, strict=True))
+    last_block = slice((shape[1] - 1) * 16, channels)
+    for name in ("dz", "ddelta"):  # gradients through the states (du, which is not, is the same here)
+        assert not torch.equal(changed[name][-1, :, last_block], found[name][-1, :, last_block]), name
+        assert torch.equal(changed[name][..., : last_block.start], found[name][..., : last_block.start]), name
+        assert torch.equal(changed[name][:-1], found[name][:-1]), name
+
+
+def test_chunk_states_are_refused_with_a_starting_state() -> None:
+    g = torch.Generator().manual_seed(0)
+    u, delta, z = (torch.randn(1, 300, 16, generator=g) for _ in range(3))
+    B, C = (torch.randn(1, 300, 16, generator=g) for _ in range(2))
+    A, D, bias = -torch.rand(16, 16, generator=g) - 0.1, torch.randn(16, generator=g), torch.randn(16, generator=g)
+    ops = mixer_cpu._ops()
+    with pytest.raises(RuntimeError, match="not with `state`"):
+        ops.scan_fwd(u, delta, A, B, C, D, z, bias, True, False, torch.zeros(1, 16, 16),
+                     torch.zeros(ops.chunk_states_shape(1, 300, 16, 16)))
+    with pytest.raises(RuntimeError, match="at least one step"):
+        ops.chunk_states_shape(1, 0, 16, 16)
 
 
 def test_chunk_states_of_the_wrong_shape_are_refused() -> None:

@@ -264,16 +264,18 @@ class _SelectiveScanTM(torch.autograd.Function):
     ) -> Tensor:
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         work_inputs = _scan_work(*inputs)
-        ctx.save_for_backward(*work_inputs)
+        chunk_states = _chunk_states(ctx, grad_enabled, work_inputs)
+        out = _ops().scan_fwd(*work_inputs, delta_softplus, reverse, chunk_states=chunk_states)
+        ctx.save_for_backward(*work_inputs, chunk_states)  # after the forward has filled chunk_states
         ctx.meta = _meta(*inputs)
         ctx.flags = (delta_softplus, reverse)
-        ctx.chunk_states = _chunk_states(ctx, grad_enabled, work_inputs)
-        return _ops().scan_fwd(*work_inputs, delta_softplus, reverse, chunk_states=ctx.chunk_states).to(u.dtype)
+        return out.to(u.dtype)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        grads = _scan_grads(ctx.saved_tensors, ctx.flags, dout, ctx.meta, ctx.needs_input_grad[2],
-                            chunk_states=ctx.chunk_states)
+        *work_inputs, chunk_states = ctx.saved_tensors
+        grads = _scan_grads(tuple(work_inputs), ctx.flags, dout, ctx.meta, ctx.needs_input_grad[2],
+                            chunk_states=chunk_states)
         return (*grads, None, None, None)
 
 
@@ -318,17 +320,19 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
     ) -> Tensor:
         delta = linear(dt, dt_weight)  # (B, T, E), freed on return
         inputs = (u, delta, A, B, C, D, z, delta_bias)
-        ctx.save_for_backward(dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias)
+        work_inputs = _scan_work(*inputs)
+        chunk_states = _chunk_states(ctx, grad_enabled, work_inputs)
+        out = _ops().scan_fwd(*work_inputs, delta_softplus, reverse, chunk_states=chunk_states)
+        # after the forward has filled chunk_states
+        ctx.save_for_backward(dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias, chunk_states)
         ctx.meta = _meta(*inputs)
         ctx.flags, ctx.into = (delta_softplus, reverse), into
-        work_inputs = _scan_work(*inputs)
-        ctx.chunk_states = _chunk_states(ctx, grad_enabled, work_inputs)
-        return _ops().scan_fwd(*work_inputs, delta_softplus, reverse, chunk_states=ctx.chunk_states).to(u.dtype)
+        return out.to(u.dtype)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")  # under the forward's autocast state: delta recomputed alike
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias = ctx.saved_tensors
+        dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias, chunk_states = ctx.saved_tensors
         u_dtype, reverse = ctx.meta[0][0], ctx.flags[1]
         u = _ops().conv_fwd(*_conv_work(conv_x, conv_weight, conv_bias), reverse).to(u_dtype)  # as in forward
         work_inputs = _scan_work(u, linear(dt, dt_weight), A, B, C, D, z, delta_bias)
@@ -336,7 +340,7 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
         du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_grads(work_inputs, ctx.flags, dout, ctx.meta,
                                                             ctx.needs_input_grad[3],
                                                             _kernel_half(ctx.into, 1, work_inputs[6].dtype),
-                                                            ctx.chunk_states)
+                                                            chunk_states)
         del work_inputs
         dz = _routed(ctx.into, 1, dz)
         # The gradients autograd gives ``linear(dt, dt_weight)`` (with (B, T) folded into rows).

@@ -80,9 +80,10 @@ constexpr bool kRegisterWalk = true;
 constexpr bool kRegisterWalk = false;
 #endif
 
-// The scan backward's chunks of a T-step sequence: {count, steps per chunk}, at most kMaxChunk steps each, as
-// equal as possible (the last one may be shorter).
+// The scan backward's chunks of a T-step sequence (T >= 1): {count, steps per chunk}, at most kMaxChunk steps
+// each, as equal as possible (the last one may be shorter).
 inline std::pair<int64_t, int64_t> scan_chunks(int64_t T) {
+  TORCH_CHECK(T >= 1, "scan: the sequence must have at least one step, got ", T);
   const int64_t count = (T + kMaxChunk - 1) / kMaxChunk;
   return {count, (T + count - 1) / count};
 }
@@ -1059,6 +1060,8 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
       state_data = state->mutable_data_ptr<S>();
     }
     S* const kept = chunk_states_data(chunk_states, p, A.scalar_type());
+    TORCH_CHECK(kept == nullptr || state_data == nullptr,
+                "scan_fwd: chunk_states are for the backward, which starts from a zero state: not with `state`");
     const Rows<V> o = rows_out<V>(out);
     const int64_t n_cb = (p.E + W - 1) / W, block_states = scan_chunks(p.T).first * p.N * W;
     for_each_task<std::vector<S>>(p.batch * n_cb, [&](int64_t i, std::vector<S>& h) {

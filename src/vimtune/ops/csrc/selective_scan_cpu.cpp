@@ -10,8 +10,8 @@
 // state index n is a plain loop around lane loops that gcc vectorises. The (B, E, L) rows are moved in
 // and out of [t][w] blocks of T steps, and B and C into [t][n] blocks, by transposes (16 x 16 tiles in
 // registers for float32 on AVX-512, element by element otherwise); the rows of the block a task works on next
-// (its next channel block, its next time block, or the first block of the thread's next task) are prefetched
-// while a block computes.
+// (its next channel block, its next time block, or the first block of the task the thread likely runs next)
+// are prefetched while a block computes.
 //
 // Work split: a task owns one batch row and a group of channel blocks; it walks the time blocks and, in
 // each, all of its channel blocks (which share B_t and C_t). Threads take tasks from a shared counter.
@@ -298,6 +298,20 @@ struct TaskAt {
   int64_t b, g;
 };
 
+// The task a thread most likely runs after its current one: the one the shared task counter hands out next,
+// read when the current task reaches its last block. Another thread may take it first, which only wastes
+// that block's prefetches; claiming it in advance instead left threads idle when there were few tasks.
+struct NextTask {
+  const std::atomic<int64_t>* counter;
+  int64_t n_tasks, groups;
+
+  std::optional<TaskAt> guess() const {
+    const int64_t i = counter->load(std::memory_order_relaxed);
+    if (i >= n_tasks) return std::nullopt;
+    return TaskAt{i / groups, i % groups};
+  }
+};
+
 // A block of work: batch row b, channel block cb, time block tb; first: the first block of its time block in
 // the task's order (the one whose B and C rows are loaded before it).
 struct BlockAt {
@@ -305,15 +319,15 @@ struct BlockAt {
   bool first;
 };
 
-// The block a task works on after channel block ci of its group in time block tb, or the next task's first
-// block (time block `start`), or none. A task walks its time blocks from `start` by `step` (+1 in the forward,
-// -1 in the backward) and, in each, its channel blocks in order.
+// The block a task works on after channel block cb of its group g in time block tb, or the likely next task's
+// first block (time block `start`), or none. A task walks its time blocks from `start` by `step` (+1 in the
+// forward, -1 in the backward) and, in each, its channel blocks in order.
 template <typename S>
 std::optional<BlockAt> block_after(const Problem<S>& p, int64_t b, int64_t g, int64_t cb, int64_t tb, int64_t start,
-                                   int64_t step, const std::optional<TaskAt>& next_task) {
+                                   int64_t step, const NextTask& next) {
   if (cb + 1 < p.cb_begin(g + 1)) return BlockAt{b, cb + 1, tb, false};
   if (tb + step >= 0 && tb + step < p.n_tb) return BlockAt{b, p.cb_begin(g), tb + step, true};
-  if (next_task) return BlockAt{next_task->b, p.cb_begin(next_task->g), start, true};
+  if (const std::optional<TaskAt> task = next.guess()) return BlockAt{task->b, p.cb_begin(task->g), start, true};
   return std::nullopt;
 }
 
@@ -370,10 +384,10 @@ struct Outputs {
   S* ckpt;  // (B, n_cb, n_tb, N, W) or nullptr when no backward will follow
 };
 
-// Forward task: batch row b, channel group g; next_task: the task this thread runs next, if any.
+// Forward task: batch row b, channel group g.
 template <typename S>
-void forward_task(const Problem<S>& p, const Outputs<S>& o, int64_t b, int64_t g,
-                  const std::optional<TaskAt>& next_task, Block<S>& blk) {
+void forward_task(const Problem<S>& p, const Outputs<S>& o, int64_t b, int64_t g, const NextTask& next,
+                  Block<S>& blk) {
   const int64_t N = p.N;
   std::vector<Channels<S>> chans = group_channels(p, g);
   for (int64_t tb = 0; tb < p.n_tb; ++tb) {
@@ -381,7 +395,7 @@ void forward_task(const Problem<S>& p, const Outputs<S>& o, int64_t b, int64_t g
     p.load_bc(b, t0, nt, blk.bt.data(), blk.ct.data());
     for (Channels<S>& ch : chans) {
       RowPrefetch<S> ahead;  // of the block after this one
-      if (const std::optional<BlockAt> at = block_after(p, b, g, ch.e0 / W, tb, 0, 1, next_task)) {
+      if (const std::optional<BlockAt> at = block_after(p, b, g, ch.e0 / W, tb, 0, 1, next)) {
         if (at->first) ahead.add_bc(p, at->b, at->tb);
         for (const S* src : {p.u, p.delta, p.z}) ahead.add_channels(p, src, at->b, at->cb, at->tb);
         ahead.add_channels(p, o.out, at->b, at->cb, at->tb, true);
@@ -649,10 +663,10 @@ void flush_sums(Channels<S>& ch, const Block<S>& blk, int64_t N, int64_t nt) {
     for (int64_t w = 0; w < W; ++w) ch.dbias[w] += double(blk.dt[t * W + w]);
 }
 
-// Backward task: batch row b, channel group g; next_task: the task this thread runs next, if any.
+// Backward task: batch row b, channel group g.
 template <typename S>
-void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g,
-                   const std::optional<TaskAt>& next_task, Block<S>& blk) {
+void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g, const NextTask& next,
+                   Block<S>& blk) {
   const int64_t N = p.N;
   std::vector<Channels<S>> chans = group_channels(p, g);
   if (gr.dlast != nullptr)
@@ -664,7 +678,7 @@ void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g
     p.load_bc(b, t0, nt, blk.bt.data(), blk.ct.data());
     for (Channels<S>& ch : chans) {
       RowPrefetch<S> ahead;  // of the block after this one
-      if (const std::optional<BlockAt> at = block_after(p, b, g, ch.e0 / W, tb, p.n_tb - 1, -1, next_task)) {
+      if (const std::optional<BlockAt> at = block_after(p, b, g, ch.e0 / W, tb, p.n_tb - 1, -1, next)) {
         if (at->first) ahead.add_bc(p, at->b, at->tb);
         ahead.add(p.ckpt_at(gr.ckpt, at->b, at->cb, at->tb), 0, 1, N * W);
         for (const S* src : {p.u, p.delta, p.z, gr.dout}) ahead.add_channels(p, src, at->b, at->cb, at->tb);
@@ -760,21 +774,18 @@ Problem<S> make_problem(const at::Tensor& u, const at::Tensor& delta, const at::
                     softplus, batch, E, L, N, n_cb, (L + T - 1) / T, groups};
 }
 
-// Runs task(b, g, next_task, scratch) for every batch row b and channel group g. The threads take tasks from a
-// shared counter (a thread slowed down by other load simply takes fewer) and reuse one scratch Block. A thread
-// takes its next task when it starts one, so that the one it runs can prefetch the rows of the next one's first
-// block: each task's first block was read from memory with nothing in flight.
+// Runs task(b, g, next, scratch) for every batch row b and channel group g. The threads take tasks from a
+// shared counter (a thread slowed down by other load simply takes fewer) and reuse one scratch Block; `next`
+// lets a task's last block prefetch the rows of the first block of the task the thread likely runs next (each
+// task's first block was read from memory with nothing in flight).
 template <typename S, typename F>
 void for_each_task(const Problem<S>& p, bool backward, const F& task) {
   const int64_t n_tasks = p.batch * p.groups;
-  std::atomic<int64_t> next{0};
-  const auto at = [&](int64_t i) { return TaskAt{i / p.groups, i % p.groups}; };
+  std::atomic<int64_t> counter{0};
+  const NextTask next{&counter, n_tasks, p.groups};
   at::parallel_for(0, std::min<int64_t>(n_tasks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     Block<S> blk(p.N, backward);
-    for (int64_t i = next++, j = next++; i < n_tasks; i = j, j = next++) {
-      const TaskAt now = at(i);
-      task(now.b, now.g, j < n_tasks ? std::optional<TaskAt>(at(j)) : std::nullopt, blk);
-    }
+    for (int64_t i = counter++; i < n_tasks; i = counter++) task(i / p.groups, i % p.groups, next, blk);
   });
 }
 
@@ -797,8 +808,8 @@ void scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
     if (ckpt.has_value()) check_output(*ckpt, dtype, p.batch * p.n_cb * p.n_tb * p.N * W, "checkpoints");
     const Outputs<S> o{out.mutable_data_ptr<S>(), last.mutable_data_ptr<S>(),
                        ckpt.has_value() ? ckpt->mutable_data_ptr<S>() : nullptr};
-    for_each_task(p, false, [&](int64_t b, int64_t g, const std::optional<TaskAt>& next_task, Block<S>& blk) {
-      forward_task(p, o, b, g, next_task, blk);
+    for_each_task(p, false, [&](int64_t b, int64_t g, const NextTask& next, Block<S>& blk) {
+      forward_task(p, o, b, g, next, blk);
     });
   };
   if (dtype == at::kFloat) {
@@ -842,8 +853,8 @@ void scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                       ddelta.mutable_data_ptr<S>(), dz.has_value() ? dz->mutable_data_ptr<S>() : nullptr,
                       pA.mutable_data_ptr<double>(), pB.mutable_data_ptr<double>(), pC.mutable_data_ptr<double>(),
                       pD.mutable_data_ptr<double>(), pbias.mutable_data_ptr<double>()};
-    for_each_task(p, true, [&](int64_t b, int64_t g, const std::optional<TaskAt>& next_task, Block<S>& blk) {
-      backward_task(p, gr, b, g, next_task, blk);
+    for_each_task(p, true, [&](int64_t b, int64_t g, const NextTask& next, Block<S>& blk) {
+      backward_task(p, gr, b, g, next, blk);
     });
     const auto add_up = [](const double* parts, int64_t slices, int64_t n, const at::Tensor& out) {
       double* o = out.mutable_data_ptr<double>();
