@@ -308,7 +308,8 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
     The backward recomputes ``delta`` from the low-rank ``dt`` and ``u`` from the conv input with the
     conv forward kernel (bit-identical to the forward's ``u``), so the (B, T, E) tensors kept for it
     are only the conv input ``x`` and ``z``: column slices of ``in_proj``'s output, which the conv
-    keeps alive anyway. Given an :class:`_InProjGrad`, dL/dz goes into its z half instead of being returned.
+    keeps alive anyway; past 256 steps it also keeps the states before the backward's chunks,
+    (B, E, chunks, N). Given an :class:`_InProjGrad`, dL/dz goes into its z half instead of being returned.
     """
 
     @staticmethod
