@@ -590,6 +590,19 @@ def test_scan_state_carries_a_sequence_across_calls(reverse: bool, dtype: torch.
 
 
 
+def _kernel_scan_args(batch: int, length: int, channels: int, state_size: int, dtype: torch.dtype, reverse: bool,
+                      seed: int) -> tuple[tuple, torch.Tensor]:
+    """Random arguments of the scan kernels (u, delta, A, B, C, D, z, delta_bias, softplus on, reverse),
+    activations in ``dtype``, parameters in its compute dtype, and a dout."""
+    g = torch.Generator().manual_seed(seed)
+    u, delta, z, dout = (torch.randn(batch, length, channels, generator=g).to(dtype) for _ in range(4))
+    B, C = (torch.randn(batch, length, state_size, generator=g).to(dtype) for _ in range(2))
+    param = torch.float64 if dtype == torch.float64 else torch.float32
+    A = (-torch.rand(channels, state_size, generator=g) - 0.1).to(param)
+    D, bias = (torch.randn(channels, generator=g).to(param) for _ in range(2))
+    return (u, delta, A, B, C, D, z, bias, True, reverse), dout
+
+
 # (batch, length, channels, state): two chunks of 150 steps; three chunks of 174 + 174 + 172 steps with a last
 # channel block of 8 lanes; 22 rows whose 5 channel blocks form 3 groups, chunks of 130 + 129 steps
 CHUNK_STATE_CASES = [(2, 300, 16, 16), (1, 520, 40, 16), (22, 259, 80, 4)]
@@ -604,13 +617,8 @@ def test_backward_from_the_forwards_chunk_states_is_bit_for_bit_the_same(
     """The scan backward reading the states the forward kept before each chunk gives every gradient bit for bit
     as the backward that finds them by running the recurrence again; the forward's output does not change."""
     batch, length, channels, state_size = case
-    g = torch.Generator().manual_seed(length)
-    u, delta, z, dout = (torch.randn(batch, length, channels, generator=g).to(dtype) for _ in range(4))
-    B, C = (torch.randn(batch, length, state_size, generator=g).to(dtype) for _ in range(2))
-    param = torch.float64 if dtype == torch.float64 else torch.float32
-    A = (-torch.rand(channels, state_size, generator=g) - 0.1).to(param)
-    D, bias = (torch.randn(channels, generator=g).to(param) for _ in range(2))
-    args = (u, delta, A, B, C, D, z, bias, True, reverse)
+    args, dout = _kernel_scan_args(batch, length, channels, state_size, dtype, reverse, seed=length)
+    param = args[2].dtype
     ops = mixer_cpu._ops()
     shape = ops.chunk_states_shape(batch, length, channels, state_size)
     assert shape[2] == -(-length // 256) > 1
@@ -634,24 +642,16 @@ def test_backward_from_the_forwards_chunk_states_is_bit_for_bit_the_same(
 
 
 def test_chunk_states_are_refused_with_a_starting_state() -> None:
-    g = torch.Generator().manual_seed(0)
-    u, delta, z = (torch.randn(1, 300, 16, generator=g) for _ in range(3))
-    B, C = (torch.randn(1, 300, 16, generator=g) for _ in range(2))
-    A, D, bias = -torch.rand(16, 16, generator=g) - 0.1, torch.randn(16, generator=g), torch.randn(16, generator=g)
+    args, _ = _kernel_scan_args(1, 300, 16, 16, torch.float32, reverse=False, seed=0)
     ops = mixer_cpu._ops()
     with pytest.raises(RuntimeError, match="not with `state`"):
-        ops.scan_fwd(u, delta, A, B, C, D, z, bias, True, False, torch.zeros(1, 16, 16),
-                     torch.zeros(ops.chunk_states_shape(1, 300, 16, 16)))
+        ops.scan_fwd(*args, torch.zeros(1, 16, 16), torch.zeros(ops.chunk_states_shape(1, 300, 16, 16)))
     with pytest.raises(RuntimeError, match="at least one step"):
         ops.chunk_states_shape(1, 0, 16, 16)
 
 
 def test_chunk_states_of_the_wrong_shape_are_refused() -> None:
-    g = torch.Generator().manual_seed(0)
-    u, delta, z, dout = (torch.randn(1, 300, 16, generator=g) for _ in range(4))
-    B, C = (torch.randn(1, 300, 16, generator=g) for _ in range(2))
-    A, D, bias = -torch.rand(16, 16, generator=g) - 0.1, torch.randn(16, generator=g), torch.randn(16, generator=g)
-    args = (u, delta, A, B, C, D, z, bias, True, False)
+    args, dout = _kernel_scan_args(1, 300, 16, 16, torch.float32, reverse=False, seed=0)
     ops = mixer_cpu._ops()
     with pytest.raises(RuntimeError, match="chunk_states must be"):
         ops.scan_fwd(*args, chunk_states=torch.zeros(1, 1, 1, 16, 16))

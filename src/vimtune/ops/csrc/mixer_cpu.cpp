@@ -30,10 +30,11 @@
 // takes the state at each chunk start from the forward (which keeps them, (B, E, chunks, N), when given
 // a chunk_states tensor: the autograd wrapper gives one when a gradient will follow) or else finds them by
 // a forward pass, then per chunk (last first) recomputes and keeps that chunk's states and decays in
-// per-thread buffers and walks it backwards. Nothing of size (B, T, E, N) is ever stored. Sums over time and batch (dA, dD, d delta_bias, conv dweight and
-// dbias) and over channels (dB, dC) are accumulated in float64 (after at most kFlush time steps, or
-// the channel blocks of one task, in the compute dtype; dB and dC lane-wise over the task's channel
-// blocks, then over the 16 lanes by a tree of pairwise sums): per task into (B, ...) partials (and
+// per-thread buffers and walks it backwards. Nothing of size (B, T, E, N) is ever stored. Sums over time
+// and batch (dA, dD, d delta_bias, conv dweight and dbias) and over channels (dB, dC) are accumulated in
+// float64 (after at most kFlush time steps, or the channel blocks of one task, in the compute dtype; dB and
+// dC lane-wise over the task's channel blocks, then over the 16 lanes by a tree of pairwise sums): per task
+// into (B, ...) partials (and
 // (G, B, T, N) for dB and dC, G channel groups per row: min(kGroups, channel blocks, ceil(kGroupTasks /
 // batch)), which depends on the shape only, never on the thread count),
 // which are summed after the parallel part.
@@ -44,6 +45,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -946,9 +948,10 @@ template <int64_t NV, bool kDA, bool kRegisters, typename S, typename V>
 }
 
 // The backward of one channel block of row b is cut into chunks, walked last first: block_start finds the
-// states before every chunk (copies them from `saved`, [chunks][N][W] kept by the forward, when given), block_chunk takes one chunk (dA only with kDA), block_finish writes the block's
-// sums. A task walks the chunks in its outer loop and its channel blocks in the inner one, so that its
-// lane-wise dB, dC sums cover one chunk at a time: over the whole sequence (T N W values each) they left the
+// states before every chunk (copies them from `saved`, [chunks][N][W] kept by the forward, when given),
+// block_chunk takes one chunk (dA only with kDA), block_finish writes the block's sums. A task walks the
+// chunks in its outer loop and its channel blocks in the inner one, so that its lane-wise dB, dC sums cover
+// one chunk at a time: over the whole sequence (T N W values each) they left the
 // cache at long T: with them the backward took 1.7 ns per state update at (B, T, E, N) = (1, 6085, 384, 16)
 // against 1.0 ns at (8, 197, 384, 16) (AMD EPYC, one thread; the forward 0.3 ns at both).
 template <int64_t NV, typename S, typename V>
@@ -960,16 +963,16 @@ void block_start(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b, const L
     bc.ckpt.assign(saved, saved + n_chunks * NW);
   } else {
     bc.ckpt.assign(n_chunks * NW, S(0));
-  }
-  for (int64_t c = 0; saved == nullptr && c + 1 < n_chunks; ++c) {
-    S* h = bc.ckpt.data() + (c + 1) * NW;
-    std::copy(h - NW, h, h);
-    for (int64_t s0 = c * chunk; s0 < (c + 1) * chunk; s0 += kSteps) {  // as in scan_forward_block
-      const int64_t steps = std::min(kSteps, (c + 1) * chunk - s0);
-      S dt[kSteps][W], slope[kSteps][W], dtu[kSteps][W], unused[W] = {};
-      step_sizes_block<NV>(p, prm, l, b, s0, steps, dt, slope, dtu, p.u, p.delta);
-      for (int64_t i = 0; i < steps; ++i)
-        advance<NV, false>(p, prm, l, b, p.time(s0 + i), dt[i], dtu[i], h, h, static_cast<S*>(nullptr), unused);
+    for (int64_t c = 0; c + 1 < n_chunks; ++c) {
+      S* h = bc.ckpt.data() + (c + 1) * NW;
+      std::copy(h - NW, h, h);
+      for (int64_t s0 = c * chunk; s0 < (c + 1) * chunk; s0 += kSteps) {  // as in scan_forward_block
+        const int64_t steps = std::min(kSteps, (c + 1) * chunk - s0);
+        S dt[kSteps][W], slope[kSteps][W], dtu[kSteps][W], unused[W] = {};
+        step_sizes_block<NV>(p, prm, l, b, s0, steps, dt, slope, dtu, p.u, p.delta);
+        for (int64_t i = 0; i < steps; ++i)
+          advance<NV, false>(p, prm, l, b, p.time(s0 + i), dt[i], dtu[i], h, h, static_cast<S*>(nullptr), unused);
+      }
     }
   }
   bc.carry.assign(NW, S(0));
@@ -1030,14 +1033,28 @@ std::vector<int64_t> chunk_states_shape(int64_t batch, int64_t T, int64_t E, int
   return {batch, (E + W - 1) / W, scan_chunks(T).first, N, W};
 }
 
-// Checks `states`, the chunk states of scan_fwd / scan_bwd, against the problem; returns its data or null.
+// The chunk states of scan_fwd / scan_bwd (or none: a null data pointer); block(b, l) is channel block l of
+// row b, [chunks][N][W], or null.
+template <typename S>
+struct ChunkStates {
+  S* data;
+  int64_t n_cb, per_block;
+
+  S* block(int64_t b, const Lanes& l) const { return data ? data + (b * n_cb + l.e0 / W) * per_block : nullptr; }
+};
+
+// `states`, checked against the problem, as ChunkStates.
 template <typename S, typename V>
-S* chunk_states_data(const std::optional<at::Tensor>& states, const Scan<S, V>& p, at::ScalarType dtype) {
-  if (!states.has_value()) return nullptr;
-  check_param(*states, dtype, p.batch * ((p.E + W - 1) / W) * scan_chunks(p.T).first * p.N * W, "chunk_states");
-  TORCH_CHECK(states->sizes() == at::IntArrayRef(chunk_states_shape(p.batch, p.T, p.E, p.N)), "chunk_states must be ",
-              at::IntArrayRef(chunk_states_shape(p.batch, p.T, p.E, p.N)), ", got ", states->sizes());
-  return states->mutable_data_ptr<S>();
+ChunkStates<S> chunk_states_of(const std::optional<at::Tensor>& states, const Scan<S, V>& p, at::ScalarType dtype) {
+  const std::vector<int64_t> shape = chunk_states_shape(p.batch, p.T, p.E, p.N);
+  S* data = nullptr;
+  if (states.has_value()) {
+    check_param(*states, dtype, c10::multiply_integers(shape), "chunk_states");
+    TORCH_CHECK(states->sizes() == at::IntArrayRef(shape), "chunk_states must be ", at::IntArrayRef(shape), ", got ",
+                states->sizes());
+    data = states->mutable_data_ptr<S>();
+  }
+  return {data, shape[1], shape[2] * p.N * W};
 }
 
 // Returns out (B, T, E). `state` (B, E, N) in the parameters' dtype, when given, is the state before the
@@ -1059,16 +1076,14 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
                   p.batch, ", ", p.E, ", ", p.N, "), got ", state->sizes());
       state_data = state->mutable_data_ptr<S>();
     }
-    S* const kept = chunk_states_data(chunk_states, p, A.scalar_type());
-    TORCH_CHECK(kept == nullptr || state_data == nullptr,
+    const ChunkStates<S> kept = chunk_states_of(chunk_states, p, A.scalar_type());
+    TORCH_CHECK(kept.data == nullptr || state_data == nullptr,
                 "scan_fwd: chunk_states are for the backward, which starts from a zero state: not with `state`");
     const Rows<V> o = rows_out<V>(out);
-    const int64_t n_cb = (p.E + W - 1) / W, block_states = scan_chunks(p.T).first * p.N * W;
+    const int64_t n_cb = (p.E + W - 1) / W;
     for_each_task<std::vector<S>>(p.batch * n_cb, [&](int64_t i, std::vector<S>& h) {
       dispatch_lanes(task_lanes(i, n_cb, p.E), [&]<int64_t NV>(const Lanes& l) {
-        const int64_t b = i / n_cb;
-        S* block_kept = kept ? kept + (b * n_cb + l.e0 / W) * block_states : nullptr;
-        scan_forward_block<NV>(p, o, b, l, h, state_data, block_kept);
+        scan_forward_block<NV>(p, o, i / n_cb, l, h, state_data, kept.block(i / n_cb, l));
       });
     });
   });
@@ -1103,7 +1118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     // as each group sums its dB / dC lanes and adds a (B, T, N) partial.
     const int64_t groups = std::min({kGroups, n_cb, (kGroupTasks + batch - 1) / batch});
     const auto [n_chunks, chunk] = scan_chunks(T);
-    const S* const kept = chunk_states_data(chunk_states, p, A.scalar_type());
+    const ChunkStates<S> kept = chunk_states_of(chunk_states, p, A.scalar_type());
     const Partials dA_rows = partials(compute_dA ? batch * E * N : 0), dD_rows = partials(batch * E), dbias_rows = partials(batch * E);
     const Partials dB_groups = partials(groups * batch * T * N), dC_groups = partials(groups * batch * T * N);
     const ScanGrads<V> gr{rows_in<V>(dout), rows_out<V>(du), rows_out<V>(ddelta), rows_out<V>(dz),
@@ -1121,7 +1136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           });
       };
       each_block([&]<int64_t NV, bool kDA>(const Lanes& l, BlockCarry<S>& bc) {
-        block_start<NV>(p, gr, b, l, kept ? kept + (b * n_cb + l.e0 / W) * n_chunks * N * W : nullptr, bc);
+        block_start<NV>(p, gr, b, l, kept.block(b, l), bc);
       });
       double* dBo = gr.dB + (g * batch + b) * T * N;
       double* dCo = gr.dC + (g * batch + b) * T * N;

@@ -270,7 +270,8 @@ struct RowPrefetch {
 
   // Queues time block tb's columns of channel block cb of row b of the (B, E, L) tensor src.
   void add_channels(const Problem<S>& p, const S* src, int64_t b, int64_t cb, int64_t tb, bool write = false) {
-    if (src != nullptr) add(src + (b * p.E + cb * W) * p.L + tb * T, p.L, p.valid(cb), std::min(T, p.L - tb * T), write);
+    if (src == nullptr) return;
+    add(src + (b * p.E + cb * W) * p.L + tb * T, p.L, p.valid(cb), std::min(T, p.L - tb * T), write);
   }
 
   // Queues time block tb's columns of B and C of row b.
@@ -692,14 +693,15 @@ void backward_task(const Problem<S>& p, const Grads<S>& gr, int64_t b, int64_t g
       p.load(gr.dout, b, ch.e0, ch.valid, t0, nt, blk.gout.data());
       gate_dy(p, blk, nt);
       // The first channel block sets the dL/dB and dL/dC lanes, the others add to them.
+      const auto sweeps = [&]<bool kFirst>() {
+        scan_recompute<kFirst>(ch, blk, N, nt, each_step);
+        gate_backward(p, ch, blk, nt);
+        scan_reverse<kFirst>(ch, blk, N, nt, each_step);
+      };
       if (&ch == &chans.front()) {
-        scan_recompute<true>(ch, blk, N, nt, each_step);
-        gate_backward(p, ch, blk, nt);
-        scan_reverse<true>(ch, blk, N, nt, each_step);
+        sweeps.template operator()<true>();
       } else {
-        scan_recompute<false>(ch, blk, N, nt, each_step);
-        gate_backward(p, ch, blk, nt);
-        scan_reverse<false>(ch, blk, N, nt, each_step);
+        sweeps.template operator()<false>();
       }
       ahead.issue_rest();
       flush_sums(ch, blk, N, nt);
