@@ -137,3 +137,21 @@ def test_gradient_buffer_adds_other_uses_zeroes_unwritten_halves_and_resets(othe
         assert not want[..., 32:].any()
     for got in passes:
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_backward_adds_the_two_gradients_of_u_in_place(autocast: bool) -> None:
+    """u feeds x_proj and the scan; the scan's backward hands autograd its dL/du as a tensor nothing else shares,
+    so autograd adds x_proj's dL/du to it in place instead of allocating a (B, T, E) sum per direction."""
+    torch.manual_seed(3)
+    mixer = BiMambaMixer(24, scan_backend="cpu")  # E = 48
+    hidden = torch.randn(2, 29, 24, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = bimamba_forward_tm(mixer, hidden).float().pow(2).sum()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        loss.backward()
+    activation = [2, 29, mixer.d_inner]
+    adds = [(event.name, event.input_shapes[:2]) for event in prof.events()
+            if event.name in ("aten::add", "aten::add_") and event.input_shapes[:1] == [activation]]
+    assert ("aten::add_", [activation, activation]) in adds
+    assert not [add for add in adds if add[0] == "aten::add"], adds

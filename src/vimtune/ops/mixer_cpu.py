@@ -82,8 +82,18 @@ def _meta(*inputs: Tensor) -> tuple[tuple[torch.dtype, torch.Size], ...]:
 def _cast_back(
     grads: tuple[Tensor | None, ...], meta: tuple[tuple[torch.dtype, torch.Size], ...]
 ) -> tuple[Tensor | None, ...]:
-    """Each gradient in its input's dtype and shape (None, for one not computed, stays None)."""
-    return tuple(None if g is None else g.to(dtype).view(shape) for g, (dtype, shape) in zip(grads, meta, strict=True))
+    """Each gradient in its input's dtype and shape (None, for one not computed, stays None).
+
+    A gradient already in its input's dtype and shape is returned as the very tensor, not a view of it:
+    autograd adds a second gradient of the same input (e.g. dL/du from ``x_proj`` beside the scan's) in
+    place only into a tensor that nothing else shares, and a view shares its base's storage, which cost a
+    fresh (B, T, E) sum per direction and layer of a training step.
+    """
+    cast = []
+    for g, (dtype, shape) in zip(grads, meta, strict=True):
+        g = None if g is None else g.to(dtype)
+        cast.append(g if g is None or g.shape == shape else g.view(shape))
+    return tuple(cast)
 
 
 def _conv_work(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
