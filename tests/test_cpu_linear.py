@@ -153,11 +153,12 @@ def test_forward_mode_and_torch_func_get_f_linear(onednn: None) -> None:
 
 
 @needs_onednn
-def test_overlapping_rows(onednn: None) -> None:
+@pytest.mark.parametrize("out", [256, 2048])  # a gradient narrower than the input, and one wider
+def test_overlapping_rows(onednn: None, out: int) -> None:
     """An input whose rows overlap (a sliding window) gets its weight gradient; a weight whose rows overlap
     (which oneDNN cannot describe) is left to F.linear."""
     windows = torch.randn(2048 * 64 + 512).as_strided((2048, 512), (64, 1))
-    weight = torch.randn(256, 512, requires_grad=True)
+    weight = torch.randn(out, 512, requires_grad=True)
     (got,) = torch.autograd.grad(linear(windows, weight).pow(2).sum(), weight)
     weight64 = weight.detach().double().requires_grad_()
     (ref,) = torch.autograd.grad(F.linear(windows.double(), weight64).pow(2).sum(), weight64)

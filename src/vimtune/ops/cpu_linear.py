@@ -130,11 +130,23 @@ class _OneDnnLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = linear(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (..., out) @ (out, in)
         grad_rows = grad.reshape(-1, grad.shape[-1])  # (rows, out)
-        grad_weight = None
-        if ctx.needs_input_grad[1]:  # grad_rows^T @ x_rows; x_rows made plain (its rows may overlap)
-            grad_weight = linear(grad_rows.t(), x.reshape(-1, x.shape[-1]).contiguous().t())
+        grad_weight = _weight_grad(grad_rows, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
         grad_bias = grad_rows.sum(0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
+
+
+def _weight_grad(grad_rows: Tensor, x_rows: Tensor) -> Tensor:
+    """dL/dweight = grad_rows^T @ x_rows: grad_rows (rows, out), x_rows (rows, in) -> (out, in).
+
+    oneDNN reads its first operand with unit stride over the summed rows, so the product copies one of the
+    two transposed, and reads the other in place as a column-major weight. The copied one is the narrower:
+    for a LoRA, adapter or SVP up-projection, its (rows, r) input rather than its (rows, out) gradient (the
+    result is then a transposed view). The operand read in place is made plain first (an input's rows may
+    overlap).
+    """
+    if grad_rows.shape[1] <= x_rows.shape[1]:
+        return linear(grad_rows.t(), x_rows.contiguous().t())
+    return linear(x_rows.t(), grad_rows.contiguous().t()).t()
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
