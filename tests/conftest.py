@@ -10,6 +10,7 @@ import torch
 
 from helpers.kernels import require_kernel
 from vimtune.ops.mixer_cpu import mixer_kernels_available
+from vimtune.ops.rms_norm_cpu import norm_kernel_available
 from vimtune.ops.scan_cpu import cpu_kernel_available
 
 
@@ -23,6 +24,12 @@ def scan_kernel() -> None:
 def mixer_kernels() -> None:
     """The C++ CPU mixer kernels (``vimtune.ops.mixer_cpu``); skips, or in CI fails, when they do not build."""
     require_kernel(mixer_kernels_available, "C++ CPU mixer kernels")
+
+
+@pytest.fixture(scope="session")
+def norm_kernel() -> None:
+    """The C++ CPU RMSNorm (``vimtune.ops.rms_norm_cpu``); skips, or in CI fails, when it does not build."""
+    require_kernel(norm_kernel_available, "C++ CPU RMSNorm kernel")
 
 
 @pytest.fixture

@@ -359,12 +359,15 @@ def test_step_bench_breakdown_gives_the_ratio_without_the_kernels() -> None:
 
 
 def test_profile_breakdown_puts_each_operator_in_its_group() -> None:
-    """A real profiled call: a matmul, vimtune's conv kernel, fused attention and an exp land in their groups."""
-    from vimtune.bench.breakdown import GROUPS, profile_breakdown
+    """A real profiled call: a matmul, vimtune's conv kernel, fused attention and an exp land in their groups,
+    and vimtune's RMSNorm kernel in ``other`` (where a DeiT's layer norm is)."""
+    from vimtune.bench.breakdown import GROUPS, group_of, profile_breakdown
     from vimtune.ops.mixer_cpu import causal_conv1d_silu, mixer_kernels_available
 
     if not mixer_kernels_available():
         pytest.skip("vimtune's C++ mixer kernels did not build here")
+    assert group_of("vimtune_norm_cpu::rms_norm_bwd") == "other"
+    assert group_of("vimtune_scan_cpu::bwd") == group_of("vimtune_mixer_cpu::scan_fwd") == "kernels"
     x, weight, bias = torch.randn(2, 64, 32), torch.randn(32, 1, 4), torch.randn(32)
     q = torch.randn(1, 2, 64, 16)
 

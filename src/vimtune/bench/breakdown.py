@@ -1,9 +1,10 @@
 """Where one step's time goes: ``torch.profiler`` self times of its operators, in four groups.
 
 ``matmul`` (torch's matrix products, oneDNN's inner product and the patch-embedding convolution),
-``kernels`` (vimtune's own C++ scan and conv kernels: operators of the ``vimtune_*`` libraries),
-``attention`` (torch's fused scaled-dot-product attention) and ``other`` (everything else: elementwise
-ops, norms, copies, the optimizer, autograd's own work). Self time is the time an operator's calling
+``kernels`` (vimtune's own C++ scan and conv kernels: operators of its ``vimtune_scan_cpu`` and
+``vimtune_mixer_cpu`` libraries), ``attention`` (torch's fused scaled-dot-product attention) and ``other``
+(everything else: elementwise ops, norms (vimtune's C++ RMSNorm too, as a DeiT's layer norm is here),
+copies, the optimizer, autograd's own work). Self time is the time an operator's calling
 thread spends in it, so the groups add up to about the step's wall time at any thread count. Used by
 :mod:`vimtune.bench.measure` (spec key ``breakdown``) for ``vimtune bench step --breakdown``.
 """
@@ -21,6 +22,7 @@ MATMUL_OPS = frozenset({
     "aten::mkldnn_convolution", "aten::convolution_backward",
     "mkldnn::_linear_pointwise",  # oneDNN's inner product (vimtune.ops.cpu_linear)
 })
+KERNEL_LIBRARIES = ("vimtune_scan_cpu::", "vimtune_mixer_cpu::")  # the scan and conv kernels' operators
 
 
 def group_of(op_name: str) -> str:
@@ -29,7 +31,7 @@ def group_of(op_name: str) -> str:
     attention."""
     if op_name in MATMUL_OPS:
         return "matmul"
-    if op_name.startswith("vimtune_"):
+    if op_name.startswith(KERNEL_LIBRARIES):
         return "kernels"
     if "scaled_dot_product" in op_name:
         return "attention"

@@ -75,6 +75,7 @@ def warm_up_libraries(device: torch.device | str = "cpu") -> None:
     import vimtune.methods  # noqa: F401
     import vimtune.models  # noqa: F401
     from vimtune.ops.mixer_cpu import mixer_kernels_available
+    from vimtune.ops.rms_norm_cpu import norm_kernel_available
     from vimtune.ops.scan_cpu import cpu_kernel_available
 
     torch.nn.functional.conv2d(torch.randn(1, 3, 32, 32), torch.randn(8, 3, 4, 4), stride=4)
@@ -82,6 +83,7 @@ def warm_up_libraries(device: torch.device | str = "cpu") -> None:
     if torch.device(device).type == "cpu":
         cpu_kernel_available()
         mixer_kernels_available()
+        norm_kernel_available()
 
 
 def build(spec: dict[str, Any]) -> torch.nn.Module:
