@@ -355,7 +355,7 @@ def test_step_bench_breakdown_gives_the_ratio_without_the_kernels() -> None:
     table = step.to_markdown(rows, MACHINE, "c", "wall", 8, 224, mode="infer")
     assert "One inference pass" in table
     assert "| float32 | vim | svp | 6.00 | 6.00 | 3.00x | 6.00 | 2.50 | 3.00 | 0.00 | 0.50 |" in table
-    assert "vimtune's kernels take 3.00 s; without them it would take 3.00 s, **1.50x**" in table
+    assert "vimtune's scan and conv kernels take 3.00 s; without them it would take 3.00 s, **1.50x**" in table
 
 
 def test_profile_breakdown_puts_each_operator_in_its_group() -> None:

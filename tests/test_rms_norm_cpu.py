@@ -74,11 +74,57 @@ def test_gradients_are_the_same_bits_at_one_and_two_threads(torch_threads) -> No
         assert torch.equal(a, b)
 
 
-def test_second_order_gradients_match_torch() -> None:
+@pytest.mark.parametrize("wanted", ["x", "weight", "both"])
+def test_second_order_gradients_match_torch(wanted: str) -> None:
     x, weight, _ = _random_problem(3, torch.float64)
-    x = x[:2, :5].clone().requires_grad_()
-    weight.requires_grad_()
+    x = x[:2, :5].clone().requires_grad_(wanted != "weight")
+    weight.requires_grad_(wanted != "x")
     assert torch.autograd.gradgradcheck(lambda a, b: rms_norm(a, b, 1e-5), (x, weight))
+
+
+@pytest.mark.parametrize("shape", [(0, 7, 24), (3, 5, 1), (1, 1, 24)], ids=["no rows", "D = 1", "one row"])
+def test_edge_shapes_match_torch(shape: tuple[int, ...]) -> None:
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(shape[-1], dtype=torch.float64, requires_grad=True)
+    cot = torch.randn(*shape, dtype=torch.float64)
+    got, want = rms_norm(x, weight, 1e-5), F.rms_norm(x, (shape[-1],), weight, 1e-5)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got, (x, weight), cot), torch.autograd.grad(want, (x, weight), cot),
+                    strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_non_finite_values_land_where_torchs_do() -> None:
+    x = torch.randn(4, 6, 32)
+    x[0, 1, 3], x[1, 2, 0], x[2, 0, 5], x[3, 4, 7] = float("nan"), float("inf"), -float("inf"), 1e30  # 1e30^2 overflows
+    weight = torch.randn(32)
+    got, want = rms_norm(x, weight, 1e-5), F.rms_norm(x, (32,), weight, 1e-5)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+    finite = want.isfinite()
+    torch.testing.assert_close(got[finite], want[finite])
+
+
+def test_inference_mode_with_grad_enabled_inside_gives_a_plain_output() -> None:
+    """As F.rms_norm does: nothing is saved for backward from inside inference mode."""
+    weight = torch.randn(24, requires_grad=True)
+    with torch.inference_mode(), torch.enable_grad():
+        out = rms_norm(torch.randn(2, 7, 24), weight, 1e-5)
+    assert out.grad_fn is None
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.(script|trace|trace_method)` is deprecated:FutureWarning")
+def test_the_module_scripts_and_traces_with_torchs_op() -> None:
+    """TorchScript and torch.fx see torch's rms_norm (TorchScript) or one call of vimtune's (fx), with the same
+    values as the module in eager mode."""
+    norm, x = RMSNorm(24), torch.randn(2, 7, 24)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    eager = norm(x)
+    torch.testing.assert_close(torch.jit.script(norm)(x), eager)
+    torch.testing.assert_close(torch.jit.trace(norm, x)(x), eager)
+    traced = torch.fx.symbolic_trace(norm)
+    assert [node.target.__name__ for node in traced.graph.nodes if node.op == "call_function"][-1] == "rms_norm"
+    torch.testing.assert_close(traced(x), eager)
 
 
 def test_only_the_gradients_asked_for_are_computed() -> None:
@@ -97,9 +143,15 @@ def test_only_the_gradients_asked_for_are_computed() -> None:
 
 
 def test_a_strided_input_is_read_as_its_values() -> None:
-    x, weight, _ = _random_problem(5, torch.float32)
-    columns = x.transpose(0, 1)  # not contiguous
-    torch.testing.assert_close(rms_norm(columns, weight, 1e-5), F.rms_norm(columns, (x.shape[-1],), weight, 1e-5))
+    x, weight, cot = _random_problem(5, torch.float64)
+    columns = x.transpose(0, 1).requires_grad_()  # not contiguous
+    weight.requires_grad_()
+    got, want = rms_norm(columns, weight, 1e-5), F.rms_norm(columns, (x.shape[-1],), weight, 1e-5)
+    torch.testing.assert_close(got, want)
+    cot = cot.transpose(0, 1)
+    for a, b in zip(torch.autograd.grad(got, (columns, weight), cot),
+                    torch.autograd.grad(want, (columns, weight), cot), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("case", ["bfloat16", "weight of another dtype", "forward-mode AD"])

@@ -9,9 +9,9 @@ timed steps); ``--rounds`` passes take the settings in turn so that drift of the
 alike, and a row keeps its fastest round. Each row gives the wall time and the CPU time (user + system
 of all the process's threads) of a step; ``--clock cpu`` takes the ratio from CPU time, which other work
 on a shared machine disturbs less than wall time (CPU time also counts OpenMP threads spin-waiting).
-``--breakdown`` profiles two more steps per measurement and splits the faster one into matmul, vimtune's kernels,
-attention and the rest (:mod:`vimtune.bench.breakdown`), which shows what a ratio would be if the
-kernels took no time at all: the part of the gap that no kernel work can close.
+``--breakdown`` profiles two more steps per measurement and splits the faster one into matmul, vimtune's scan
+and conv kernels, attention and the rest (:mod:`vimtune.bench.breakdown`), which shows what a ratio would be
+if those kernels took no time at all: the part of the gap that no kernel work can close.
 """
 
 from __future__ import annotations
@@ -118,17 +118,17 @@ def to_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], command: st
 
 
 def _without_kernels(dtype: str, first: dict[str, Any], last: dict[str, Any]) -> str:
-    """One sentence: the first row's profiled step without vimtune's kernels, over the last row's profiled
-    step ("" when either has no breakdown)."""
+    """One sentence: the first row's profiled step without vimtune's scan and conv kernels, over the last row's
+    profiled step ("" when either has no breakdown)."""
     split, base = first["step"].get("breakdown"), last["step"].get("breakdown")
     if first is last or not split or not base:
         return ""
     rest = split["total"] - split["kernels"]
     name = first["model"] if first["method"].endswith("(plain model)") else f"{first['model']} + {first['method']}"
-    return (f"{dtype}: of {name}'s profiled step ({split['total']:.2f} s), vimtune's "
+    return (f"{dtype}: of {name}'s profiled step ({split['total']:.2f} s), vimtune's scan and conv "
             f"kernels take {split['kernels']:.2f} s; without them it would take {rest:.2f} s, "
-            f"**{rest / base['total']:.2f}x** {last['model']}'s profiled {base['total']:.2f} s: no kernel "
-            "speed-up brings the ratio below that.")
+            f"**{rest / base['total']:.2f}x** {last['model']}'s profiled {base['total']:.2f} s: no speed-up "
+            "of those kernels brings the ratio below that.")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,8 @@ from vimtune.ops.cpu_linear import Linear, linear
 from vimtune.ops.mixer_cpu import bimamba_forward_tm, mixer_kernels_available
 from vimtune.ops.rms_norm_cpu import rms_norm
 
+torch.fx.wrap("rms_norm")  # a call node in symbolic traces (its dispatch reads tensors)
+
 
 def _wide(t: Tensor) -> Tensor:
     """``t`` in float32, or kept as is when it is already wider (float64)."""
@@ -36,7 +38,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = _wide(x)
-        return rms_norm(x, self.weight.to(x.dtype), self.eps)  # on CPU by vimtune's kernel
+        weight = self.weight.to(x.dtype)
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
+            return rms_norm(x, weight, self.eps)  # on CPU by vimtune's kernel
+        return F.rms_norm(x, weight.shape, weight, self.eps)  # torch's op, which TorchScript compiles and records
 
 
 

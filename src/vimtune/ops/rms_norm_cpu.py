@@ -86,6 +86,6 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     ``x * rsqrt(mean(x^2, -1) + eps) * weight``, by the C++ kernel for float32 and float64 CPU tensors."""
     if not _takes_kernel(x, weight):
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    if torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and (x.requires_grad or weight.requires_grad):
         return _RMSNormCPU.apply(x, weight, eps)
     return _ops().rms_norm_fwd(x.contiguous(), weight.contiguous(), eps)[0]

@@ -27,6 +27,7 @@ namespace {
 constexpr int64_t kRowBlock = 32;  // rows per task, and per slice of dw's partial sums
 
 void check_inputs(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "rms_norm: x and weight must be CPU tensors");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "rms_norm: x must be (..., D) with D > 0, got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "rms_norm: x must be float32 or float64, got ", x.scalar_type());
@@ -95,6 +96,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_fwd(const at::Tensor& x, const at::T
 std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
                                                 const at::Tensor& rstd, bool need_dx, bool need_dw) {
   check_inputs(x, weight);
+  TORCH_CHECK(dy.device().is_cpu() && rstd.device().is_cpu(), "rms_norm: dy and rstd must be CPU tensors");
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type() && dy.is_contiguous(),
               "rms_norm: dy must be contiguous ", x.sizes(), " ", x.scalar_type(), ", got ", dy.sizes(), " ",
               dy.scalar_type());
