@@ -10,6 +10,7 @@ import torch
 
 from helpers.kernels import require_kernel
 from vimtune.ops.mixer_cpu import mixer_kernels_available
+from vimtune.ops.prompt_update_cpu import prompt_kernel_available
 from vimtune.ops.rms_norm_cpu import norm_kernel_available
 from vimtune.ops.scan_cpu import cpu_kernel_available
 
@@ -30,6 +31,13 @@ def mixer_kernels() -> None:
 def norm_kernel() -> None:
     """The C++ CPU RMSNorm (``vimtune.ops.rms_norm_cpu``); skips, or in CI fails, when it does not build."""
     require_kernel(norm_kernel_available, "C++ CPU RMSNorm kernel")
+
+
+@pytest.fixture(scope="session")
+def prompt_kernel() -> None:
+    """The C++ CPU prompt update (``vimtune.ops.prompt_update_cpu``); skips, or in CI fails, when it does not
+    build."""
+    require_kernel(prompt_kernel_available, "C++ CPU prompt-update kernel")
 
 
 @pytest.fixture

@@ -366,7 +366,7 @@ def test_profile_breakdown_puts_each_operator_in_its_group() -> None:
 
     if not mixer_kernels_available():
         pytest.skip("vimtune's C++ mixer kernels did not build here")
-    assert group_of("vimtune_norm_cpu::rms_norm_bwd") == "other"
+    assert group_of("vimtune_norm_cpu::rms_norm_bwd") == group_of("vimtune_prompt_cpu::prompt_bwd") == "other"
     assert group_of("vimtune_scan_cpu::bwd") == group_of("vimtune_mixer_cpu::scan_fwd") == "kernels"
     x, weight, bias = torch.randn(2, 64, 32), torch.randn(32, 1, 4), torch.randn(32)
     q = torch.randn(1, 2, 64, 16)

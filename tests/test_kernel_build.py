@@ -126,7 +126,8 @@ def test_an_advisory_build_lock_file_is_left_alone(tmp_path: Path, monkeypatch: 
     assert lock.exists()
 
 
-@pytest.mark.parametrize("source", ["mixer_cpu.cpp", "selective_scan_cpu.cpp", "rms_norm_cpu.cpp"])
+@pytest.mark.parametrize("source", ["mixer_cpu.cpp", "selective_scan_cpu.cpp", "rms_norm_cpu.cpp",
+                                    "prompt_update_cpu.cpp"])
 @pytest.mark.parametrize("march", ["x86-64-v3", "x86-64-v4"], ids=["avx2", "avx512"])
 def test_the_kernels_compile_for_the_other_x86_isa(source: str, march: str) -> None:
     """The kernels build with ``-march=native``, so a machine compiles only its own ISA's branches; this

@@ -3,9 +3,10 @@
 ``matmul`` (torch's matrix products, oneDNN's inner product and the patch-embedding convolution),
 ``kernels`` (vimtune's own C++ scan and conv kernels: operators of its ``vimtune_scan_cpu`` and
 ``vimtune_mixer_cpu`` libraries), ``attention`` (torch's fused scaled-dot-product attention) and ``other``
-(everything else: elementwise ops, norms (vimtune's C++ RMSNorm too, as a DeiT's layer norm is here),
-copies, the optimizer, autograd's own work). Self time is the time an operator's calling
-thread spends in it, so the groups add up to about the step's wall time at any thread count. Used by
+(everything else: elementwise ops, norms (vimtune's C++ RMSNorm too, as a DeiT's layer norm is here), SVP's
+prompt update (its C++ kernel too), copies, the optimizer, autograd's own work). Self time is the time an
+operator's calling thread spends in it, so the groups add up to about the step's wall time at any thread
+count. Used by
 :mod:`vimtune.bench.measure` (spec key ``breakdown``) for ``vimtune bench step --breakdown``.
 """
 

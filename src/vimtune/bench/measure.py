@@ -75,6 +75,7 @@ def warm_up_libraries(device: torch.device | str = "cpu") -> None:
     import vimtune.methods  # noqa: F401
     import vimtune.models  # noqa: F401
     from vimtune.ops.mixer_cpu import mixer_kernels_available
+    from vimtune.ops.prompt_update_cpu import prompt_kernel_available
     from vimtune.ops.rms_norm_cpu import norm_kernel_available
     from vimtune.ops.scan_cpu import cpu_kernel_available
 
@@ -84,6 +85,7 @@ def warm_up_libraries(device: torch.device | str = "cpu") -> None:
         cpu_kernel_available()
         mixer_kernels_available()
         norm_kernel_available()
+        prompt_kernel_available()
 
 
 def build(spec: dict[str, Any]) -> torch.nn.Module:

@@ -7,6 +7,9 @@ page faults besides its pass over memory, and at vim_small sizes these elementwi
 than the generators' matmuls. :func:`prompt_update` writes its result with one copy and one
 in-place multiply-add per path, hands the incoming gradient to ``h`` unchanged (``h`` enters with
 coefficient 1 everywhere, the kept token included), and saves only the pre-activations and scales.
+On CPU, for float32 and bfloat16 activations with float32 scales, forward and backward are each one
+pass of a C++ kernel (:mod:`vimtune.ops.prompt_update_cpu`), which reads bfloat16 without float32
+copies; a second-order gradient (``create_graph=True``) goes through the torch ops.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from vimtune.ops.prompt_update_cpu import prompt_backward, prompt_forward, takes_kernel
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -52,6 +57,11 @@ class PromptUpdate(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, h: Tensor, keep_token: int | None, *pairs: Tensor) -> Tensor:
         _check(h, keep_token, pairs)
+        ctx.save_for_backward(*pairs)
+        ctx.keep_token, ctx.h_dtype = keep_token, h.dtype
+        ctx.kernel = takes_kernel(h, keep_token, pairs[0::2], pairs[1::2])
+        if ctx.kernel:  # float32 or bfloat16 on CPU: one pass (vimtune.ops.prompt_update_cpu)
+            return prompt_forward(h, keep_token, pairs[0::2], pairs[1::2])
         out_dtype = h.dtype
         for tensor in pairs:
             out_dtype = torch.promote_types(out_dtype, tensor.dtype)
@@ -61,14 +71,18 @@ class PromptUpdate(torch.autograd.Function):
             out.addcmul_(F.silu(pre.to(_opmath(pre.dtype))), scale.to(compute))
         if keep_token is not None:
             out[:, keep_token] = h[:, keep_token]
-        ctx.save_for_backward(*pairs)
-        ctx.keep_token, ctx.h_dtype = keep_token, h.dtype
         return out.to(out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         pairs, keep = ctx.saved_tensors, ctx.keep_token
         grads: list[Tensor | None] = [grad.to(ctx.h_dtype) if ctx.needs_input_grad[0] else None, None]
+        if ctx.kernel and not torch.is_grad_enabled():  # else torch's ops below, which create_graph can differentiate
+            need = ctx.needs_input_grad[2:]
+            dpres, dscales = prompt_backward(grad, keep, pairs[0::2], pairs[1::2], any(need[0::2]), any(need[1::2]))
+            for i, (dpre, dscale) in enumerate(zip(dpres, dscales, strict=True)):
+                grads += [dpre if need[2 * i] else None, dscale if need[2 * i + 1] else None]
+            return tuple(grads)
         for i, (pre, scale) in enumerate(zip(pairs[0::2], pairs[1::2], strict=True)):
             need_pre, need_scale = ctx.needs_input_grad[2 + 2 * i], ctx.needs_input_grad[3 + 2 * i]
             compute = _opmath(torch.promote_types(torch.promote_types(pre.dtype, scale.dtype), grad.dtype))
