@@ -71,6 +71,7 @@ def test_kernel_matches_the_plain_ops_in_float64(dtype: torch.dtype, paths: int,
 
 def test_the_same_bits_at_one_and_two_threads(torch_threads) -> None:
     h, pairs, cot = _problem(5, 2, torch.bfloat16)
+    assert _profiled_ops(lambda: torch.autograd.grad(prompt_update(h, 1, *pairs), pairs, cot)) >= KERNEL_OPS
     runs = []
     for threads in (1, 2):
         torch_threads(threads)
@@ -127,3 +128,53 @@ def test_the_kernel_refuses_inputs_it_cannot_read() -> None:
         ops.prompt_fwd(h, 5, [pre], [scale])
     with pytest.raises(RuntimeError, match=r"every scale must be a contiguous float32 CPU tensor \(8,\)"):
         ops.prompt_bwd(h, -1, [pre], [torch.randn(7)], True, True)
+
+
+def _torch_path(monkeypatch: pytest.MonkeyPatch, fn):
+    """``fn()`` with the kernel turned off: PromptUpdate's torch ops."""
+    with monkeypatch.context() as patch:
+        patch.setattr("vimtune.methods.prompt_update.takes_kernel", lambda *args: False)
+        return fn()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extreme_and_non_finite_values_land_where_the_torch_ops_put_them(dtype: torch.dtype,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = torch.randn(2, 4, 8).to(dtype).requires_grad_()
+    pre = torch.randn(2, 4, 8)
+    pre[0, 1, :6] = torch.tensor([-float("inf"), -3e38, -1e30, -95.0, float("inf"), float("nan")])
+    pre = pre.to(dtype).requires_grad_()
+    scale = torch.randn(8, requires_grad=True)
+    cot = torch.randn(2, 4, 8)
+
+    def run():
+        out = prompt_update(h, 3, pre, scale)
+        return (out, *torch.autograd.grad(out, (pre, scale), cot))
+
+    for got, want in zip(run(), _torch_path(monkeypatch, run), strict=True):
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+        finite = want.isfinite()
+        torch.testing.assert_close(got[finite].float(), want[finite].float(), rtol=2 ** -7, atol=1e-6)
+
+
+def test_strided_inputs_give_the_torch_ops_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    h, (pre, scale), cot = _problem(9, 1, torch.float32)
+    h_t, pre_t = (t.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_() for t in (h, pre))
+    assert not h_t.is_contiguous()
+
+    def run():
+        out = prompt_update(h_t, 2, pre_t, scale)
+        return (out, *torch.autograd.grad(out, (h_t, pre_t, scale), cot))
+
+    for got, want in zip(run(), _torch_path(monkeypatch, run), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_a_kept_token_out_of_range_is_an_error_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    h, pre, scale = torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(8)
+    for keep in (5, -6):
+        with pytest.raises(IndexError, match=f"keep_token {keep} is out of range for 5 tokens"):
+            prompt_update(h, keep, pre, scale)
+        with pytest.raises(IndexError, match="out of range"):
+            _torch_path(monkeypatch, lambda: prompt_update(h, keep, pre, scale))  # noqa: B023
+    assert torch.equal(prompt_update(h, 1), h)  # no pairs: h as it is

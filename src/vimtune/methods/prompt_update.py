@@ -33,6 +33,8 @@ def _opmath(dtype: torch.dtype) -> torch.dtype:
 def _check(h: Tensor, keep_token: int | None, pairs: tuple[Tensor, ...]) -> None:
     if keep_token is not None and h.dim() != 3:
         raise ValueError(f"prompt_update: h must be (B, T, D) when a token is kept, got {tuple(h.shape)}")
+    if keep_token is not None and not -h.shape[1] <= keep_token < h.shape[1]:
+        raise IndexError(f"prompt_update: keep_token {keep_token} is out of range for {h.shape[1]} tokens")
     for pre, scale in zip(pairs[0::2], pairs[1::2], strict=True):
         if pre.shape != h.shape or scale.shape != (h.shape[-1],):
             raise ValueError(f"prompt_update: every pre-activation must have h's shape {tuple(h.shape)} and every "
@@ -77,7 +79,8 @@ class PromptUpdate(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         pairs, keep = ctx.saved_tensors, ctx.keep_token
         grads: list[Tensor | None] = [grad.to(ctx.h_dtype) if ctx.needs_input_grad[0] else None, None]
-        if ctx.kernel and not torch.is_grad_enabled():  # else torch's ops below, which create_graph can differentiate
+        # else torch's ops below, which create_graph can differentiate and compiled autograd can trace
+        if ctx.kernel and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             need = ctx.needs_input_grad[2:]
             dpres, dscales = prompt_backward(grad, keep, pairs[0::2], pairs[1::2], any(need[0::2]), any(need[1::2]))
             for i, (dpre, dscale) in enumerate(zip(dpres, dscales, strict=True)):

@@ -1,9 +1,9 @@
 """SVP's prompt update on CPU through a C++ kernel (``csrc/prompt_update_cpu.cpp``), forward and backward.
 
 :class:`vimtune.methods.prompt_update.PromptUpdate` computes ``h + sum_i scale_i * silu(pre_i)`` (one token
-left as it is) with this kernel when :func:`takes_kernel` says so: CPU tensors, ``h`` and the
-pre-activations float32 or bfloat16 (the pre-activations of one dtype), float32 scales, and no
-``torch.compile`` tracing, forward-mode AD or ``torch.func`` transform; otherwise with torch's ops. Built
+left as it is) with this kernel when :func:`takes_kernel` says so: at least one pre-activation, CPU
+tensors, ``h`` and the pre-activations float32 or bfloat16 (the pre-activations of one dtype), float32
+scales, and no ``torch.compile`` tracing or forward-mode AD; otherwise with torch's ops. Built
 like :mod:`vimtune.ops.scan_cpu`'s kernel (:func:`vimtune.ops._build.load_cpu_extension`); when the build
 fails, :func:`prompt_kernel_available` warns once and returns False and torch's ops are used.
 """
@@ -39,7 +39,8 @@ def takes_kernel(h: Tensor, keep_token: int | None, pres: tuple[Tensor, ...], sc
     """Whether the kernel computes this update (see the module docstring); shapes are checked by the caller."""
     tensors = (h, *pres, *scales)
     return (
-        not torch.compiler.is_compiling()
+        len(pres) > 0
+        and not torch.compiler.is_compiling()
         and all(t.device.type == "cpu" and t.layout == torch.strided for t in tensors)
         and h.dtype in _STORED
         and pres[0].dtype in _STORED

@@ -28,6 +28,11 @@ namespace {
 
 constexpr int64_t kRowBlock = 32;  // rows per task, and per slice of the scales' partial sums
 
+// sigmoid(x), and exactly 0 below -87.33, where it falls below the smallest normal float: fast_math.h's exp
+// clamps its argument, so its sigmoid never drops below about 1e-38, which made silu(-1e30) -1e-8 (torch: 0)
+// and silu(-inf) -inf (torch: NaN).
+inline float gate(float x) { return x < -87.33f ? 0.0f : sigmoid(x); }
+
 inline float as_float(float v) { return v; }
 inline float as_float(c10::BFloat16 v) { return static_cast<float>(v); }
 
@@ -76,7 +81,7 @@ void forward_rows(const Layout& l, const H* h, const std::vector<const P*>& pres
         #pragma omp simd
         for (int64_t d = 0; d < l.D; ++d) {
           const float x = as_float(p[d]);
-          o[d] += s[d] * (x * sigmoid(x));
+          o[d] += s[d] * (x * gate(x));
         }
       }
     }
@@ -91,21 +96,21 @@ inline uint16_t bfloat16_bits(float v) {
   return v != v ? uint16_t(0x7FC0) : uint16_t(rounded);
 }
 
-// One row of one pair: dpre = grad * scale * silu'(pre) (kPre) and part += grad * silu(pre) (kScale).
-template <bool kPre, bool kScale, typename P>
+// One row of one pair: dp = grad * scale * silu'(pre) and part += grad * silu(pre). Both are always computed
+// (into scratch rows when not asked for): with one of them left out gcc contracted the other's arithmetic
+// differently, and a gradient's bits depended on which others were asked for.
+template <typename P>
 inline void backward_row(const float* __restrict__ g, const P* __restrict__ p, const float* __restrict__ s,
                          P* __restrict__ dp, double* __restrict__ part, int64_t D) {
   #pragma omp simd
   for (int64_t d = 0; d < D; ++d) {
-    const float x = as_float(p[d]), sg = sigmoid(x);
-    if constexpr (kPre) {
-      const float v = g[d] * s[d] * (sg * (1.0f + x * (1.0f - sg)));
-      if constexpr (std::is_same_v<P, float>)
-        dp[d] = v;
-      else
-        reinterpret_cast<uint16_t*>(dp)[d] = bfloat16_bits(v);
-    }
-    if constexpr (kScale) part[d] += double(g[d] * (x * sg));
+    const float x = as_float(p[d]), sg = gate(x);
+    const float v = g[d] * s[d] * (sg * (1.0f + x * (1.0f - sg)));
+    if constexpr (std::is_same_v<P, float>)
+      dp[d] = v;
+    else
+      reinterpret_cast<uint16_t*>(dp)[d] = bfloat16_bits(v);
+    part[d] += double(g[d] * (x * sg));
   }
 }
 
@@ -117,21 +122,18 @@ void backward_rows(const Layout& l, const float* grad, const std::vector<const P
                    int64_t begin, int64_t end) {
   const int64_t pairs = static_cast<int64_t>(pres.size());
   if (parts != nullptr) std::fill(parts, parts + pairs * l.D, 0.0);
+  std::vector<P> dp_scratch(dpre.empty() ? l.D : 0);
+  std::vector<double> part_scratch(parts == nullptr ? l.D : 0);
   for (int64_t r = begin; r < end; ++r) {
     const float* g = grad + r * l.D;
     for (int64_t i = 0; i < pairs; ++i) {
-      const P* p = pres[i] + r * l.D;
-      P* dp = dpre.empty() ? nullptr : dpre[i] + r * l.D;
-      double* part = parts == nullptr ? nullptr : parts + i * l.D;
+      P* dp = dpre.empty() ? dp_scratch.data() : dpre[i] + r * l.D;
       if (l.kept(r)) {  // the kept token: no gradient reaches its pre-activations, nor the scales
-        if (dp != nullptr) std::fill(dp, dp + l.D, P(0.0f));
-      } else if (dp != nullptr && part != nullptr) {
-        backward_row<true, true>(g, p, scales[i], dp, part, l.D);
-      } else if (dp != nullptr) {
-        backward_row<true, false>(g, p, scales[i], dp, part, l.D);
-      } else if (part != nullptr) {
-        backward_row<false, true>(g, p, scales[i], dp, part, l.D);
+        std::fill(dp, dp + l.D, P(0.0f));
+        continue;
       }
+      backward_row<P>(g, pres[i] + r * l.D, scales[i], dp, parts == nullptr ? part_scratch.data() : parts + i * l.D,
+                      l.D);
     }
   }
 }
