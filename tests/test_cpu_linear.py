@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.profiling import profiled_ops
 from vimtune.ops import cpu_linear
 from vimtune.ops.cpu_linear import ENV_VAR, MIN_MACS, Linear, cpu_matmul_backend, linear
 
@@ -16,13 +17,6 @@ needs_onednn = pytest.mark.skipif(cpu_linear._onednn_linear() is None, reason="t
 @pytest.fixture
 def onednn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_VAR, "onednn")
-
-
-def _profiled_ops(fn) -> set[str]:
-    """Names of the operators ``fn()`` ran."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return {event.key for event in prof.key_averages()}
 
 
 @needs_onednn
@@ -38,7 +32,7 @@ def test_forward_and_gradients_match_float64(onednn: None, seed: int) -> None:
     bias = torch.randn(out, generator=generator, requires_grad=True)
     grad = torch.randn(batch, tokens, out, generator=generator)
 
-    assert "mkldnn::_linear_pointwise" in _profiled_ops(lambda: linear(x, weight, bias))
+    assert "mkldnn::_linear_pointwise" in profiled_ops(lambda: linear(x, weight, bias))
     y = linear(x, weight, bias)
     gx, gw, gb = torch.autograd.grad(y, (x, weight, bias), grad)
     x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
@@ -68,9 +62,9 @@ def test_small_products_autocast_and_float64_take_f_linear(onednn: None) -> None
     big, small = torch.randn(64, 384), torch.randn(8, 384)
     weight = torch.randn(192, 384)
     assert 64 * 384 * 192 >= MIN_MACS > 8 * 384 * 192
-    assert "mkldnn::_linear_pointwise" in _profiled_ops(lambda: linear(big, weight))
-    assert "mkldnn::_linear_pointwise" not in _profiled_ops(lambda: linear(small, weight))
-    assert "mkldnn::_linear_pointwise" not in _profiled_ops(lambda: linear(big.double(), weight.double()))
+    assert "mkldnn::_linear_pointwise" in profiled_ops(lambda: linear(big, weight))
+    assert "mkldnn::_linear_pointwise" not in profiled_ops(lambda: linear(small, weight))
+    assert "mkldnn::_linear_pointwise" not in profiled_ops(lambda: linear(big.double(), weight.double()))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert linear(big, weight).dtype == torch.bfloat16  # autocast's cast, as F.linear does
 
@@ -118,7 +112,7 @@ def test_double_backward_matches_float64(onednn: None) -> None:
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(64, 384, generator=generator, requires_grad=True)
     weight = torch.randn(192, 384, generator=generator, requires_grad=True)
-    assert "mkldnn::_linear_pointwise" in _profiled_ops(lambda: linear(x, weight))
+    assert "mkldnn::_linear_pointwise" in profiled_ops(lambda: linear(x, weight))
 
     def penalty_grad(lin, x, weight):
         (gx,) = torch.autograd.grad(lin(x, weight).pow(2).sum(), x, create_graph=True)
@@ -164,7 +158,7 @@ def test_overlapping_rows(onednn: None, out: int) -> None:
     (ref,) = torch.autograd.grad(F.linear(windows.double(), weight64).pow(2).sum(), weight64)
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
     shared_rows = torch.randn(256 * 16 + 512).as_strided((256, 512), (16, 1))
-    assert "mkldnn::_linear_pointwise" not in _profiled_ops(lambda: linear(torch.randn(2048, 512), shared_rows))
+    assert "mkldnn::_linear_pointwise" not in profiled_ops(lambda: linear(torch.randn(2048, 512), shared_rows))
 
 
 def test_linear_module_traces_with_fx() -> None:

@@ -7,18 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.profiling import profiled_ops
 from vimtune.methods.prompt_update import prompt_update, prompt_update_reference
 from vimtune.ops import prompt_update_cpu
 
 pytestmark = pytest.mark.usefixtures("prompt_kernel")
 
 KERNEL_OPS = {"vimtune_prompt_cpu::prompt_fwd", "vimtune_prompt_cpu::prompt_bwd"}
-
-
-def _profiled_ops(fn) -> set[str]:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return {event.key for event in prof.key_averages()}
 
 
 def _problem(seed: int, paths: int, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
@@ -49,7 +44,7 @@ def _reference(h: torch.Tensor, keep: int | None, pairs: list[torch.Tensor], cot
 def test_kernel_matches_the_plain_ops_in_float64(dtype: torch.dtype, paths: int, keep: int | None, seed: int) -> None:
     h, pairs, cot = _problem(seed, paths, dtype)
     inputs = (h, *pairs)
-    assert _profiled_ops(lambda: torch.autograd.grad(prompt_update(h, keep, *pairs), inputs, cot)) >= KERNEL_OPS
+    assert profiled_ops(lambda: torch.autograd.grad(prompt_update(h, keep, *pairs), inputs, cot)) >= KERNEL_OPS
     out = prompt_update(h, keep, *pairs)
     grads = torch.autograd.grad(out, inputs, cot)
     want, want_grads = _reference(h, keep, pairs, cot)
@@ -71,7 +66,7 @@ def test_kernel_matches_the_plain_ops_in_float64(dtype: torch.dtype, paths: int,
 
 def test_the_same_bits_at_one_and_two_threads(torch_threads) -> None:
     h, pairs, cot = _problem(5, 2, torch.bfloat16)
-    assert _profiled_ops(lambda: torch.autograd.grad(prompt_update(h, 1, *pairs), pairs, cot)) >= KERNEL_OPS
+    assert profiled_ops(lambda: torch.autograd.grad(prompt_update(h, 1, *pairs), pairs, cot)) >= KERNEL_OPS
     runs = []
     for threads in (1, 2):
         torch_threads(threads)
@@ -114,7 +109,7 @@ def test_what_the_kernel_does_not_take_goes_to_torchs_ops(case: str) -> None:
         pairs[1] = pairs[1].bfloat16()
     else:
         pairs[0] = pairs[0].bfloat16()
-    assert not KERNEL_OPS & _profiled_ops(lambda: prompt_update(h, 1, *pairs))
+    assert not KERNEL_OPS & profiled_ops(lambda: prompt_update(h, 1, *pairs))
 
 
 def test_the_kernel_refuses_inputs_it_cannot_read() -> None:

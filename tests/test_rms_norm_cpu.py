@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.profiling import profiled_ops
 from vimtune.models.mamba import RMSNorm
 from vimtune.ops import rms_norm_cpu
 from vimtune.ops.rms_norm_cpu import rms_norm
@@ -14,13 +15,6 @@ from vimtune.ops.rms_norm_cpu import rms_norm
 pytestmark = pytest.mark.usefixtures("norm_kernel")
 
 KERNEL_OPS = {"vimtune_norm_cpu::rms_norm_fwd", "vimtune_norm_cpu::rms_norm_bwd"}
-
-
-def _profiled_ops(fn) -> set[str]:
-    """Names of the operators ``fn()`` ran."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return {event.key for event in prof.key_averages()}
 
 
 def _random_problem(seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,7 +45,7 @@ def test_float32_matches_the_float64_reference(seed: int) -> None:
     x, weight, cot = _random_problem(seed, torch.float32)
     x.requires_grad_()
     weight.requires_grad_()
-    assert _profiled_ops(lambda: torch.autograd.grad(rms_norm(x, weight, 1e-5), x, cot)) >= KERNEL_OPS
+    assert profiled_ops(lambda: torch.autograd.grad(rms_norm(x, weight, 1e-5), x, cot)) >= KERNEL_OPS
     got = rms_norm(x, weight, 1e-5)
     grads = torch.autograd.grad(got, (x, weight), cot)
     x64, w64 = (t.detach().double().requires_grad_() for t in (x, weight))
@@ -172,7 +166,7 @@ def test_what_the_kernel_does_not_take_goes_to_torch(case: str) -> None:
     else:
         def run():
             return rms_norm(x, weight, 1e-5)
-    assert not KERNEL_OPS & _profiled_ops(run)
+    assert not KERNEL_OPS & profiled_ops(run)
 
 
 def test_the_kernel_refuses_inputs_it_cannot_read() -> None:

@@ -96,12 +96,17 @@ def _holds_error(value: Any) -> bool:
     return isinstance(value, list) and any(_holds_error(v) for v in value)
 
 
+MTIME_SLACK_S = 2.0
+"""How far a file's modification time may lag the clock: Linux stamps files from a coarse clock (up to a
+scheduler tick behind ``time.time()``), and some file systems keep whole or even seconds."""
+
+
 def outcome(status: int, results: Path, started: float) -> str:
     """``"ok"``, or why a run that exited with ``status`` and should have written ``results`` (a JSON file,
-    after the time ``started``) failed."""
+    after the time ``started``, give or take :data:`MTIME_SLACK_S`) failed."""
     if status != 0:
         return f"failed (exit {status})"
-    if not results.is_file() or results.stat().st_mtime < started:
+    if not results.is_file() or results.stat().st_mtime < started - MTIME_SLACK_S:
         return f"failed: wrote no {results.name}"
     try:
         rows = json.loads(results.read_text()).get("rows", [])

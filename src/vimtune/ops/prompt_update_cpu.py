@@ -23,15 +23,13 @@ _SOURCE = Path(__file__).parent / "csrc" / "prompt_update_cpu.cpp"
 _STORED = (torch.float32, torch.bfloat16)
 
 
-@functools.cache
-def _ops() -> object | None:
-    """Build (or load from the cache) the extension; its ``torch.ops`` namespace, or None on failure."""
-    return load_cpu_extension("vimtune_prompt_cpu", _SOURCE, what="C++ CPU prompt update",
-                              fallback="SVP's prompt update uses torch's ops.")
+_ops = functools.cache(lambda: load_cpu_extension("vimtune_prompt_cpu", _SOURCE, what="C++ CPU prompt update",
+                                                   fallback="SVP's prompt update uses torch's ops."))
+"""The extension's ``torch.ops`` namespace, built (or loaded from the cache) on the first call; None on failure."""
 
 
 def prompt_kernel_available() -> bool:
-    """True when the C++ prompt-update kernel is built and loaded (builds it on the first call; never raises)."""
+    """Whether the C++ prompt-update kernel is built and loaded (builds it on the first call; never raises)."""
     return _ops() is not None
 
 

@@ -26,11 +26,9 @@ from vimtune.ops.cpu_linear import _plain_autograd
 _SOURCE = Path(__file__).parent / "csrc" / "rms_norm_cpu.cpp"
 
 
-@functools.cache
-def _ops() -> object | None:
-    """Build (or load from the cache) the extension; its ``torch.ops`` namespace, or None on failure."""
-    return load_cpu_extension("vimtune_norm_cpu", _SOURCE, what="C++ CPU RMSNorm",
-                              fallback="RMSNorm uses torch's rms_norm.")
+_ops = functools.cache(lambda: load_cpu_extension("vimtune_norm_cpu", _SOURCE, what="C++ CPU RMSNorm",
+                                                   fallback="RMSNorm uses torch's rms_norm."))
+"""The extension's ``torch.ops`` namespace, built (or loaded from the cache) on the first call; None on failure."""
 
 
 def norm_kernel_available() -> bool:
