@@ -114,14 +114,14 @@ inline void backward_row(const float* __restrict__ g, const P* __restrict__ p, c
   }
 }
 
-// Rows [begin, end) (begin a multiple of kRowBlock): dpre_i, when dpre is non-empty, and the scales' partial
-// sums of these rows into parts ([pair][D] of this block), when non-null.
+// The rows of block `block` (kRowBlock rows): dpre_i, when dpre is non-empty, and the scales' partial sums of
+// these rows into parts ([pair][block][D], zero-initialised; when non-null).
 template <typename P>
 void backward_rows(const Layout& l, const float* grad, const std::vector<const P*>& pres,
                    const std::vector<const float*>& scales, const std::vector<P*>& dpre, double* parts,
-                   int64_t begin, int64_t end) {
+                   int64_t block, int64_t blocks) {
   const int64_t pairs = static_cast<int64_t>(pres.size());
-  if (parts != nullptr) std::fill(parts, parts + pairs * l.D, 0.0);
+  const int64_t begin = block * kRowBlock, end = std::min(l.rows, begin + kRowBlock);
   std::vector<P> dp_scratch(dpre.empty() ? l.D : 0);
   std::vector<double> part_scratch(parts == nullptr ? l.D : 0);
   for (int64_t r = begin; r < end; ++r) {
@@ -132,8 +132,8 @@ void backward_rows(const Layout& l, const float* grad, const std::vector<const P
         std::fill(dp, dp + l.D, P(0.0f));
         continue;
       }
-      backward_row<P>(g, pres[i] + r * l.D, scales[i], dp, parts == nullptr ? part_scratch.data() : parts + i * l.D,
-                      l.D);
+      double* part = parts == nullptr ? part_scratch.data() : parts + (i * blocks + block) * l.D;
+      backward_row<P>(g, pres[i] + r * l.D, scales[i], dp, part, l.D);
     }
   }
 }
@@ -172,12 +172,11 @@ void backward_all(const Layout& l, const at::Tensor& grad, at::TensorList pres, 
   for (at::Tensor& t : dpre) dpre_data.push_back(t.mutable_data_ptr<P>());
   const auto pre_data = data_of<P>(pres);
   const auto scale_data = data_of<float>(scales);
-  const int64_t blocks = (l.rows + kRowBlock - 1) / kRowBlock, pairs = static_cast<int64_t>(pres.size());
+  const int64_t blocks = (l.rows + kRowBlock - 1) / kRowBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b)
       backward_rows<P>(l, grad.const_data_ptr<float>(), pre_data, scale_data, dpre_data,
-                       parts.empty() ? nullptr : parts.data() + b * pairs * l.D, b * kRowBlock,
-                       std::min(l.rows, (b + 1) * kRowBlock));
+                       parts.empty() ? nullptr : parts.data(), b, blocks);
   });
 }
 
@@ -199,13 +198,9 @@ std::vector<at::Tensor> prompt_bwd(const at::Tensor& grad, int64_t keep, at::Ten
   for (int64_t i = 0; i < pairs; ++i) result.push_back(need_pre ? dpre[i] : at::empty({0}, grad.options()));
   for (int64_t i = 0; i < pairs; ++i) {
     at::Tensor dscale = at::empty({need_scale ? l.D : 0}, grad.options());
-    if (need_scale) {
-      // slice (block b, pair i) starts at (b * pairs + i) * D: gather pair i's slices in block order
-      std::vector<double> pair_parts(blocks * l.D);
-      for (int64_t b = 0; b < blocks; ++b)
-        std::copy_n(parts.data() + (b * pairs + i) * l.D, l.D, pair_parts.data() + b * l.D);
+    if (need_scale) {  // pair i's slices, in block order
       float* out = dscale.mutable_data_ptr<float>();
-      add_slices(pair_parts.data(), blocks, l.D, [&](int64_t d, double sum) { out[d] = float(sum); });
+      add_slices(parts.data() + i * blocks * l.D, blocks, l.D, [&](int64_t d, double sum) { out[d] = float(sum); });
     }
     result.push_back(dscale);
   }

@@ -55,12 +55,11 @@ void forward_rows(const S* x, const S* w, S* y, S* rstd, int64_t rows, int64_t D
   });
 }
 
-// dx of rows [begin, end) and, with dw_part (kRowBlock-row slices of D float64 sums, this block's first), dw's
-// partial sums of those rows. begin is a multiple of kRowBlock.
+// dx of rows [begin, end) and, with dw_part (kRowBlock-row slices of D float64 sums, zero-initialised; this
+// block's), dw's partial sums of those rows. begin is a multiple of kRowBlock.
 template <typename S>
 void backward_rows(const S* dy, const S* x, const S* w, const S* rstd, S* dx, double* dw_part, int64_t begin,
                    int64_t end, int64_t D) {
-  if (dw_part != nullptr) std::fill(dw_part, dw_part + D, 0.0);
   for (int64_t n = begin; n < end; ++n) {
     const S* __restrict__ g = dy + n * D;
     const S* __restrict__ xr = x + n * D;
