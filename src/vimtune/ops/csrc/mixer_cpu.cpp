@@ -89,7 +89,15 @@ inline std::pair<int64_t, int64_t> scan_chunks(int64_t T) {
   const int64_t count = (T + kMaxChunk - 1) / kMaxChunk;
   return {count, (T + count - 1) / count};
 }
-constexpr int64_t kSteps = 8;      // scan forward and checkpoint passes: steps whose step sizes are computed together
+// Steps whose step sizes the scan forward and the backward's checkpoint pass compute together (see
+// scan_forward_block). With AVX-512, 8. With AVX2 (16 vector registers), 1: a block of 8 kept its rows of step
+// sizes in memory and the forward took 1.2x the time of the one-step form, which the compiler makes of kSteps = 1
+// (AMD EPYC family 25 model 1, one thread, the same bits; 2 and 4 steps were no better than 8).
+#if defined(__AVX512F__)
+constexpr int64_t kSteps = 8;
+#else
+constexpr int64_t kSteps = 1;
+#endif
 
 // ---------------------------------------------------------------- shared plumbing
 
@@ -693,7 +701,8 @@ inline void advance(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& 
 // The steps run in blocks of kSteps, each in three passes: step sizes (and D u), the recurrence, the gate.
 // A step's step sizes and gate do not depend on the state, so computing them a block at a time lets their
 // exps and divisions overlap; done inside each step they waited on the state's chain (and it on them) and
-// took a third of the time. The arithmetic of each value is the same either way.
+// took a third of the time with AVX-512 (on AVX2 the opposite: kSteps is 1 there). The arithmetic of each value
+// is the same either way.
 template <int64_t NV, typename S, typename V>
 void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, const Lanes& l, std::vector<S>& h,
                         S* state, S* chunk_states) {
