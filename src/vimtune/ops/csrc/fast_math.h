@@ -1,4 +1,5 @@
-// Branch-free elementwise math shared by the CPU kernels (selective_scan_cpu.cpp, mixer_cpu.cpp).
+// Branch-free elementwise math shared by the CPU kernels (selective_scan_cpu.cpp, mixer_cpu.cpp,
+// prompt_update_cpu.cpp).
 //
 // float: exp(x) = 2^(x log2 e), with 2^y = 2^k 2^f, k = round(y), f = y - k in [-1/2, 1/2]; 2^f is a
 // degree-6 polynomial (relative error 1.6e-8 before rounding, below 1e-7 in float) and 2^k is added to
@@ -84,6 +85,16 @@ inline Floats16 exp2_lanes(Floats16 y) {
 #else
 constexpr bool kVectorExp = false;
 #endif
+
+// The bfloat16 bits of float v (in the low 16 bits of U), rounded to nearest even as c10::BFloat16(v) rounds,
+// NaN as 0x7FC0. U is uint32_t for a float, or a GCC vector of uint32_t lanes for a GCC float vector. Without
+// a branch, so that loops storing bfloat16 vectorise (through c10::BFloat16's constructor they stayed scalar).
+template <typename U, typename F>
+inline U bfloat16_bits(F v) {
+  const U bits = std::bit_cast<U>(v);
+  const U rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;
+  return v != v ? U{} + 0x7FC0u : rounded;
+}
 
 // exp(x) = exp_scaled(x * kExpScale<S>): 2^(x log2 e) in float, libm's e^x in double. A kernel may fold
 // kExpScale into a factor once (the mixer's scan does so with A) and call exp_scaled directly.

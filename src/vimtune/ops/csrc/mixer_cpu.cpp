@@ -337,10 +337,7 @@ inline void store_vec(V* dst, Vec<S> v, int64_t n) {
   if constexpr (kFull && std::is_same_v<V, S>) {
     std::memcpy(dst, &v, sizeof v);
   } else if constexpr (kFull) {
-    const WordVec bits = std::bit_cast<WordVec>(v);
-    WordVec rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;
-    rounded = v != v ? WordVec{} + 0x7FC0u : rounded;  // NaN
-    const HalfVec h = __builtin_convertvector(rounded, HalfVec);
+    const HalfVec h = __builtin_convertvector(bfloat16_bits<WordVec>(v), HalfVec);
     std::memcpy(dst, &h, sizeof h);
   } else {
     for (int64_t i = 0; i < n; ++i) dst[i] = stored<V>(S(v[i]));

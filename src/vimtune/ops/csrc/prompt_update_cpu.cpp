@@ -16,7 +16,6 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
-#include <bit>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -88,14 +87,6 @@ void forward_rows(const Layout& l, const H* h, const std::vector<const P*>& pres
   });
 }
 
-// v as bfloat16 bits, rounded to nearest even as c10::BFloat16(v) rounds (NaN: 0x7FC0); branch-free, so that
-// the loops storing bfloat16 vectorise (through c10::BFloat16's constructor they stayed scalar).
-inline uint16_t bfloat16_bits(float v) {
-  const uint32_t bits = std::bit_cast<uint32_t>(v);
-  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  return v != v ? uint16_t(0x7FC0) : uint16_t(rounded);
-}
-
 // One row of one pair: dp = grad * scale * silu'(pre) and part += grad * silu(pre). Both are always computed
 // (into scratch rows when not asked for): with one of them left out gcc contracted the other's arithmetic
 // differently, and a gradient's bits depended on which others were asked for.
@@ -109,7 +100,7 @@ inline void backward_row(const float* __restrict__ g, const P* __restrict__ p, c
     if constexpr (std::is_same_v<P, float>)
       dp[d] = v;
     else
-      reinterpret_cast<uint16_t*>(dp)[d] = bfloat16_bits(v);
+      reinterpret_cast<uint16_t*>(dp)[d] = uint16_t(bfloat16_bits<uint32_t>(v));
     part[d] += double(g[d] * (x * sg));
   }
 }
