@@ -94,12 +94,20 @@ def test_failed_resume_keeps_the_config_until_an_epoch_finishes(
     assert load_checkpoint_state(run / "checkpoint.pt")["config"] == saved
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_training(data: Path, run: Path, log: Path, epochs: int = 200) -> subprocess.Popen[bytes]:
     """``vimtune train`` in a subprocess, returned once its first checkpoint exists."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     cmd = vimtune_cmd("train", *SMOKE, "--data", str(data), "--output-dir", str(run), "--epochs", str(epochs),
                       "--batch-size", "2")
-    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    # Ctrl-C's SIGINT must reach Python's handler even when pytest itself runs as a background job of a
+    # non-interactive shell (`pytest &`): such a job starts with SIGINT ignored, its children inherit
+    # that, and Python then installs no KeyboardInterrupt handler (the run would ignore the signal).
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            preexec_fn=_default_sigint)
     deadline = time.monotonic() + 600  # a fresh process may first wait for the CPU kernels' JIT build
     while not (run / "checkpoint.pt").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
