@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import vimtune.models  # noqa: F401  (registers vim_* with timm)
+from helpers.extremes import EXTREME_VALUES, assert_matches_torch_at_extremes
 from vimtune.models.mamba import BiMambaMixer
 from vimtune.ops import mixer_cpu
 from vimtune.ops.mixer_cpu import (
@@ -459,6 +460,29 @@ def test_scan_recompute_bfloat16_follows_float32(reverse: bool) -> None:
     for name, g_low, g_high in zip(low, grads_low, grads_high, strict=True):
         assert g_low.dtype == torch.bfloat16
         _close(g_low, g_high, 3e-2, f"d{name}")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_extreme_and_non_finite_silu_inputs_land_where_the_torch_ops_put_them(reverse: bool) -> None:
+    """The conv's SiLU and the scan's gate at inputs beyond float32's sigmoid range and at +-inf / NaN, in a
+    whole vector (channel 3) and in the partial last one (channel 17): outputs and every gradient have NaN
+    and inf where the float32 torch ops have them, and close finite values (silu(-3e38) = -0, not -3.5)."""
+    channels, extremes = 20, torch.tensor(EXTREME_VALUES)
+    conv = _conv_leaves(2, len(extremes), channels, 1, seed=3)  # one tap, weight 1, bias 0: silu(x)
+    conv["weight"], conv["bias"] = torch.ones(channels, 1, 1), torch.zeros(channels)
+    scan = _scan_leaves(2, len(extremes), channels, 4, seed=4)
+    for leaves, key, fns in ((conv, "xz", _conv_fns(channels, reverse)),
+                             (scan, "xz", _scan_fns(channels, 4, reverse))):
+        for column in (3, 17):
+            leaves[key][0, :, column] = extremes  # x, the conv input ...
+            leaves[key][1, :, channels + column] = extremes  # ... and z, the scan's gate
+        results = []
+        for fn in fns:
+            inputs = {k: v.detach().float().requires_grad_() for k, v in leaves.items()}
+            out = fn(**inputs)
+            cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+            results.append((out, *torch.autograd.grad(out, list(inputs.values()), cot)))
+        assert_matches_torch_at_extremes(*results)
 
 
 def test_bfloat16_activations_are_not_copied_to_float32(monkeypatch: pytest.MonkeyPatch) -> None:

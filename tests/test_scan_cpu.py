@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.extremes import EXTREME_VALUES, assert_matches_torch_at_extremes
 from helpers.scan_cases import make_scan_inputs
 from vimtune.ops import scan_cpu
 from vimtune.ops.scan_cpu import selective_scan_cpu
@@ -115,6 +116,21 @@ def test_partial_requires_grad_and_noncontiguous_inputs() -> None:
     _close(out, ref_out.detach(), 1e-5, "out")
     _close(du, ref_du, 1e-5, "du")
     _close(dA, ref_dA, 1e-5, "dA")
+
+
+def test_extreme_and_non_finite_gates_land_where_the_torch_ops_put_them() -> None:
+    """z beyond float32's sigmoid range and +-inf / NaN, in a whole channel block (channel 3) and the partial
+    last one (channel 17): output and every gradient have NaN and inf where the float32 reference has them,
+    and close finite values (y silu(-3e38) = -0: the gate is not y z sigmoid(z), whose y z overflows)."""
+    inputs = make_scan_inputs(2, 20, len(EXTREME_VALUES), 4, torch.float32, seed=6)
+    inputs["z"][1, 3] = inputs["z"][1, 17] = torch.tensor(EXTREME_VALUES)
+    cot = torch.randn(2, 20, len(EXTREME_VALUES), generator=torch.Generator().manual_seed(2))
+    results = []
+    for fn in (selective_scan_cpu, selective_scan_reference):
+        leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        out = fn(**leaves, delta_softplus=True)
+        results.append((out, *torch.autograd.grad(out, list(leaves.values()), cot)))
+    assert_matches_torch_at_extremes(*results)
 
 
 def test_bfloat16_inputs_follow_the_float64_reference() -> None:

@@ -111,10 +111,18 @@ inline S exp_lanes(S x) {
   return exp_scaled(x * kExpScale<S>);
 }
 
-template <typename S>
-inline S sigmoid(S x) {
-  return S(1) / (S(1) + exp_lanes(-x));
+// sigmoid(x) = 1 / (1 + e^-x) for float x or a GCC vector of floats, and exactly 0 below -87.33, where it falls
+// below the smallest normal float. Without that select it would stop at about 1.2e-38 (exp2_lanes clamps its
+// argument at 126), and silu(x) = x sigmoid(x) would be -3.5 at x = -3e38 (torch: -0) and -inf at -inf (torch:
+// NaN). float64 calls libm.
+template <typename F>
+inline F sigmoid_lanes(F x) {
+  const F s = 1.0f / (1.0f + exp2_lanes(-x * kExpScale<float>));
+  return x < -87.33f ? F{} : s;
 }
+
+inline float sigmoid(float x) { return sigmoid_lanes(x); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // softplus(x) = max(x, 0) + log1p(v), v = exp(-|x|) in (0, 1]; log1p(v) = 2 atanh(q) with
 // q = v / (2 + v) <= 1/3, summed as a series in q^2 up to q^14 / 15 (truncation below 2e-9). The slope

@@ -308,7 +308,7 @@ typedef uint32_t WordVec __attribute__((vector_size(kVectorBytes)));
 
 // silu(v) lane by lane, and silu'(v) = s (1 + v (1 - s)) with s = sigmoid(v): the arithmetic of the
 // scalar sigmoid (fast_math.h), on a whole vector (float) or lane by lane through libm (double).
-inline Vec<float> sigmoid_vec(Vec<float> v) { return 1.0f / (1.0f + exp2_lanes((-v) * kExpScale<float>)); }
+inline Vec<float> sigmoid_vec(Vec<float> v) { return sigmoid_lanes(v); }
 inline Vec<double> sigmoid_vec(Vec<double> v) {
   Vec<double> s;
   for (int64_t i = 0; i < NativeVec<double>::lanes; ++i) s[i] = sigmoid(double(v[i]));
@@ -732,7 +732,7 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, cons
       #pragma omp simd
       for (int64_t w = 0; w < nv; ++w) {
         const S zw = lane(z[w]);
-        o[w] = stored<V>(acc[i][w] * zw * sigmoid(zw));
+        o[w] = stored<V>(acc[i][w] * (zw * sigmoid(zw)));  // y silu(z), silu first as in torch: no inf * 0
       }
     }
   }
@@ -815,7 +815,7 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
       const S zw = lane(z[w]), sz = sigmoid(zw);
       y[w] = prm.D[w] * lane(u[w]);
       sg[w] = sz;
-      dyi[w] = lane(g[w]) * zw * sz;
+      dyi[w] = lane(g[w]) * (zw * sz);
     }
   }
   for (int64_t i = 0; i < len; ++i)

@@ -27,11 +27,6 @@ namespace {
 
 constexpr int64_t kRowBlock = 32;  // rows per task, and per slice of the scales' partial sums
 
-// sigmoid(x), and exactly 0 below -87.33, where it falls below the smallest normal float: fast_math.h's exp
-// clamps its argument, so its sigmoid never drops below about 1e-38, which made silu(-1e30) -1e-8 (torch: 0)
-// and silu(-inf) -inf (torch: NaN).
-inline float gate(float x) { return x < -87.33f ? 0.0f : sigmoid(x); }
-
 inline float as_float(float v) { return v; }
 inline float as_float(c10::BFloat16 v) { return static_cast<float>(v); }
 
@@ -80,7 +75,7 @@ void forward_rows(const Layout& l, const H* h, const std::vector<const P*>& pres
         #pragma omp simd
         for (int64_t d = 0; d < l.D; ++d) {
           const float x = as_float(p[d]);
-          o[d] += s[d] * (x * gate(x));
+          o[d] += s[d] * (x * sigmoid(x));
         }
       }
     }
@@ -95,7 +90,7 @@ inline void backward_row(const float* __restrict__ g, const P* __restrict__ p, c
                          P* __restrict__ dp, double* __restrict__ part, int64_t D) {
   #pragma omp simd
   for (int64_t d = 0; d < D; ++d) {
-    const float x = as_float(p[d]), sg = gate(x);
+    const float x = as_float(p[d]), sg = sigmoid(x);
     const float v = g[d] * s[d] * (sg * (1.0f + x * (1.0f - sg)));
     if constexpr (std::is_same_v<P, float>)
       dp[d] = v;

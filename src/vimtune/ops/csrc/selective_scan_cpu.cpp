@@ -645,7 +645,7 @@ void gate_dy(const Problem<S>& p, Block<S>& blk, int64_t nt) {
     for (int64_t i = 0; i < nt * W; ++i) {
       const S s = sigmoid(z[i]);
       gate[i] = s;
-      dy[i] = g[i] * z[i] * s;
+      dy[i] = g[i] * (z[i] * s);  // dout silu(z), silu first as in torch: no inf * 0
     }
   } else {
     std::copy(g, g + nt * W, dy);
