@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include <c10/util/BFloat16.h>
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -95,6 +97,12 @@ inline U bfloat16_bits(F v) {
   const U rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;
   return v != v ? U{} + 0x7FC0u : rounded;
 }
+
+// A stored activation as a compute value: float and double as they are, bfloat16 as the float whose upper half
+// its bits are (exact; a shift, which vectorises).
+template <typename V>
+inline V lane(V v) { return v; }
+inline float lane(c10::BFloat16 v) { return std::bit_cast<float>(uint32_t(v.x) << 16); }
 
 // exp(x) = exp_scaled(x * kExpScale<S>): 2^(x log2 e) in float, libm's e^x in double. A kernel may fold
 // kExpScale into a factor once (the mixer's scan does so with A) and call exp_scaled directly.

@@ -101,11 +101,6 @@ constexpr int64_t kSteps = 1;
 
 // ---------------------------------------------------------------- shared plumbing
 
-// A stored activation as a compute value: bfloat16 is the upper half of a float's bits.
-template <typename V>
-inline V lane(V v) { return v; }
-inline float lane(c10::BFloat16 v) { return std::bit_cast<float>(uint32_t(v.x) << 16); }
-
 // A compute value in the activation storage type V.
 template <typename V, typename S>
 inline V stored(S v) {

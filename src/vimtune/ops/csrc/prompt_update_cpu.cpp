@@ -27,9 +27,6 @@ namespace {
 
 constexpr int64_t kRowBlock = 32;  // rows per task, and per slice of the scales' partial sums
 
-inline float as_float(float v) { return v; }
-inline float as_float(c10::BFloat16 v) { return static_cast<float>(v); }
-
 struct Layout {
   int64_t rows, D, tokens, keep;  // keep < 0: no token kept
 
@@ -67,14 +64,14 @@ void forward_rows(const Layout& l, const H* h, const std::vector<const P*>& pres
       const H* __restrict__ hr = h + r * l.D;
       float* __restrict__ o = out + r * l.D;
       #pragma omp simd
-      for (int64_t d = 0; d < l.D; ++d) o[d] = as_float(hr[d]);
+      for (int64_t d = 0; d < l.D; ++d) o[d] = lane(hr[d]);
       if (l.kept(r)) continue;
       for (size_t i = 0; i < pres.size(); ++i) {
         const P* __restrict__ p = pres[i] + r * l.D;
         const float* __restrict__ s = scales[i];
         #pragma omp simd
         for (int64_t d = 0; d < l.D; ++d) {
-          const float x = as_float(p[d]);
+          const float x = lane(p[d]);
           o[d] += s[d] * (x * sigmoid(x));
         }
       }
@@ -90,7 +87,7 @@ inline void backward_row(const float* __restrict__ g, const P* __restrict__ p, c
                          P* __restrict__ dp, double* __restrict__ part, int64_t D) {
   #pragma omp simd
   for (int64_t d = 0; d < D; ++d) {
-    const float x = as_float(p[d]), sg = sigmoid(x);
+    const float x = lane(p[d]), sg = sigmoid(x);
     const float v = g[d] * s[d] * (sg * (1.0f + x * (1.0f - sg)));
     if constexpr (std::is_same_v<P, float>)
       dp[d] = v;
