@@ -563,8 +563,8 @@ def test_mixer_inference_in_pieces_equals_whole_sequence(case: tuple, dtype: tor
     hidden = torch.randn(2, length, 24, dtype=dtype)
     whole = bimamba_forward_tm(mixer, hidden)  # autograd on: the whole-sequence path
     conv_lengths: list[int] = []
-    conv = mixer_cpu._ConvSiLU.apply  # every conv call of the mixer
-    monkeypatch.setattr(mixer_cpu._ConvSiLU, "apply", lambda x, *a: conv_lengths.append(x.shape[1]) or conv(x, *a))
+    conv = mixer_cpu._conv_forward  # every conv kernel call of the mixer, with autograd or without
+    monkeypatch.setattr(mixer_cpu, "_conv_forward", lambda x, *a: conv_lengths.append(x.shape[1]) or conv(x, *a))
     with torch.inference_mode():
         pieces = bimamba_forward_tm(mixer, hidden, piece=piece)
     _close(pieces, whole.detach(), rtol, "out")

@@ -216,6 +216,11 @@ class _SplitXZ(torch.autograd.Function):
         return ctx.grad.take(), None
 
 
+def _conv_forward(x: Tensor, work: tuple[Tensor, Tensor, Tensor], reverse: bool) -> Tensor:
+    """The conv kernel on ``work`` (:func:`_conv_work` of x, weight, bias): u (B, T, E) in the dtype of x."""
+    return _ops().conv_fwd(*work, reverse).to(x.dtype)
+
+
 class _ConvSiLU(torch.autograd.Function):
     """Autograd wrapper of the conv kernel; the backward recomputes the pre-activations from ``x``. Given an
     :class:`_InProjGrad`, dL/dx goes into its x half instead of being returned."""
@@ -225,11 +230,11 @@ class _ConvSiLU(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, reverse: bool,
         into: _InProjGrad | None = None,
     ) -> Tensor:
-        x_w, weight_w, bias_w = _conv_work(x, weight, bias)
-        ctx.save_for_backward(x_w, weight_w, bias_w)
+        work = _conv_work(x, weight, bias)
+        ctx.save_for_backward(*work)
         ctx.meta = _meta(x, weight, bias)
         ctx.reverse, ctx.into = reverse, into
-        return _ops().conv_fwd(x_w, weight_w, bias_w, reverse).to(x.dtype)
+        return _conv_forward(x, work, reverse)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
@@ -425,7 +430,8 @@ def _direction_in_pieces(
         hi = min(lo + piece, length)
         # the conv reads K - 1 steps before the piece (forward direction) or after it (reverse)
         first, last = (lo, min(hi + halo, length)) if reverse else (max(lo - halo, 0), hi)
-        u = causal_conv1d_silu(x[:, first:last], conv.weight, conv.bias, reverse)[:, lo - first : hi - first]
+        window = x[:, first:last]  # no autograd here: the kernel without the autograd wrapper's cost per call
+        u = _conv_forward(window, _conv_work(window, conv.weight, conv.bias), reverse)[:, lo - first : hi - first]
         dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
         work = _scan_work(u, linear(dt, dt_proj.weight), A, Bm, Cm, D, z[:, lo:hi], dt_proj.bias)
         out = _ops().scan_fwd(*work, True, reverse, state).to(u.dtype)
