@@ -627,6 +627,28 @@ def _kernel_scan_args(batch: int, length: int, channels: int, state_size: int, d
     return (u, delta, A, B, C, D, z, bias, True, reverse), dout
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_writes_or_adds_into_a_given_output_as_copy_and_add_would(reverse: bool, dtype: torch.dtype) -> None:
+    """scan_fwd with out_into (a column slice of a wider tensor, 40 channels: a partial last block) writes the
+    output there, or with accumulate_out adds it, bit for bit as ``copy_`` / ``add_`` of the returned output;
+    the other columns stay as they were."""
+    args, _ = _kernel_scan_args(2, 37, 40, 16, dtype, reverse, seed=8)
+    ops = mixer_cpu._ops()
+    out = ops.scan_fwd(*args)
+    base = torch.randn(2, 37, 56, generator=torch.Generator().manual_seed(9)).to(dtype)
+    for accumulate in (False, True):
+        got = base.clone()
+        returned = ops.scan_fwd(*args, None, None, got[:, :, 8:48], accumulate)
+        want = base.clone()
+        want[:, :, 8:48].add_(out) if accumulate else want[:, :, 8:48].copy_(out)
+        assert returned.numel() == 0 and torch.equal(got, want), accumulate
+    with pytest.raises(RuntimeError, match="out_into has dtype"):
+        ops.scan_fwd(*args, None, None, torch.zeros(2, 37, 40, dtype=torch.float16), False)
+    with pytest.raises(RuntimeError, match="accumulate_out needs out_into"):
+        ops.scan_fwd(*args, None, None, None, True)
+
+
 # (batch, length, channels, state): two chunks of 150 steps; three chunks of 174 + 174 + 172 steps with a last
 # channel block of 8 lanes; 22 rows whose 5 channel blocks form 3 groups, chunks of 130 + 129 steps
 CHUNK_STATE_CASES = [(2, 300, 16, 16), (1, 520, 40, 16), (22, 259, 80, 4)]

@@ -434,11 +434,14 @@ def _direction_in_pieces(
         u = _conv_forward(window, _conv_work(window, conv.weight, conv.bias), reverse)[:, lo - first : hi - first]
         dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
         work = _scan_work(u, linear(dt, dt_proj.weight), A, Bm, Cm, D, z[:, lo:hi], dt_proj.bias)
-        out = _ops().scan_fwd(*work, True, reverse, state).to(u.dtype)
-        if reverse:
-            y[:, lo:hi].add_(out)
+        if work[0].dtype == y.dtype:  # the kernel writes (forward direction) or adds (reverse) into y itself
+            _ops().scan_fwd(*work, True, reverse, state, None, y[:, lo:hi], reverse)
         else:
-            y[:, lo:hi].copy_(out)
+            out = _ops().scan_fwd(*work, True, reverse, state).to(y.dtype)
+            if reverse:
+                y[:, lo:hi].add_(out)
+            else:
+                y[:, lo:hi].copy_(out)
 
 
 INFERENCE_PIECE = 512

@@ -686,7 +686,8 @@ inline void advance(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& 
   for (int64_t w = 0; w < nv; ++w) acc_out[w] = acc[w];
 }
 
-// The scan of one channel block of row b. With `state` ((B, E, N), or null): starts from the state it
+// The scan of one channel block of row b, written to `out` (added to it with `accumulate`). With `state`
+// ((B, E, N), or null): starts from the state it
 // holds instead of zero and leaves the state after the last step in it (a sequence scanned in pieces). With
 // `chunk_states` ([chunks][N][W] of this block, see scan_chunks, or null): keeps there the state before each of
 // the backward's chunks, which the backward would otherwise find by running the recurrence again.
@@ -696,8 +697,8 @@ inline void advance(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& 
 // took a third of the time with AVX-512 (on AVX2 the opposite: kSteps is 1 there). The arithmetic of each value
 // is the same either way.
 template <int64_t NV, typename S, typename V>
-void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, const Lanes& l, std::vector<S>& h,
-                        S* state, S* chunk_states) {
+void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, bool accumulate, int64_t b, const Lanes& l,
+                        std::vector<S>& h, S* state, S* chunk_states) {
   const int64_t nv = NV > 0 ? NV : l.valid, chunk = scan_chunks(p.T).second;
   const ScanParams<S> prm(p, l);
   S* lane_state = state ? state + (b * p.E + l.e0) * p.N : nullptr;  // [w][n] of this block
@@ -724,11 +725,15 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, int64_t b, cons
       const int64_t t = p.time(s0 + i);
       const V* __restrict__ z = p.z.at(b, t, l.e0);
       V* __restrict__ o = out.at(b, t, l.e0);
-      #pragma omp simd
-      for (int64_t w = 0; w < nv; ++w) {
-        const S zw = lane(z[w]);
-        o[w] = stored<V>(acc[i][w] * (zw * sigmoid(zw)));  // y silu(z), silu first as in torch: no inf * 0
-      }
+      dispatch_flag(accumulate, [&]<bool kAccumulate>() {
+        #pragma omp simd
+        for (int64_t w = 0; w < nv; ++w) {
+          const S zw = lane(z[w]);
+          const S yw = acc[i][w] * (zw * sigmoid(zw));  // y silu(z), silu first as in torch: no inf * 0
+          // Accumulating: yw rounded as stored, then added, as torch adds two stored tensors (see scan_bwd's dz).
+          o[w] = kAccumulate ? stored<V>(lane(o[w]) + (lane(stored<V>(yw)) + S(0))) : stored<V>(yw);
+        }
+      });
     }
   }
   if (lane_state)
@@ -1060,12 +1065,18 @@ ChunkStates<S> chunk_states_of(const std::optional<at::Tensor>& states, const Sc
 
 // Returns out (B, T, E). `state` (B, E, N) in the parameters' dtype, when given, is the state before the
 // first step and is overwritten with the state after the last one. `chunk_states` (chunk_states_shape, the
-// parameters' dtype), when given, gets the state before each of the backward's chunks, for scan_bwd.
+// parameters' dtype), when given, gets the state before each of the backward's chunks, for scan_bwd. With
+// out_into (B, T, E) in u's dtype (rows of any stride), out is written into it (added to it with accumulate_out,
+// the bits of torch's `out_into.add_(out)`) and the out returned is empty: the mixer's inference in pieces writes
+// both directions into one tensor without a copy and an addition per piece.
 at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                     const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
                     bool softplus, bool reverse, const std::optional<at::Tensor>& state,
-                    const std::optional<at::Tensor>& chunk_states) {
-  at::Tensor out = at::empty(u.sizes(), u.options());
+                    const std::optional<at::Tensor>& chunk_states, const std::optional<at::Tensor>& out_into,
+                    bool accumulate_out) {
+  TORCH_CHECK(out_into.has_value() || !accumulate_out, "scan_fwd: accumulate_out needs out_into");
+  TORCH_CHECK(u.dim() == 3, "scan: u must be (B, T, E)");
+  at::Tensor out = output_rows(out_into, u, u.size(0), u.size(1), u.size(2), "out_into");
   dispatch_types(u.scalar_type(), A.scalar_type(), "scan", [&](auto s, auto v) {
     using S = decltype(s);
     using V = decltype(v);
@@ -1084,11 +1095,11 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
     const int64_t n_cb = (p.E + W - 1) / W;
     for_each_task<std::vector<S>>(p.batch * n_cb, [&](int64_t i, std::vector<S>& h) {
       dispatch_lanes(task_lanes(i, n_cb, p.E), [&]<int64_t NV>(const Lanes& l) {
-        scan_forward_block<NV>(p, o, i / n_cb, l, h, state_data, kept.block(i / n_cb, l));
+        scan_forward_block<NV>(p, o, accumulate_out, i / n_cb, l, h, state_data, kept.block(i / n_cb, l));
       });
     });
   });
-  return out;
+  return out_into.has_value() ? at::empty({0}, out.options()) : out;
 }
 
 // Returns du, ddelta, dz (B, T, E), dA (E, N) (empty without compute_dA: a frozen A saves the reverse
@@ -1180,7 +1191,8 @@ TORCH_LIBRARY(vimtune_mixer_cpu, m) {
       &conv_bwd);
   m.def(
       "scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
-      "bool delta_softplus, bool reverse, Tensor(a!)? state=None, Tensor(b!)? chunk_states=None) -> Tensor",
+      "bool delta_softplus, bool reverse, Tensor(a!)? state=None, Tensor(b!)? chunk_states=None, "
+      "Tensor(c!)? out_into=None, bool accumulate_out=False) -> Tensor",
       &scan_fwd);
   m.def("chunk_states_shape(int batch, int T, int E, int N) -> int[]", &chunk_states_shape);
   m.def(
