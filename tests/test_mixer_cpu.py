@@ -590,6 +590,30 @@ def test_mixer_inference_in_pieces_under_bfloat16_autocast() -> None:
     _close(pieces, whole, 2e-2, "out")
 
 
+class _Float32Output(torch.nn.Module):
+    """A layer whose output is float32 whatever autocast says (as a wrapped layer's may be)."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x).float()
+
+
+def test_mixer_inference_in_pieces_with_mixed_activation_dtypes() -> None:
+    """Under bf16 autocast with float32 B and C (an x_proj whose output is float32), the scan stores in float32
+    while the directions' sum is bfloat16: the pieces take the kernel's own output, cast and copied / added,
+    and still give the whole-sequence output (a kernel asked to write float32 into the bfloat16 sum raises)."""
+    mixer = _mixer(torch.float32)
+    mixer.x_proj, mixer.x_proj_b = _Float32Output(mixer.x_proj), _Float32Output(mixer.x_proj_b)
+    hidden = torch.randn(2, 150, 24)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        whole, pieces = bimamba_forward_tm(mixer, hidden, piece=10**9), bimamba_forward_tm(mixer, hidden, piece=16)
+    assert pieces.dtype == whole.dtype == torch.bfloat16
+    _close(pieces, whole, 2e-2, "out")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_scan_state_carries_a_sequence_across_calls(reverse: bool, dtype: torch.dtype) -> None:

@@ -111,6 +111,18 @@ inline V stored(S v) {
   }
 }
 
+// dst = v stored in V, or with kAccumulate dst += v as torch adds two stored tensors: v rounded as stored, then
+// added, and the sum stored ("+ 0" keeps gcc from fusing the product that makes v into the addition, which would
+// round once less).
+template <bool kAccumulate, typename V, typename S>
+inline void store_or_add(V& dst, S v) {
+  if constexpr (kAccumulate) {
+    dst = stored<V>(lane(dst) + (lane(stored<V>(v)) + S(0)));
+  } else {
+    dst = stored<V>(v);
+  }
+}
+
 // A (B, T, X) tensor with unit stride over X.
 template <typename P>
 struct Rows {
@@ -729,9 +741,8 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, bool accumulate
         #pragma omp simd
         for (int64_t w = 0; w < nv; ++w) {
           const S zw = lane(z[w]);
-          const S yw = acc[i][w] * (zw * sigmoid(zw));  // y silu(z), silu first as in torch: no inf * 0
-          // Accumulating: yw rounded as stored, then added, as torch adds two stored tensors (see scan_bwd's dz).
-          o[w] = kAccumulate ? stored<V>(lane(o[w]) + (lane(stored<V>(yw)) + S(0))) : stored<V>(yw);
+          // y silu(z), silu first as in torch: no inf * 0
+          store_or_add<kAccumulate>(o[w], acc[i][w] * (zw * sigmoid(zw)));
         }
       });
     }
@@ -832,22 +843,14 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
     const V* __restrict__ z = p.z.at(b, t, l.e0);
     const V* __restrict__ g = gr.dout.at(b, t, l.e0);
     V* __restrict__ dz = gr.dz.at(b, t, l.e0);
-    const auto gate = [&]<bool kAccumulate>() {
+    dispatch_flag(gr.accumulate_dz, [&]<bool kAccumulate>() {
       #pragma omp simd
       for (int64_t w = 0; w < nv; ++w) {
         const S zw = lane(z[w]), gw = lane(g[w]), sz = sg[w];
-        const S dzw = gw * y[w] * sz * (S(1) + zw * (S(1) - sz));
-        // Accumulating: dzw rounded as stored, then added, as torch adds two stored tensors ("+ 0" keeps gcc
-        // from fusing the product that makes dzw into the addition, which would round once less).
-        dz[w] = kAccumulate ? stored<V>(lane(dz[w]) + (lane(stored<V>(dzw)) + S(0))) : stored<V>(dzw);
+        store_or_add<kAccumulate>(dz[w], gw * y[w] * sz * (S(1) + zw * (S(1) - sz)));
         dD[w] += double(dyi[w] * lane(u[w]));
       }
-    };
-    if (gr.accumulate_dz) {
-      gate.template operator()<true>();
-    } else {
-      gate.template operator()<false>();
-    }
+    });
   }
 }
 
