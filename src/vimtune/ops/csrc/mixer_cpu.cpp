@@ -338,6 +338,27 @@ inline Vec<S> load_vec(const V* src, int64_t n) {
   return v;
 }
 
+// The first nv values of a stored row (W lanes) as compute values: the row itself when V is S, else widened
+// into buf, a whole native vector at a time when NV = W. A loop over compute values that read bfloat16 lanes
+// itself ran, with AVX-512, on 256-bit halves (gcc sized its vectors for the 16-bit loads): twice the
+// instructions of the float32 build.
+template <int64_t NV, typename S, typename V>
+inline const S* widened(const V* __restrict__ row, S (&buf)[W], int64_t nv) {
+  if constexpr (std::is_same_v<V, S>) {
+    return row;
+  } else if constexpr (NV == W) {
+    constexpr int64_t lanes = NativeVec<S>::lanes;
+    for (int64_t k = 0; k < W; k += lanes) {
+      const Vec<S> v = load_vec<true, S>(row + k, lanes);
+      std::memcpy(buf + k, &v, sizeof v);
+    }
+    return buf;
+  } else {
+    for (int64_t w = 0; w < nv; ++w) buf[w] = lane(row[w]);
+    return buf;
+  }
+}
+
 // Stores the first n (all when kFull) lanes of v at dst, bfloat16 rounded to nearest even as c10 does.
 template <bool kFull, typename S, typename V>
 inline void store_vec(V* dst, Vec<S> v, int64_t n) {
@@ -604,20 +625,21 @@ template <int64_t NV, typename S, typename V>
 inline void step_sizes(const Scan<S, V>& p, const ScanParams<S>& prm, const Lanes& l, int64_t b, int64_t t,
                        S* __restrict__ dt, S* __restrict__ slope, S* __restrict__ dtu) {
   const int64_t nv = NV > 0 ? NV : l.valid;
-  const V* __restrict__ d = p.delta.at(b, t, l.e0);
-  const V* __restrict__ u = p.u.at(b, t, l.e0);
+  S d_buf[W], u_buf[W];
+  const S* __restrict__ d = widened<NV>(p.delta.at(b, t, l.e0), d_buf, nv);
+  const S* __restrict__ u = widened<NV>(p.u.at(b, t, l.e0), u_buf, nv);
   if (p.softplus) {
     #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) softplus(lane(d[w]) + prm.bias[w], dt[w], slope[w]);
+    for (int64_t w = 0; w < nv; ++w) softplus(d[w] + prm.bias[w], dt[w], slope[w]);
   } else {
     #pragma omp simd
     for (int64_t w = 0; w < nv; ++w) {
-      dt[w] = lane(d[w]) + prm.bias[w];
+      dt[w] = d[w] + prm.bias[w];
       slope[w] = S(1);
     }
   }
   #pragma omp simd
-  for (int64_t w = 0; w < nv; ++w) dtu[w] = dt[w] * lane(u[w]);
+  for (int64_t w = 0; w < nv; ++w) dtu[w] = dt[w] * u[w];
 }
 
 // Step sizes of the steps [s0, s0 + len), len <= kSteps, into rows 0 .. len - 1 of dt, slope and dtu; prefetches
@@ -723,9 +745,10 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, bool accumulate
     S dt[kSteps][W], slope[kSteps][W], dtu[kSteps][W], acc[kSteps][W];
     step_sizes_block<NV>(p, prm, l, b, s0, len, dt, slope, dtu, p.u, p.delta, p.z, out);
     for (int64_t i = 0; i < len; ++i) {
-      const V* __restrict__ u = p.u.at(b, p.time(s0 + i), l.e0);
+      S u_buf[W];
+      const S* __restrict__ u = widened<NV>(p.u.at(b, p.time(s0 + i), l.e0), u_buf, nv);
       #pragma omp simd
-      for (int64_t w = 0; w < nv; ++w) acc[i][w] = prm.D[w] * lane(u[w]);
+      for (int64_t w = 0; w < nv; ++w) acc[i][w] = prm.D[w] * u[w];
     }
     for (int64_t i = 0; i < len; ++i) {
       if (chunk_states != nullptr && (s0 + i) % chunk == 0)
@@ -735,15 +758,14 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, bool accumulate
     }
     for (int64_t i = 0; i < len; ++i) {
       const int64_t t = p.time(s0 + i);
-      const V* __restrict__ z = p.z.at(b, t, l.e0);
+      S z_buf[W];
+      const S* __restrict__ z = widened<NV>(p.z.at(b, t, l.e0), z_buf, nv);
+      #pragma omp simd
+      for (int64_t w = 0; w < nv; ++w) acc[i][w] *= z[w] * sigmoid(z[w]);  // y silu(z), silu first as in torch: no inf * 0
       V* __restrict__ o = out.at(b, t, l.e0);
       dispatch_flag(accumulate, [&]<bool kAccumulate>() {
         #pragma omp simd
-        for (int64_t w = 0; w < nv; ++w) {
-          const S zw = lane(z[w]);
-          // y silu(z), silu first as in torch: no inf * 0
-          store_or_add<kAccumulate>(o[w], acc[i][w] * (zw * sigmoid(zw)));
-        }
+        for (int64_t w = 0; w < nv; ++w) store_or_add<kAccumulate>(o[w], acc[i][w]);
       });
     }
   }
@@ -818,15 +840,16 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
     S* __restrict__ dyi = ws.dy.data() + i * W;
     S* __restrict__ sg = ws.gate.data() + i * W;
     step_sizes<NV>(p, prm, l, b, t, ws.dt.data() + i * W, ws.slope.data() + i * W, ws.dtu.data() + i * W);
-    const V* __restrict__ u = p.u.at(b, t, l.e0);
-    const V* __restrict__ z = p.z.at(b, t, l.e0);
-    const V* __restrict__ g = gr.dout.at(b, t, l.e0);
+    S u_buf[W], z_buf[W], g_buf[W];
+    const S* __restrict__ u = widened<NV>(p.u.at(b, t, l.e0), u_buf, nv);
+    const S* __restrict__ z = widened<NV>(p.z.at(b, t, l.e0), z_buf, nv);
+    const S* __restrict__ g = widened<NV>(gr.dout.at(b, t, l.e0), g_buf, nv);
     #pragma omp simd
     for (int64_t w = 0; w < nv; ++w) {
-      const S zw = lane(z[w]), sz = sigmoid(zw);
-      y[w] = prm.D[w] * lane(u[w]);
+      const S sz = sigmoid(z[w]);
+      y[w] = prm.D[w] * u[w];
       sg[w] = sz;
-      dyi[w] = lane(g[w]) * (zw * sz);
+      dyi[w] = g[w] * (z[w] * sz);
     }
   }
   for (int64_t i = 0; i < len; ++i)
@@ -839,16 +862,17 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
     const S* __restrict__ y = ws.y.data() + i * W;
     const S* __restrict__ dyi = ws.dy.data() + i * W;
     const S* __restrict__ sg = ws.gate.data() + i * W;
-    const V* __restrict__ u = p.u.at(b, t, l.e0);
-    const V* __restrict__ z = p.z.at(b, t, l.e0);
-    const V* __restrict__ g = gr.dout.at(b, t, l.e0);
+    S u_buf[W], z_buf[W], g_buf[W];
+    const S* __restrict__ u = widened<NV>(p.u.at(b, t, l.e0), u_buf, nv);
+    const S* __restrict__ z = widened<NV>(p.z.at(b, t, l.e0), z_buf, nv);
+    const S* __restrict__ g = widened<NV>(gr.dout.at(b, t, l.e0), g_buf, nv);
     V* __restrict__ dz = gr.dz.at(b, t, l.e0);
     dispatch_flag(gr.accumulate_dz, [&]<bool kAccumulate>() {
       #pragma omp simd
       for (int64_t w = 0; w < nv; ++w) {
-        const S zw = lane(z[w]), gw = lane(g[w]), sz = sg[w];
-        store_or_add<kAccumulate>(dz[w], gw * y[w] * sz * (S(1) + zw * (S(1) - sz)));
-        dD[w] += double(dyi[w] * lane(u[w]));
+        const S sz = sg[w];
+        store_or_add<kAccumulate>(dz[w], g[w] * y[w] * sz * (S(1) + z[w] * (S(1) - sz)));
+        dD[w] += double(dyi[w] * u[w]);
       }
     });
   }
@@ -875,15 +899,14 @@ template <int64_t NV, bool kDA, bool kRegisters, typename S, typename V>
   for (int64_t i = len - 1; i >= 0; --i) {
     const int64_t s = s0 + i, t = p.time(s);
     if (s >= kAhead) prefetch_rows(b, p.time(s - kAhead), l.e0, p.u, gr.du, gr.ddelta);
-    const V* __restrict__ u = p.u.at(b, t, l.e0);
+    S u_buf[W];
+    const S* __restrict__ uw = widened<NV>(p.u.at(b, t, l.e0), u_buf, nv);
     const S* __restrict__ dti = ws.dt.data() + i * W;
     const S* __restrict__ dyi = ws.dy.data() + i * W;
     const S* __restrict__ Bt = p.Bm.at(b, t, 0);
     const S* __restrict__ Ct = p.Cm.at(b, t, 0);
     const S* __restrict__ dtu = ws.dtu.data() + i * W;  // dt u, kept by scan_recompute
-    S uw[W], sb[W] = {}, dd[W] = {};
-    #pragma omp simd
-    for (int64_t w = 0; w < nv; ++w) uw[w] = lane(u[w]);
+    S sb[W] = {}, dd[W] = {};
     if constexpr (kRegisters) {
       Floats16 dy16, dt16, dtu16, sb16 = {}, dd16 = {};
       std::memcpy(&dy16, dyi, sizeof dy16);
