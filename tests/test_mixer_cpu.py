@@ -638,6 +638,29 @@ def test_scan_state_carries_a_sequence_across_calls(reverse: bool, dtype: torch.
 
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_bfloat16_output_bits_at_extreme_gates(reverse: bool) -> None:
+    """The bfloat16 scan's output, written or added into a given tensor (whole 16-channel blocks and a partial
+    one), has the bits of the float32 kernel's output on the same values rounded by torch, inf, -0 and values
+    beyond bfloat16's range included, and NaN where it has NaN (whose payload bits torch's conversions differ on)."""
+    args, _ = _kernel_scan_args(2, len(EXTREME_VALUES), 40, 16, torch.bfloat16, reverse, seed=12)
+    z = args[6]
+    for column in (3, 37):
+        z[0, :, column] = torch.tensor(EXTREME_VALUES).to(torch.bfloat16)
+    args[0][1, :5] = torch.tensor([3e38, -3e38, float("inf"), float("nan"), -0.0]).to(torch.bfloat16)[:, None]
+    wide = tuple(a.float() if torch.is_tensor(a) and a.dtype == torch.bfloat16 else a for a in args)
+    ops = mixer_cpu._ops()
+    base = torch.randn(2, len(EXTREME_VALUES), 40, generator=torch.Generator().manual_seed(13)).to(torch.bfloat16)
+    for accumulate in (False, True):
+        got = base.clone()
+        ops.scan_fwd(*args, None, None, got, accumulate)
+        want = ops.scan_fwd(*wide).to(torch.bfloat16)
+        want = base.clone().add_(want) if accumulate else want
+        nan = got.isnan()
+        assert nan.any() and torch.equal(nan, want.isnan()), f"NaN positions, accumulate={accumulate}"
+        assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16)), f"accumulate={accumulate}"
+
+
 def _kernel_scan_args(batch: int, length: int, channels: int, state_size: int, dtype: torch.dtype, reverse: bool,
                       seed: int) -> tuple[tuple, torch.Tensor]:
     """Random arguments of the scan kernels (u, delta, A, B, C, D, z, delta_bias, softplus on, reverse),

@@ -384,6 +384,24 @@ inline Vec<S> as_stored(Vec<S> v, int64_t n) {
   }
 }
 
+// store_or_add over the first nv lanes of a row: whole native vectors when NV = W and V is bfloat16 (its
+// rounding of fast_math.h, the bits of c10's), lane by lane otherwise.
+template <int64_t NV, bool kAccumulate, typename S, typename V>
+inline void store_or_add_row(V* __restrict__ dst, const S* __restrict__ v, int64_t nv) {
+  if constexpr (NV == W && !std::is_same_v<V, S>) {
+    constexpr int64_t lanes = NativeVec<S>::lanes;
+    for (int64_t k = 0; k < W; k += lanes) {
+      Vec<S> x;
+      std::memcpy(&x, v + k, sizeof x);
+      if constexpr (kAccumulate) x = load_vec<true, S>(dst + k, lanes) + as_stored<true, S, V>(x, lanes);
+      store_vec<true, S>(dst + k, x, lanes);
+    }
+  } else {
+    #pragma omp simd
+    for (int64_t w = 0; w < nv; ++w) store_or_add<kAccumulate>(dst[w], v[w]);
+  }
+}
+
 template <typename S, typename V>
 struct Conv {
   Rows<const V> x;  // (B, T, E)
@@ -763,10 +781,7 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, bool accumulate
       #pragma omp simd
       for (int64_t w = 0; w < nv; ++w) acc[i][w] *= z[w] * sigmoid(z[w]);  // y silu(z), silu first as in torch: no inf * 0
       V* __restrict__ o = out.at(b, t, l.e0);
-      dispatch_flag(accumulate, [&]<bool kAccumulate>() {
-        #pragma omp simd
-        for (int64_t w = 0; w < nv; ++w) store_or_add<kAccumulate>(o[w], acc[i][w]);
-      });
+      dispatch_flag(accumulate, [&]<bool kAccumulate>() { store_or_add_row<NV, kAccumulate>(o, acc[i], nv); });
     }
   }
   if (lane_state)
