@@ -112,12 +112,15 @@ inline V stored(S v) {
 }
 
 // dst = v stored in V, or with kAccumulate dst += v as torch adds two stored tensors: v rounded as stored, then
-// added, and the sum stored ("+ 0" keeps gcc from fusing the product that makes v into the addition, which would
-// round once less).
+// added, and the sum stored. Where V is S, "+ 0" keeps gcc from fusing the product that makes v into the
+// addition, which would round once less; it also makes -0 + -0 give +0 there (torch: -0). A bfloat16 v is
+// rounded by integer operations first, which no fusion crosses, so there -0 + -0 stays -0 as in torch.
 template <bool kAccumulate, typename V, typename S>
 inline void store_or_add(V& dst, S v) {
-  if constexpr (kAccumulate) {
-    dst = stored<V>(lane(dst) + (lane(stored<V>(v)) + S(0)));
+  if constexpr (kAccumulate && std::is_same_v<V, S>) {
+    dst = lane(dst) + (v + S(0));
+  } else if constexpr (kAccumulate) {
+    dst = stored<V>(lane(dst) + lane(stored<V>(v)));
   } else {
     dst = stored<V>(v);
   }
@@ -1108,8 +1111,9 @@ ChunkStates<S> chunk_states_of(const std::optional<at::Tensor>& states, const Sc
 // first step and is overwritten with the state after the last one. `chunk_states` (chunk_states_shape, the
 // parameters' dtype), when given, gets the state before each of the backward's chunks, for scan_bwd. With
 // out_into (B, T, E) in u's dtype (rows of any stride), out is written into it (added to it with accumulate_out,
-// the bits of torch's `out_into.add_(out)`) and the out returned is empty: the mixer's inference in pieces writes
-// both directions into one tensor without a copy and an addition per piece.
+// the bits of torch's `out_into.add_(out)`, but for -0 + -0 in float32 and float64: +0, see store_or_add) and
+// the out returned is empty: the mixer's inference in pieces writes both directions into one tensor without a
+// copy and an addition per piece.
 at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                     const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
                     bool softplus, bool reverse, const std::optional<at::Tensor>& state,
