@@ -387,6 +387,14 @@ inline Vec<S> as_stored(Vec<S> v, int64_t n) {
   }
 }
 
+// Stores the first n (all when kFull) lanes of v at dst, or with `accumulate` adds them as torch adds two stored
+// tensors: v rounded as stored, then added, and the sum stored.
+template <bool kFull, typename S, typename V>
+inline void store_or_add_vec(V* dst, Vec<S> v, int64_t n, bool accumulate) {
+  if (accumulate) v = load_vec<kFull, S>(dst, n) + as_stored<kFull, S, V>(v, n);
+  store_vec<kFull, S>(dst, v, n);
+}
+
 // store_or_add over the first nv lanes of a row: whole native vectors when NV = W and V is bfloat16 (its
 // rounding of fast_math.h, the bits of c10's), lane by lane otherwise.
 template <int64_t NV, bool kAccumulate, typename S, typename V>
@@ -396,8 +404,7 @@ inline void store_or_add_row(V* __restrict__ dst, const S* __restrict__ v, int64
     for (int64_t k = 0; k < W; k += lanes) {
       Vec<S> x;
       std::memcpy(&x, v + k, sizeof x);
-      if constexpr (kAccumulate) x = load_vec<true, S>(dst + k, lanes) + as_stored<true, S, V>(x, lanes);
-      store_vec<true, S>(dst + k, x, lanes);
+      store_or_add_vec<true, S>(dst + k, x, lanes, kAccumulate);
     }
   } else {
     #pragma omp simd
@@ -485,9 +492,7 @@ void conv_backward_lanes(const Conv<S, V>& c, const ConvGrads<V>& gr, int64_t b,
     g[K - 1] = gp;
     Vec<S> dx = {};
     for (int64_t k = 0; k < K; ++k) dx += taps[k] * g[k];
-    V* dx_row = gr.dx.at(b, c.time(p), e0);
-    if (gr.accumulate) dx = load_vec<kFull, S>(dx_row, n) + as_stored<kFull, S, V>(dx, n);
-    store_vec<kFull, S>(dx_row, dx, n);
+    store_or_add_vec<kFull, S>(gr.dx.at(b, c.time(p), e0), dx, n, gr.accumulate);
     if constexpr (kParamGrads) {
       db_part += gp;
       for (int64_t k = 0; k < K; ++k) dw_part[k] += gp * win[k];
