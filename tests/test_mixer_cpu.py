@@ -677,6 +677,27 @@ def _kernel_scan_args(batch: int, length: int, channels: int, state_size: int, d
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("reverse", [False, True])
+def test_scan_output_scale_gives_the_scaled_output_and_its_gradients_bit_for_bit(
+    reverse: bool, dtype: torch.dtype
+) -> None:
+    """out_scale = 1/2 (the mixer's mean of two directions, taken in the kernels): the forward gives the output
+    halved, and the backward every gradient of the halved output (dout halved before the call), bit for bit,
+    with a partial last channel block (40 channels) and two backward chunks (300 steps)."""
+    args, dout = _kernel_scan_args(2, 300, 40, 16, dtype, reverse, seed=21)
+    ops = mixer_cpu._ops()
+    assert torch.equal(ops.scan_fwd(*args, out_scale=0.5), ops.scan_fwd(*args) / 2)
+    halved = ops.scan_bwd(*args, dout / 2, True)
+    for name, got, want in zip(GRAD_NAMES, ops.scan_bwd(*args, dout, True, out_scale=0.5), halved, strict=True):
+        assert torch.equal(got, want), name
+    assert not torch.equal(halved[0], ops.scan_bwd(*args, dout, True)[0])  # the scale does reach the gradients
+    with pytest.raises(RuntimeError, match="out_scale must be a power of two"):
+        ops.scan_fwd(*args, out_scale=0.3)
+    with pytest.raises(RuntimeError, match="out_scale must be a power of two"):
+        ops.scan_bwd(*args, dout, True, out_scale=-0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reverse", [False, True])
 def test_scan_writes_or_adds_into_a_given_output_as_copy_and_add_would(reverse: bool, dtype: torch.dtype) -> None:
     """scan_fwd with out_into (a column slice of a wider tensor, 40 channels: a partial last block) writes the
     output there, or with accumulate_out adds it, bit for bit as ``copy_`` / ``add_`` of the returned output;

@@ -131,15 +131,16 @@ def _chunk_states(
 def _scan_grads(
     work_inputs: tuple[Tensor, ...], flags: tuple[bool, bool], dout: Tensor,
     meta: tuple[tuple[torch.dtype, torch.Size], ...], need_A: bool, dz_out: tuple[Tensor, bool] | tuple[()] = (),
-    chunk_states: Tensor | None = None,
+    chunk_states: Tensor | None = None, out_scale: float = 1.0,
 ) -> tuple[Tensor | None, ...]:
     """The scan kernel's backward: gradients of (u, delta, A, B, C, D, z, delta_bias) in that order, each in
     its input's dtype and shape (``meta``). ``flags`` = (delta_softplus, reverse); dout (B, T, E). Without
     ``need_A`` (a frozen A) the kernel skips dA and its slot is None. With ``dz_out`` (an
     :func:`_kernel_half`) dz is written there and its slot is None. ``chunk_states``: what the forward kept
-    (:func:`_chunk_states`), or None."""
+    (:func:`_chunk_states`), or None. ``out_scale``: the forward's (the kernel scales dout by it as it reads it)."""
     du, ddelta, dz, dA, dB, dC, dD, dbias = _ops().scan_bwd(
-        *work_inputs, *flags, _lanes(dout, work_inputs[0].dtype), need_A, *dz_out, chunk_states=chunk_states
+        *work_inputs, *flags, _lanes(dout, work_inputs[0].dtype), need_A, *dz_out, chunk_states=chunk_states,
+        out_scale=out_scale,
     )
     return _cast_back((du, ddelta, dA if need_A else None, dB, dC, dD, None if dz_out else dz, dbias), meta)
 
@@ -325,6 +326,7 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
     are only the conv input ``x`` and ``z``: column slices of ``in_proj``'s output, which the conv
     keeps alive anyway; past 256 steps it also keeps the states before the backward's chunks,
     (B, E, chunks, N). Given an :class:`_InProjGrad`, dL/dz goes into its z half instead of being returned.
+    The output is multiplied by ``out_scale`` (a power of two) inside the kernels, forward and backward.
     """
 
     @staticmethod
@@ -332,17 +334,17 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
     def forward(
         ctx: torch.autograd.function.FunctionCtx, u: Tensor, dt: Tensor, dt_weight: Tensor, A: Tensor, B: Tensor,
         C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor, conv_x: Tensor, conv_weight: Tensor, conv_bias: Tensor,
-        delta_softplus: bool, reverse: bool, into: _InProjGrad | None, grad_enabled: bool,
+        delta_softplus: bool, reverse: bool, into: _InProjGrad | None, grad_enabled: bool, out_scale: float,
     ) -> Tensor:
         delta = linear(dt, dt_weight)  # (B, T, E), freed on return
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         work_inputs = _scan_work(*inputs)
         chunk_states = _chunk_states(ctx, grad_enabled, work_inputs)
-        out = _ops().scan_fwd(*work_inputs, delta_softplus, reverse, chunk_states=chunk_states)
+        out = _ops().scan_fwd(*work_inputs, delta_softplus, reverse, chunk_states=chunk_states, out_scale=out_scale)
         # after the forward has filled chunk_states
         ctx.save_for_backward(dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias, chunk_states)
         ctx.meta = _meta(*inputs)
-        ctx.flags, ctx.into = (delta_softplus, reverse), into
+        ctx.flags, ctx.into, ctx.out_scale = (delta_softplus, reverse), into, out_scale
         return out.to(u.dtype)
 
     @staticmethod
@@ -356,14 +358,14 @@ class _SelectiveScanRecomputeTM(torch.autograd.Function):
         du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_grads(work_inputs, ctx.flags, dout, ctx.meta,
                                                             ctx.needs_input_grad[3],
                                                             _kernel_half(ctx.into, 1, work_inputs[6].dtype),
-                                                            chunk_states)
+                                                            chunk_states, ctx.out_scale)
         del work_inputs
         dz = _routed(ctx.into, 1, dz)
         # The gradients autograd gives ``linear(dt, dt_weight)`` (with (B, T) folded into rows).
         ddelta_rows, dt_rows = ddelta.flatten(0, -2), dt.flatten(0, -2)
         d_dt = linear(ddelta_rows, dt_weight.t()).view(dt.shape) if ctx.needs_input_grad[1] else None
         d_weight = ddelta_rows.t() @ dt_rows if ctx.needs_input_grad[2] else None
-        return du, d_dt, d_weight, dA, dB, dC, dD, dz, dbias, None, None, None, None, None, None, None
+        return du, d_dt, d_weight, dA, dB, dC, dD, dz, dbias, None, None, None, None, None, None, None, None
 
 
 def selective_scan_recompute_tm(
@@ -394,16 +396,21 @@ def selective_scan_recompute_tm(
     """
     return _SelectiveScanRecomputeTM.apply(
         u, dt, dt_weight, A, B, C, D, z, delta_bias, conv_x, conv_weight, conv_bias, delta_softplus, reverse, None,
-        torch.is_grad_enabled(),
+        torch.is_grad_enabled(), 1.0,
     )
 
+
+_HALF = 0.5
+"""The scan kernels' ``out_scale`` in the mixer: the 1/2 of the directions' mean ``(y_fwd + y_bwd) / 2``, taken
+as ``y_fwd / 2 + y_bwd / 2`` inside the kernels (the same bits: halving is exact, but where it makes a
+subnormal), so that neither the forward nor the backward spends a pass over (B, T, E) values on it."""
 
 def _direction_tm(
     mixer: BiMambaMixer, x: Tensor, z: Tensor, reverse: bool, conv: torch.nn.Conv1d, x_proj: torch.nn.Module,
     dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor, into: _InProjGrad | None,
 ) -> Tensor:
-    """One direction of the mixer. x, z: (B, T, E) -> y (B, T, E), in original time order; with ``into``,
-    the gradients of x and z go there."""
+    """One direction of the mixer. x, z: (B, T, E) -> y / 2 (B, T, E), in original time order (the half of the
+    directions' mean, taken inside the scan kernels); with ``into``, the gradients of x and z go there."""
     u = _ConvSiLU.apply(x, conv.weight, conv.bias, reverse, into)
     dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)  # column slices
     A = -torch.exp(A_log.to(_compute_dtype(x, A_log)))
@@ -411,7 +418,7 @@ def _direction_tm(
     # delta are recomputed in the backward rather than kept.
     return _SelectiveScanRecomputeTM.apply(
         u, dt, dt_proj.weight, A, Bm, Cm, D, z, dt_proj.bias, x, conv.weight, conv.bias, True, reverse, into,
-        torch.is_grad_enabled(),
+        torch.is_grad_enabled(), _HALF,
     )
 
 
@@ -420,8 +427,9 @@ def _direction_in_pieces(
     dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor, y: Tensor, piece: int,
 ) -> None:
     """One direction of the mixer without autograd, ``piece`` time steps at a time (in scan order), the scan
-    state carried from piece to piece; the output is written into ``y`` (forward direction) or added to it
-    (reverse). x, z, y: (B, T, E). Every step computes what :func:`_direction_tm` computes."""
+    state carried from piece to piece; the output (halved, as in :func:`_direction_tm`) is written into ``y``
+    (forward direction) or added to it (reverse). x, z, y: (B, T, E). Every step computes what
+    :func:`_direction_tm` computes."""
     length, halo = x.shape[1], conv.weight.shape[-1] - 1
     A = -torch.exp(A_log.to(_compute_dtype(x, A_log)))
     state = torch.zeros(x.shape[0], *A.shape, dtype=A.dtype, device=x.device)  # (B, E, N)
@@ -435,9 +443,9 @@ def _direction_in_pieces(
         dt, Bm, Cm = x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
         work = _scan_work(u, linear(dt, dt_proj.weight), A, Bm, Cm, D, z[:, lo:hi], dt_proj.bias)
         if work[0].dtype == y.dtype:  # the kernel writes (forward direction) or adds (reverse) into y itself
-            _ops().scan_fwd(*work, True, reverse, state, None, y[:, lo:hi], reverse)
+            _ops().scan_fwd(*work, True, reverse, state, None, y[:, lo:hi], reverse, _HALF)
         else:
-            out = _ops().scan_fwd(*work, True, reverse, state).to(y.dtype)
+            out = _ops().scan_fwd(*work, True, reverse, state, out_scale=_HALF).to(y.dtype)
             if reverse:
                 y[:, lo:hi].add_(out)
             else:
@@ -476,8 +484,8 @@ def bimamba_forward_tm(mixer: BiMambaMixer, hidden: Tensor, piece: int | None = 
                              y, piece)
         _direction_in_pieces(mixer, x, z, True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log,
                              mixer.D_b, y, piece)
-        return mixer.out_proj(y.div_(2))
+        return mixer.out_proj(y)
     y = _direction_tm(mixer, x, z, False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D, into)
     y_bwd = _direction_tm(mixer, x, z, True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log,
                           mixer.D_b, into)
-    return mixer.out_proj(y.add_(y_bwd).div_(2))  # in place on the fresh scan output: (y_fwd + y_bwd) / 2
+    return mixer.out_proj(y.add_(y_bwd))  # in place on the fresh scan output: y_fwd / 2 + y_bwd / 2

@@ -5,7 +5,9 @@
 //               one (the backward branch's causal conv on the flipped sequence, in original time order).
 //   scan:       dt_t = softplus(delta_t + delta_bias)                (threshold 20; optional)
 //               h_t  = exp(dt_t A) h_{t-1} + dt_t B_t u_t            (h = 0 before the first step)
-//               out_t = (C_t . h_t + D u_t) * silu(z_t)
+//               out_t = scale (C_t . h_t + D u_t) * silu(z_t)     (scale: 1, or the 1/2 of Vim's mean of the
+//                                                                  two directions, so that no pass over the
+//                                                                  outputs or their gradient divides by 2)
 //               steps run t = 0 .. T-1, or t = T-1 .. 0 for the reverse direction.
 //
 // Activations are (B, T, X) tensors with unit stride over X and any stride over B and T, so column
@@ -622,6 +624,7 @@ struct Scan {
   const S* bias;              // (E,)
   int64_t batch, T, E, N;
   bool softplus, reverse;
+  S out_scale;                // the output's factor; the backward multiplies dL/dout by it as it reads it
 
   int64_t time(int64_t step) const { return reverse ? T - 1 - step : step; }
 };
@@ -787,7 +790,10 @@ void scan_forward_block(const Scan<S, V>& p, const Rows<V>& out, bool accumulate
       S z_buf[W];
       const S* __restrict__ z = widened<NV>(p.z.at(b, t, l.e0), z_buf, nv);
       #pragma omp simd
-      for (int64_t w = 0; w < nv; ++w) acc[i][w] *= z[w] * sigmoid(z[w]);  // y silu(z), silu first as in torch: no inf * 0
+      for (int64_t w = 0; w < nv; ++w) {
+        acc[i][w] *= z[w] * sigmoid(z[w]);  // y silu(z), silu first as in torch: no inf * 0
+        acc[i][w] *= p.out_scale;           // a power of two (or 1): exact but where it makes a subnormal
+      }
       V* __restrict__ o = out.at(b, t, l.e0);
       dispatch_flag(accumulate, [&]<bool kAccumulate>() { store_or_add_row<NV, kAccumulate>(o, acc[i], nv); });
     }
@@ -872,7 +878,7 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
       const S sz = sigmoid(z[w]);
       y[w] = prm.D[w] * u[w];
       sg[w] = sz;
-      dyi[w] = g[w] * (z[w] * sz);
+      dyi[w] = (g[w] * p.out_scale) * (z[w] * sz);
     }
   }
   for (int64_t i = 0; i < len; ++i)
@@ -894,7 +900,7 @@ void scan_recompute(const Scan<S, V>& p, const ScanGrads<V>& gr, const ScanParam
       #pragma omp simd
       for (int64_t w = 0; w < nv; ++w) {
         const S sz = sg[w];
-        store_or_add<kAccumulate>(dz[w], g[w] * y[w] * sz * (S(1) + z[w] * (S(1) - sz)));
+        store_or_add<kAccumulate>(dz[w], (g[w] * p.out_scale) * y[w] * sz * (S(1) + z[w] * (S(1) - sz)));
         dD[w] += double(dyi[w] * u[w]);
       }
     });
@@ -1064,8 +1070,11 @@ void block_finish(const Scan<S, V>& p, const ScanGrads<V>& gr, int64_t b, const 
 template <typename S, typename V>
 Scan<S, V> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                   const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
-                  bool softplus, bool reverse) {
+                  bool softplus, bool reverse, double out_scale) {
   TORCH_CHECK(u.dim() == 3 && A.dim() == 2, "scan: u must be (B, T, E) and A (E, N)");
+  int exponent = 0;
+  TORCH_CHECK(out_scale > 0 && std::frexp(out_scale, &exponent) == 0.5,
+              "scan: out_scale must be a power of two (exact), got ", out_scale);
   const at::ScalarType dtype = u.scalar_type(), param_dtype = A.scalar_type();
   const int64_t batch = u.size(0), T = u.size(1), E = u.size(2), N = A.size(1);
   TORCH_CHECK(A.size(0) == E && T >= 1 && E >= 1, "scan: A must be (E, N), T >= 1 and E >= 1");
@@ -1080,7 +1089,7 @@ Scan<S, V> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   const at::Tensor B_compute = Bm.to(param_dtype), C_compute = Cm.to(param_dtype);  // Bm, Cm themselves for V = S
   return Scan<S, V>{rows_in<V>(u), rows_in<V>(delta), rows_in<V>(z), B_compute, C_compute,
                     rows_in<S>(B_compute), rows_in<S>(C_compute), A.const_data_ptr<S>(), D.const_data_ptr<S>(),
-                    bias.const_data_ptr<S>(), batch, T, E, N, softplus, reverse};
+                    bias.const_data_ptr<S>(), batch, T, E, N, softplus, reverse, S(out_scale)};
 }
 
 // The shape of the states kept for the scan backward, (B, channel blocks, chunks, N, W): see scan_chunks.
@@ -1123,14 +1132,14 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
                     const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
                     bool softplus, bool reverse, const std::optional<at::Tensor>& state,
                     const std::optional<at::Tensor>& chunk_states, const std::optional<at::Tensor>& out_into,
-                    bool accumulate_out) {
+                    bool accumulate_out, double out_scale) {
   TORCH_CHECK(out_into.has_value() || !accumulate_out, "scan_fwd: accumulate_out needs out_into");
   TORCH_CHECK(u.dim() == 3, "scan: u must be (B, T, E)");
   at::Tensor out = output_rows(out_into, u, u.size(0), u.size(1), u.size(2), "out_into");
   dispatch_types(u.scalar_type(), A.scalar_type(), "scan", [&](auto s, auto v) {
     using S = decltype(s);
     using V = decltype(v);
-    const Scan<S, V> p = make_scan<S, V>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
+    const Scan<S, V> p = make_scan<S, V>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse, out_scale);
     S* state_data = nullptr;
     if (state.has_value()) {
       check_param(*state, A.scalar_type(), p.batch * p.E * p.N, "state");
@@ -1161,7 +1170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
     const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias, bool softplus, bool reverse,
     const at::Tensor& dout, bool compute_dA, const std::optional<at::Tensor>& dz_out, bool accumulate_dz,
-    const std::optional<at::Tensor>& chunk_states) {
+    const std::optional<at::Tensor>& chunk_states, double out_scale) {
   TORCH_CHECK(dz_out.has_value() || !accumulate_dz, "scan_bwd: accumulate_dz needs dz_out");
   TORCH_CHECK(u.dim() == 3, "scan: u must be (B, T, E)");
   at::Tensor du = at::empty(u.sizes(), u.options()), ddelta = at::empty(u.sizes(), u.options());
@@ -1172,7 +1181,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   dispatch_types(u.scalar_type(), A.scalar_type(), "scan", [&](auto s, auto v) {
     using S = decltype(s);
     using V = decltype(v);
-    const Scan<S, V> p = make_scan<S, V>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse);
+    const Scan<S, V> p = make_scan<S, V>(u, delta, A, Bm, Cm, D, z, bias, softplus, reverse, out_scale);
     const int64_t batch = p.batch, T = p.T, E = p.E, N = p.N, n_cb = (E + W - 1) / W;
     check_rows(dout, u.scalar_type(), batch, T, E, "dout");
     // Channel groups per row: a count fixed by the shape, not the thread count, so that dB and dC (summed over
@@ -1242,13 +1251,13 @@ TORCH_LIBRARY(vimtune_mixer_cpu, m) {
   m.def(
       "scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
       "bool delta_softplus, bool reverse, Tensor(a!)? state=None, Tensor(b!)? chunk_states=None, "
-      "Tensor(c!)? out_into=None, bool accumulate_out=False) -> Tensor",
+      "Tensor(c!)? out_into=None, bool accumulate_out=False, float out_scale=1.0) -> Tensor",
       &scan_fwd);
   m.def("chunk_states_shape(int batch, int T, int E, int N) -> int[]", &chunk_states_shape);
   m.def(
       "scan_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, Tensor delta_bias, "
       "bool delta_softplus, bool reverse, Tensor dout, bool compute_dA, Tensor(a!)? dz_out=None, "
-      "bool accumulate_dz=False, Tensor? chunk_states=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor, Tensor)",
+      "bool accumulate_dz=False, Tensor? chunk_states=None, float out_scale=1.0) -> (Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor)",
       &scan_bwd);
 }
