@@ -1,6 +1,6 @@
 """What happens when a C++ kernel cannot be built: the library warns once and falls back; the test suite
-skips the kernel tests, except in CI (``CI=true``), where they fail. And the kernels compile for the x86 ISA
-that this machine does not have."""
+skips the kernel tests, except in CI (``CI=true``), where they fail. The kernels compile for the x86 ISA
+that this machine does not have, and a build compiles exactly the text its cache entry is named after."""
 
 from __future__ import annotations
 
@@ -19,7 +19,15 @@ from torch.utils.cpp_extension import include_paths
 
 from helpers.kernels import require_kernel
 from vimtune.ops import mixer_cpu, scan_cpu
-from vimtune.ops._build import _CFLAGS, lock_holders, remove_stale_build_lock
+from vimtune.ops._build import (
+    _CFLAGS,
+    _source_files,
+    _source_tag,
+    load_cpu_extension,
+    lock_holders,
+    remove_stale_build_lock,
+    staged_sources,
+)
 
 
 @pytest.mark.parametrize("module, fallback", [(scan_cpu, "falling back to the 'chunked' backend"),
@@ -124,6 +132,46 @@ def test_an_advisory_build_lock_file_is_left_alone(tmp_path: Path, monkeypatch: 
     lock = _old_lock(tmp_path / "ext" / "lock")
     assert remove_stale_build_lock("ext") is None
     assert lock.exists()
+
+
+def test_a_source_edited_during_a_build_does_not_reach_the_build_named_for_its_old_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's ``load`` reads its sources after the extension's name (the hash of the text) is taken. It is
+    given a copy of the hashed text, so an edit of the source in between (done here from inside ``load``)
+    reaches neither this build nor the cache entry named for the old text."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    csrc = tmp_path / "csrc"
+    csrc.mkdir()
+    source, header = csrc / "kernel.cpp", csrc / "helpers.h"
+    source.write_text('#include "helpers.h"\n// first text\n')
+    header.write_text("// header, first text\n")
+    first = _source_files(source)
+    built: dict[str, object] = {}
+
+    def load(name: str, sources: list[str], **kwargs: object) -> None:
+        source.write_text('#include "helpers.h"\n// edited while building\n')
+        header.write_text("// header, edited\n")
+        staged = Path(sources[0])
+        built.update(name=name, text=staged.read_bytes(), header=(staged.parent / "helpers.h").read_bytes())
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load", load)
+    load_cpu_extension("vimtune_test_kernel", source, what="test kernel", fallback="none.")
+    assert built["name"].endswith("_" + _source_tag(first))
+    assert built["text"] == first["kernel.cpp"] and built["header"] == first["helpers.h"]
+    assert _source_tag(_source_files(source)) != _source_tag(first)  # the edit did change the text
+
+
+def test_staged_sources_hold_exactly_the_given_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One folder per extension under the extensions directory; a file found there with other text (e.g. a
+    write cut short) is rewritten, and no temporary file is left behind."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    files = {"kernel.cpp": b"int f();\n", "helpers.h": b"// h\n"}
+    folder = staged_sources(files, "ext_abc")
+    assert folder == tmp_path / "vimtune_sources" / "ext_abc"
+    (folder / "kernel.cpp").write_bytes(b"int f")
+    assert staged_sources(files, "ext_abc") == folder
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == files
 
 
 @pytest.mark.parametrize("source", ["mixer_cpu.cpp", "selective_scan_cpu.cpp", "rms_norm_cpu.cpp",

@@ -5,7 +5,10 @@ torch's extensions directory (``TORCH_EXTENSIONS_DIR`` when set) on first use an
 cache afterwards. The build uses ``-march=native``, so the extension name carries a hash of this CPU's
 model and feature flags; torch hashes only the listed source, not the headers it includes, so the name
 also carries a hash of the source, of every header next to it (``csrc/*.h``) and of the compiler flags,
-and editing any of them builds a fresh extension.
+and editing any of them builds a fresh extension. The build compiles a copy of the files that were hashed
+(kept per hash under ``vimtune_sources/`` of the extensions directory), not the files in ``csrc/``: torch's
+ninja reads its sources later than the hash is taken, and a source edited in between was once compiled into
+the build folder named for the text before the edit, where later processes of that text loaded it.
 
 torch serialises builds of one extension with a ``lock`` file in its build folder, in one of two ways.
 Recent torch (``torch.utils.cpp_extension`` without ``FileBaton``) holds an OS advisory lock on the file,
@@ -54,13 +57,42 @@ def _cpu_tag() -> str:
     return hashlib.sha1(info.encode()).hexdigest()[:10]
 
 
-def _source_tag(source: Path) -> str:
-    """Short hash of ``source``, of the headers in its directory (which torch's own hash ignores) and of the
-    compiler flags (so that builds with other flags, e.g. from an older checkout, get their own cache entry)."""
+def _source_files(source: Path) -> dict[str, bytes]:
+    """The text of ``source`` and of the headers in its directory (which torch's own hash ignores), by file
+    name, read once: the bytes that are hashed are the bytes that are built."""
+    return {path.name: path.read_bytes() for path in [source, *sorted(source.parent.glob("*.h"))]}
+
+
+def _source_tag(files: dict[str, bytes]) -> str:
+    """Short hash of the source files (:func:`_source_files`) and of the compiler flags (so that builds with
+    other flags, e.g. from an older checkout, get their own cache entry)."""
     digest = hashlib.sha1(" ".join(_CFLAGS).encode())
-    for path in [source, *sorted(source.parent.glob("*.h"))]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, text in files.items():
+        digest.update(name.encode() + b"\0" + text + b"\0")
     return digest.hexdigest()[:10]
+
+
+def _extensions_root() -> Path:
+    """torch's extensions directory: ``TORCH_EXTENSIONS_DIR`` when set, else torch's default build root."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
+def staged_sources(files: dict[str, bytes], extension: str) -> Path:
+    """The folder ``vimtune_sources/<extension>`` of the extensions directory holding exactly ``files``
+    (name -> text), each written once (to a temporary name, then renamed, so that a process building at the
+    same time never reads half a file); a file found there with other text is rewritten."""
+    folder = _extensions_root() / "vimtune_sources" / extension
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        target = folder / name
+        if target.exists() and target.read_bytes() == text:
+            continue
+        partial = folder / f".{name}.{os.getpid()}.partial"
+        partial.write_bytes(text)
+        os.replace(partial, target)
+    return folder
 
 
 def _lock_is_advisory() -> bool:
@@ -135,11 +167,12 @@ def load_cpu_extension(name: str, source: Path, *, what: str, fallback: str) -> 
     try:
         from torch.utils.cpp_extension import load
 
-        extension = f"{name}_{_cpu_tag()}_{_source_tag(source)}"
+        files = _source_files(source)
+        extension = f"{name}_{_cpu_tag()}_{_source_tag(files)}"
         remove_stale_build_lock(extension)
         load(
             name=extension,
-            sources=[str(source)],
+            sources=[str(staged_sources(files, extension) / source.name)],
             extra_cflags=_CFLAGS,
             extra_ldflags=_LDFLAGS,
             is_python_module=False,
