@@ -637,7 +637,6 @@ def test_scan_state_carries_a_sequence_across_calls(reverse: bool, dtype: torch.
         ops.scan_fwd(u, delta, A, B, C, D, z, bias, True, reverse, torch.zeros(batch, channels, 3, dtype=param))
 
 
-
 @pytest.mark.parametrize("reverse", [False, True])
 def test_scan_bfloat16_output_bits_at_extreme_gates(reverse: bool) -> None:
     """The bfloat16 scan's output, written or added into a given tensor (whole 16-channel blocks and a partial

@@ -405,6 +405,7 @@ _HALF = 0.5
 as ``y_fwd / 2 + y_bwd / 2`` inside the kernels (the same bits: halving is exact, but where it makes a
 subnormal), so that neither the forward nor the backward spends a pass over (B, T, E) values on it."""
 
+
 def _direction_tm(
     mixer: BiMambaMixer, x: Tensor, z: Tensor, reverse: bool, conv: torch.nn.Conv1d, x_proj: torch.nn.Module,
     dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor, into: _InProjGrad | None,
